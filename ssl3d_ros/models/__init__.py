@@ -1,0 +1,1 @@
+"""Sparse 3D encoder, its two sparse-conv backends and the heads."""

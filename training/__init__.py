@@ -1,0 +1,1 @@
+"""Offline self-supervised pretraining (installed as ``ssl3d_ros.training``)."""
