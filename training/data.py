@@ -1,0 +1,222 @@
+"""Scan sources for pretraining, the deterministic resumable sample order, and batching.
+
+The order of samples is a pure function of (seed, global position): position p of the run is scan
+``perm_e[p mod N]`` of epoch ``e = p // N``, and its augmentations draw from a generator seeded with
+(seed, p). A step s on rank r of W takes positions ``(s * W + r) * B ... + B - 1``. So resuming at step
+s replays exactly the data an uninterrupted run would have seen, whatever the number of DataLoader
+workers, and no data-order state beyond the step needs saving.
+
+A scan that cannot be read (``ScanReadError``) or gives an unusable view is counted, logged and
+replaced by the next scan of the permutation, so batches keep their size (which DDP needs: every
+rank must run the same steps) and one corrupt file never ends a run.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ssl3d_ros.config import ConfigError
+from ssl3d_ros.io import ConcatSource, ScanReadError, ScanSource, open_source
+from ssl3d_ros.scan import Scan
+
+from .views import ViewMaker
+from .voxels import ViewVoxels, VoxelBatch, Views
+
+log = logging.getLogger(__name__)
+
+SIM_PREFIX = "sim:"
+
+
+@dataclass
+class DataConfig:
+    """Where pretraining scans come from.
+
+    sources: paths (rosbag2 folders or .mcap/.db3 files, KITTI-style folders, folders of
+        .pcd/.ply/.npy, single files) and/or ``sim:outdoor`` / ``sim:indoor`` (optionally
+        ``sim:outdoor:COUNT``), all concatenated.
+    topics: PointCloud2 topics to read from bags (empty: every PointCloud2 topic).
+    sim_count: scans per ``sim:`` source without an explicit count; sim_seed: their seed.
+    min_voxels: a view with fewer voxels is unusable (the scan is skipped and counted).
+    max_retries: consecutive unusable scans tolerated for one sample before the run stops.
+    """
+
+    sources: list[str] = field(default_factory=list)
+    topics: list[str] = field(default_factory=list)
+    sim_count: int = 32
+    sim_seed: int = 0
+    sim_lidar: dict[str, Any] = field(default_factory=dict)  # SpinningLidar overrides, e.g. {beams: 16, columns: 512}
+    min_voxels: int = 32
+    max_retries: int = 16
+
+
+def parse_sim_spec(spec: str, default_count: int) -> tuple[str, int]:
+    parts = spec[len(SIM_PREFIX):].split(":")
+    kind = parts[0]
+    if kind not in ("outdoor", "indoor") or len(parts) > 2:
+        raise ConfigError(f"data.sources: bad simulated source {spec!r}; use sim:outdoor, sim:indoor or sim:KIND:COUNT")
+    try:
+        count = int(parts[1]) if len(parts) == 2 else default_count
+    except ValueError:
+        raise ConfigError(f"data.sources: {spec!r}: the count must be an integer") from None
+    if count < 1:
+        raise ConfigError(f"data.sources: {spec!r}: count must be >= 1")
+    return kind, count
+
+
+def simulated_source(spec: str, cfg: DataConfig) -> ScanSource:
+    """``sim:KIND[:COUNT]`` as a lazy source: scans are ray-cast on access, in each worker."""
+    from ssl3d_ros.sim import SimConfig, SimSource, with_lidar
+
+    kind, count = parse_sim_spec(spec, cfg.sim_count)
+    sim = SimConfig(scene=kind)
+    if cfg.sim_lidar:
+        try:
+            sim = with_lidar(sim, **cfg.sim_lidar)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"data.sim_lidar: {exc}") from None
+    return SimSource(sim, count, cfg.sim_seed)
+
+
+def open_data(cfg: DataConfig) -> ScanSource:
+    """One lazy source over every configured input (simulated scans are rendered on access)."""
+    if not cfg.sources:
+        raise ConfigError("data.sources is empty: give scan paths (or sim:outdoor / sim:indoor) in the config or with --data")
+    sources = []
+    for spec in cfg.sources:
+        if spec.startswith(SIM_PREFIX):
+            sources.append(simulated_source(spec, cfg))
+        else:
+            sources.append(open_source(spec, topics=cfg.topics or None))
+    return sources[0] if len(sources) == 1 else ConcatSource(sources)
+
+
+class UnusableScan(ValueError):
+    """A scan was read but gave a view too small to train on."""
+
+
+@dataclass
+class Sample:
+    views: dict[str, list[ViewVoxels]]
+    skipped: list[tuple[str, str]]  # (scan description, reason) of scans replaced by this one
+
+
+class PretrainDataset(Dataset):
+    """Map-style dataset indexed by global sample position (see the module docstring)."""
+
+    def __init__(self, source: ScanSource, view_maker: ViewMaker, cfg: DataConfig, seed: int) -> None:
+        if len(source) == 0:
+            raise ValueError("the data sources hold no scans")
+        self.source = source
+        self.view_maker = view_maker
+        self.cfg = cfg
+        self.seed = seed
+        self._perm_epoch = -1
+        self._perm: np.ndarray | None = None
+
+    def __len__(self) -> int:  # positions are unbounded; this is one epoch
+        return len(self.source)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
+            self._perm_epoch = epoch
+        return self._perm
+
+    def scan_index(self, position: int, attempt: int = 0) -> int:
+        n = len(self.source)
+        return int((self.permutation(position // n)[position % n] + attempt) % n)
+
+    def describe(self, index: int) -> str:
+        describe = getattr(self.source, "describe", None)
+        return describe(index) if describe else f"scan #{index}"
+
+    def __getitem__(self, position: int) -> Sample:
+        skipped: list[tuple[str, str]] = []
+        for attempt in range(self.cfg.max_retries + 1):
+            index = self.scan_index(position, attempt)
+            rng = np.random.default_rng([self.seed, position, attempt])
+            try:
+                scan = self.source[index]
+                views = self.make_views(scan, rng)
+            except (ScanReadError, UnusableScan, ValueError) as error:
+                reason = error.reason if isinstance(error, ScanReadError) else str(error)
+                log.warning("skipping scan %s: %s", self.describe(index), reason)
+                skipped.append((self.describe(index), reason))
+                continue
+            return Sample(views, skipped)
+        raise RuntimeError(
+            f"{len(skipped)} consecutive scans were unusable at sample {position}; last reasons: "
+            + "; ".join(f"{d}: {r}" for d, r in skipped[-3:])
+        )
+
+    def make_views(self, scan: Scan, rng: np.random.Generator) -> dict[str, list[ViewVoxels]]:
+        if len(scan) < self.cfg.min_voxels:
+            raise UnusableScan(f"only {len(scan)} points")
+        views = self.view_maker(scan, rng)
+        for name, group in views.items():
+            for view in group:
+                if view.coord.shape[0] < self.cfg.min_voxels:
+                    raise UnusableScan(f"view {name!r} has {view.coord.shape[0]} voxels (< data.min_voxels={self.cfg.min_voxels})")
+        return views
+
+
+class StepSampler(Sampler[list[int]]):
+    """Yields, for each step from ``start_step`` to ``total_steps``, this rank's sample positions."""
+
+    def __init__(self, batch_size: int, total_steps: int, start_step: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.batch_size, self.total_steps, self.start_step = batch_size, total_steps, start_step
+        self.rank, self.world_size = rank, world_size
+
+    def positions(self, step: int) -> list[int]:
+        first = (step * self.world_size + self.rank) * self.batch_size
+        return list(range(first, first + self.batch_size))
+
+    def __iter__(self):
+        for step in range(self.start_step, self.total_steps):
+            yield self.positions(step)
+
+    def __len__(self) -> int:
+        return max(self.total_steps - self.start_step, 0)
+
+
+@dataclass
+class Batch:
+    views: Views
+    skipped: list[tuple[str, str]]
+    num_scans: int
+
+    def pin_memory(self) -> "Batch":
+        return Batch({k: [v.pin_memory() for v in g] for k, g in self.views.items()}, self.skipped, self.num_scans)
+
+
+def collate_samples(samples: Sequence[Sample]) -> Batch:
+    names = samples[0].views.keys()
+    views = {
+        name: [VoxelBatch.collate([s.views[name][i] for s in samples]) for i in range(len(samples[0].views[name]))]
+        for name in names
+    }
+    return Batch(views, [item for s in samples for item in s.skipped], len(samples))
+
+
+def make_loader(dataset: PretrainDataset, sampler: StepSampler, workers: int, pin_memory: bool,
+                worker_init_fn=None) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_samples,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=worker_init_fn if workers > 0 else None,
+    )
+
+
+__all__ = [
+    "DataConfig", "open_data", "parse_sim_spec", "simulated_source", "PretrainDataset", "StepSampler", "Batch", "Sample",
+    "collate_samples", "make_loader", "UnusableScan",
+]

@@ -1,0 +1,85 @@
+"""``ssl3d-pretrain``: self-supervised pretraining of the sparse encoder on unlabelled scans.
+
+    ssl3d-pretrain --config config/pretrain/sonata.yaml [--data PATH ...] [--topics T ...]
+                   [--steps N] [--out DIR] [--resume] [--device auto|cpu|cuda] [--workers N]
+    torchrun --nproc-per-node 4 -m ssl3d_ros.training.pretrain --config ...
+
+Writes DIR/checkpoints/state-*.safetensors (resumable training state), DIR/metrics.csv, TensorBoard
+events in DIR/tensorboard and, at the end, DIR/encoder.safetensors (loadable by the node).
+Exit status: 0 done, 130 stopped by Ctrl-C / SIGTERM after saving (resume with --resume), 2 bad config.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ssl3d_ros.config import ConfigError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ssl3d-pretrain", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="YAML config (config/pretrain/<recipe>.yaml)")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="scan sources replacing data.sources (bags, folders, files, sim:outdoor)")
+    p.add_argument("--topics", nargs="+", metavar="TOPIC", help="PointCloud2 topics to read from bags")
+    p.add_argument("--steps", type=int, help="total optimisation steps (run.steps)")
+    p.add_argument("--batch-size", type=int, help="scans per process per step (run.batch_size)")
+    p.add_argument("--out", help="output folder (run.out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/checkpoints")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="run.device")
+    p.add_argument("--workers", type=int, help="DataLoader workers per process (run.workers)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (run.checkpoint_every)")
+    p.add_argument("--seed", type=int, help="run.seed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def apply_overrides(cfg, args: argparse.Namespace):
+    if args.data:
+        cfg.data.sources = list(args.data)
+    if args.topics:
+        cfg.data.topics = list(args.topics)
+    for attr, key in (("steps", "steps"), ("batch_size", "batch_size"), ("out", "out_dir"), ("device", "device"),
+                      ("workers", "workers"), ("checkpoint_every", "checkpoint_every"), ("seed", "seed")):
+        value = getattr(args, attr)
+        if value is not None:
+            setattr(cfg.run, key, value)
+    if cfg.run.steps < 1 or cfg.run.batch_size < 1 or cfg.run.checkpoint_every < 1:
+        raise ConfigError("run.steps, run.batch_size and run.checkpoint_every must be >= 1")
+    return cfg
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .config import load_config
+    from .loop import EXIT_INTERRUPTED, train
+
+    try:
+        cfg = apply_overrides(load_config(args.config), args)
+    except ConfigError as exc:
+        print(f"ssl3d-pretrain: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop without saving
+        print("ssl3d-pretrain: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"ssl3d-pretrain: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        from .distributed import cleanup
+
+        cleanup()
+    if result.interrupted_by:
+        print(f"ssl3d-pretrain: stopped at step {result.step}; state saved in {result.out_dir / 'checkpoints'} "
+              f"(continue with --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"ssl3d-pretrain: {result.step} steps done; encoder written to {result.encoder_path}; "
+          f"{result.scans_skipped} unreadable scans skipped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
