@@ -1,0 +1,354 @@
+#!/usr/bin/env python3
+"""End-to-end speed of the perception node: stamp -> segmentation received by another process.
+
+The node runs as its own process (the ``ssl3d-perception`` console script); this process publishes
+real scans at a fixed rate, each stamped with the wall clock just before publishing, and subscribes
+to ``~/output/segmentation``. Per scan type it reports:
+
+- latency p50/p90/max (ms): receive time in this process minus the header stamp, measured at a low
+  input rate (``--latency-rate``, default 2 Hz) so no scan waits behind another;
+- sustained output rate (Hz) at ``--rate`` (default 10 Hz), with the latency at that rate (which
+  includes waiting in the node's latest-frame slot) and the frames the node dropped;
+- the node's own per-frame cost split (decode, preprocess, inference, postprocess, encode, publish;
+  medians of ``~/debug/stage_time_ms``);
+- resident memory of the node at the start and end of the run and its peak (memory flat = no growth).
+
+Scans: ``hdl64`` (KITTI 004139, ~123k points), ``os2-128`` (Ouster OS-2-128 from the real bag, ~120k),
+``hdl32`` (nuScenes LIDAR_TOP, ~35k). Without ../shared/data the simulator makes equivalents.
+Targets (2-core CPU, nano checkpoint): hdl64 p50 <= 100 ms; hdl32 sustains 10 Hz; memory flat.
+
+Run inside the private network namespace (DDS must not leave the machine)::
+
+    scripts/netns-run .venv/bin/python benchmarks/bench_node.py --scans hdl64 hdl32 --duration 20
+    scripts/netns-run .venv/bin/python benchmarks/bench_node.py --checkpoint model.safetensors --json out.json
+
+Timings taken on a shared or busy machine are not meaningful; the JSON records the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SSL3D_SHARED_DATA", REPO.parent / "shared" / "data"))
+INPUT_TOPIC = "/ssl3d_bench/points"
+SEGMENTATION = "/ssl3d_perception/output/segmentation"
+STAGE_TIME = "/ssl3d_perception/debug/stage_time_ms"
+STAGES = ("decode", "preprocess", "inference", "postprocess", "encode", "publish")
+
+# Fast DDS's default 512 kB shared-memory segment cannot carry a 2-4 MB scan, and best-effort UDP
+# fragments get lost: without a larger segment the node would not see these scans at all.
+FASTDDS_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
+<dds xmlns="http://www.eprosima.com">
+  <profiles>
+    <transport_descriptors>
+      <transport_descriptor>
+        <transport_id>shm_large</transport_id>
+        <type>SHM</type>
+        <segment_size>33554432</segment_size>
+        <maxMessageSize>33554432</maxMessageSize>
+      </transport_descriptor>
+      <transport_descriptor>
+        <transport_id>udp</transport_id>
+        <type>UDPv4</type>
+      </transport_descriptor>
+    </transport_descriptors>
+    <participant profile_name="ssl3d_large_data" is_default_profile="true">
+      <rtps>
+        <userTransports>
+          <transport_id>shm_large</transport_id>
+          <transport_id>udp</transport_id>
+        </userTransports>
+        <useBuiltinTransports>false</useBuiltinTransports>
+      </rtps>
+    </participant>
+  </profiles>
+</dds>
+"""
+
+
+# ------------------------------------------------------------------------------------------ scans
+
+
+def _from_xyzi(points: np.ndarray, intensity: np.ndarray, frame: str, **extra):
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    from ssl3d_ros.codec import encode_cloud, fill_cloud_message
+
+    fields = {"intensity": intensity.astype(np.float32), **extra}
+    msg = fill_cloud_message(PointCloud2(), encode_cloud(points.astype(np.float32), fields), PointField)
+    msg.header.frame_id = frame
+    return msg
+
+
+def _simulated(beams: int, columns: int):
+    from ssl3d_ros.sim import SimConfig, simulate_sequence, with_lidar
+
+    cfg = with_lidar(SimConfig(), beams=beams, columns=columns, max_range=120.0)
+    scan = next(iter(simulate_sequence(cfg, 1, seed=0)))
+    return _from_xyzi(scan.points, scan.fields["intensity"], scan.frame_id, ring=scan.fields["ring"])
+
+
+def load_scan(name: str):
+    """(PointCloud2, description) of one benchmark scan."""
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import PointCloud2
+
+    if name == "hdl64":
+        path = SHARED_DATA / "lidar" / "kitti" / "004139.bin"
+        if path.exists():
+            raw = np.fromfile(path, dtype=np.float32).reshape(-1, 4)
+            return _from_xyzi(raw[:, :3], raw[:, 3], "velodyne"), f"KITTI HDL-64E {path.name}"
+        return _simulated(64, 2048), "simulated 64-beam x 2048"
+    if name == "os2-128":
+        bag = SHARED_DATA / "bags" / "ouster_real_pointcloud2_mcap"
+        if bag.exists():
+            from ssl3d_ros.io.rosbag import BagSource
+
+            source = BagSource(bag, topics=["/ouster/os_2_128_u1_v2_3_0_1024x10/points"])
+            return deserialize_message(source.raw_message(0), PointCloud2), "Ouster OS-2-128 (real bag)"
+        return _simulated(128, 1024), "simulated 128-beam x 1024"
+    if name == "hdl32":
+        path = SHARED_DATA / "lidar" / "nuscenes" / "lidar_top_1532402927647951.pcd.bin"
+        if path.exists():
+            raw = np.fromfile(path, dtype=np.float32).reshape(-1, 5)
+            return (_from_xyzi(raw[:, :3], raw[:, 3], "lidar_top", ring=raw[:, 4].astype(np.uint16)),
+                    "nuScenes HDL-32E LIDAR_TOP")
+        return _simulated(32, 1024), "simulated 32-beam x 1024"
+    raise SystemExit(f"unknown scan {name!r}; choose hdl64, os2-128, hdl32")
+
+
+# ------------------------------------------------------------------------------------- checkpoint
+
+
+def benchmark_checkpoint(path: str | None, workdir: Path) -> Path:
+    """The given checkpoint, else the packaged default, else a random-init nano at 0.15 m voxels
+    (same cost as a trained one: timing does not depend on the weights)."""
+    if path:
+        return Path(path)
+    from ssl3d_ros.pipeline import packaged_checkpoint
+
+    try:
+        return packaged_checkpoint()
+    except Exception:
+        pass
+    import torch
+
+    from ssl3d_ros.checkpoint import save_checkpoint
+    from ssl3d_ros.models.encoder import EncoderConfig, SparseEncoder
+    from ssl3d_ros.models.heads import LinearSegHead
+    from ssl3d_ros.preprocessing import PreprocessConfig
+
+    torch.manual_seed(0)
+    encoder = SparseEncoder(EncoderConfig(size="nano", in_channels=4))
+    names = [f"class_{i}" for i in range(12)]
+    pre = PreprocessConfig(voxel_size=0.15, max_range=80.0, features=("xyz", "intensity"), coord_scale=20.0)
+    out = workdir / "bench_nano_random.safetensors"
+    save_checkpoint(out, encoder, preprocessing=pre, classes=names,
+                    seg_head=LinearSegHead(encoder.hypercolumn_channels, len(names)),
+                    recipe={"name": "random-init (benchmark)"})
+    print(f"no packaged checkpoint: timing a random-init nano encoder ({out})", file=sys.stderr)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ bench
+
+
+class Bench:
+    def __init__(self, all_outputs: bool) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import PointCloud2
+        from std_msgs.msg import Float64MultiArray
+
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("ssl3d_bench", context=self.context)
+        self.lock = threading.Lock()
+        self.latencies_ms: list[float] = []
+        self.received_stamps: set[int] = set()
+        self.diagnostics: list[dict[str, str]] = []
+        self.stage_times: list[list[float]] = []
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        self.subs = [self.node.create_subscription(PointCloud2, SEGMENTATION, self._on_segmentation, reliable)]
+        if all_outputs:
+            for topic in ("embeddings", "visualization"):
+                self.subs.append(self.node.create_subscription(
+                    PointCloud2, f"/ssl3d_perception/output/{topic}", lambda m: None, reliable))
+            from nav_msgs.msg import OccupancyGrid
+
+            self.subs.append(self.node.create_subscription(
+                OccupancyGrid, "/ssl3d_perception/output/occupancy", lambda m: None, reliable))
+        self.subs.append(self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10))
+        self.subs.append(self.node.create_subscription(Float64MultiArray, STAGE_TIME, self._on_stages, 50))
+        self.pub = self.node.create_publisher(PointCloud2, INPUT_TOPIC, qos_profile_sensor_data)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_segmentation(self, msg) -> None:
+        now = time.time_ns()
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self.lock:
+            self.latencies_ms.append((now - stamp) / 1e6)
+            self.received_stamps.add(stamp)
+
+    def _on_stages(self, msg) -> None:
+        with self.lock:
+            self.stage_times.append(list(msg.data))
+
+    def _on_diag(self, msg) -> None:
+        for status in msg.status:
+            if status.name.startswith("ssl3d_perception"):
+                with self.lock:
+                    self.diagnostics.append({kv.key: kv.value for kv in status.values})
+
+    def wait_ready(self, proc, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"the node exited with {proc.returncode}")
+            if self.pub.get_subscription_count() >= 1 and all(s.get_publisher_count() >= 1 for s in self.subs):
+                with self.lock:
+                    if self.diagnostics:
+                        return
+            time.sleep(0.1)
+        raise SystemExit("the node did not come up")
+
+    def run(self, msg, rate_hz: float, duration_s: float) -> dict:
+        with self.lock:
+            self.latencies_ms.clear()
+            self.received_stamps.clear()
+            self.stage_times.clear()
+            diag_start = len(self.diagnostics)
+        period = 1.0 / rate_hz
+        sent = 0
+        start = time.monotonic()
+        next_time = start
+        while time.monotonic() - start < duration_s:
+            stamp = time.time_ns()
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+            self.pub.publish(msg)
+            sent += 1
+            next_time += period
+            time.sleep(max(0.0, next_time - time.monotonic()))
+        elapsed = time.monotonic() - start
+        time.sleep(min(5.0, 2.0 + 2 * period))  # let the last frame through and one more diagnostics
+        with self.lock:
+            lat = np.asarray(self.latencies_ms)
+            received = len(self.received_stamps)
+            diags = self.diagnostics[diag_start:]
+            stage_times = np.asarray(self.stage_times, float).reshape(-1, len(STAGES))
+        last = diags[-1] if diags else {}
+        rss = [float(d["memory_rss_mb"]) for d in diags if "memory_rss_mb" in d]
+        return {
+            "points": int(msg.width * msg.height),
+            "input_rate_hz": round(sent / elapsed, 2),
+            "output_rate_hz": round(received / elapsed, 2),
+            "sent": sent,
+            "received": received,
+            "latency_ms": {
+                "p50": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+                "p90": round(float(np.percentile(lat, 90)), 1) if lat.size else None,
+                "max": round(float(lat.max()), 1) if lat.size else None,
+            },
+            "node_stage_ms_median": {
+                s: round(float(np.median(stage_times[:, i])), 2) if len(stage_times) else None
+                for i, s in enumerate(STAGES)
+            },
+            "node_frames_dropped_total": int(last.get("frames_dropped", 0)),
+            "node_rss_mb": {"start": rss[0] if rss else None, "end": rss[-1] if rss else None,
+                            "max": max(rss) if rss else None},
+        }
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scans", nargs="+", default=["hdl64", "os2-128", "hdl32"])
+    parser.add_argument("--checkpoint", default=None, help="default: the packaged checkpoint (else random-init nano)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--rate", type=float, default=10.0, help="input rate of the sustained run, Hz")
+    parser.add_argument("--latency-rate", type=float, default=2.0, help="input rate of the latency run, Hz")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per run (two runs per scan type)")
+    parser.add_argument("--all-outputs", action="store_true",
+                        help="also subscribe to embeddings, visualization and occupancy (default: segmentation only)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    workdir = Path(tempfile.mkdtemp(prefix="ssl3d_bench_"))
+    if not (os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE")):
+        profile = workdir / "fastdds.xml"
+        profile.write_text(FASTDDS_PROFILE)
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
+    checkpoint = benchmark_checkpoint(args.checkpoint, workdir)
+    params = workdir / "params.yaml"
+    params.write_text(
+        "/**:\n  ros__parameters:\n"
+        f"    device: {args.device}\n"
+        "    diagnostics:\n      period_s: 1.0\n      stale_after_s: 30.0\n"
+    )
+    executable = Path(sys.executable).with_name("ssl3d-perception")
+    program = [str(executable)] if executable.exists() else [sys.executable, "-m", "ssl3d_ros.node"]
+    log_path = workdir / "node.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [*program, "--ros-args", "--params-file", str(params), "-r", f"~/input/points:={INPUT_TOPIC}",
+             "-p", f"checkpoint:={checkpoint}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    bench = Bench(args.all_outputs)
+    results: dict = {
+        "checkpoint": str(checkpoint), "device": args.device, "rate_hz": args.rate,
+        "latency_rate_hz": args.latency_rate, "duration_s": args.duration,
+        "all_outputs": args.all_outputs, "load_average": os.getloadavg(), "cpus": os.cpu_count(), "scans": {},
+    }
+    try:
+        bench.wait_ready(proc, timeout=180.0)
+        for name in args.scans:
+            msg, description = load_scan(name)
+            latency = bench.run(msg, args.latency_rate, args.duration)
+            sustained = bench.run(msg, args.rate, args.duration)
+            results["scans"][name] = {"description": description, "points": latency["points"],
+                                      "latency_run": latency, "sustained_run": sustained}
+            lat, stages = latency["latency_ms"], latency["node_stage_ms_median"]
+            print(f"{name:8s} {latency['points']:7d} pts  latency p50 {lat['p50']} ms p90 {lat['p90']} ms "
+                  f"(at {latency['input_rate_hz']} Hz)  sustained {sustained['output_rate_hz']}/"
+                  f"{sustained['input_rate_hz']} Hz p50 {sustained['latency_ms']['p50']} ms  "
+                  + " ".join(f"{s} {v}" for s, v in stages.items())
+                  + f"  rss {latency['node_rss_mb']['start']}->{sustained['node_rss_mb']['end']} MB", flush=True)
+    finally:
+        bench.close()
+        proc.send_signal(2)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    results["node_log_tail"] = log_path.read_text()[-2000:]
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    else:
+        print(json.dumps({k: v for k, v in results.items() if k != "node_log_tail"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
