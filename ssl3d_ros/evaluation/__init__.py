@@ -1,0 +1,10 @@
+"""Evaluation of encoders and of the running node; imports nothing heavy on package import.
+
+- ``probe`` (``ssl3d-probe``): linear / kNN / multi-level probes on frozen features, with the
+  random-init, raw-input and supervised baselines; ``--write-head`` ships the linear probe.
+- ``audit`` (``ssl3d-audit``): how decodable height, normals and xyz are next to semantics.
+- ``viz`` (``ssl3d-viz``): PNG pictures (PCA, k-means, classes, ground truth, query similarity).
+- ``replay`` (``ssl3d-replay``): a rosbag2 through the real node over DDS (or offline), with a report.
+- building blocks: ``metrics``, ``class_maps``, ``splits``, ``features``, ``probes``, ``ridge``,
+  ``geometry_targets``, ``replay_stats``, ``report``.
+"""

@@ -1,0 +1,461 @@
+"""``ssl3d-probe``: how much semantics a frozen encoder's features hold, on labelled scans.
+
+Probes (on a frozen encoder): ``linear`` (softmax regression on the per-point hypercolumn, what the
+node's head is), ``knn`` (cosine kNN vote on the hypercolumn) and ``multilevel`` (MSM's multi-level
+probe: every level interpolated to the points, concatenated, linear). Baselines in the same report:
+the same architecture with random weights (linear + kNN), a linear model on the raw input features,
+and the encoder trained supervised end to end on the same train split (the upper reference).
+
+Example::
+
+    ssl3d-probe --checkpoint model.safetensors --sim outdoor --sim-scans 6 --out probe_report
+    ssl3d-probe --checkpoint model.safetensors ../shared/data/lidar/semantickitti/000700.points.npy \\
+        --class-map semantickitti-learning --split block --block-size 10 --out probe_kitti \\
+        --write-head model_with_head.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import to_dict
+from ..preprocessing import PreprocessConfig, collate, preprocess, unpool
+from ..scan import Scan
+from .class_maps import ClassMap, load_class_map
+from .features import extract_features
+from .metrics import IGNORE, SegmentationScores, segmentation_scores
+from .probes import KNNProbeConfig, LinearProbe, LinearProbeConfig, knn_predict, train_linear_probe
+from .report import fmt, markdown_table, write_json, write_markdown
+from .splits import SplitConfig, point_test_masks
+
+log = logging.getLogger(__name__)
+
+PROBES = ("linear", "knn", "multilevel")
+BASELINES = ("random", "raw", "supervised")
+RANDOM_INIT_SEED = 7_919_000
+
+
+@dataclass
+class SupervisedConfig:
+    steps: int = 100  # optimiser steps, one train scan per step (cycled)
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+@dataclass
+class ProbeConfig:
+    split: SplitConfig = field(default_factory=SplitConfig)
+    linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    knn: KNNProbeConfig = field(default_factory=KNNProbeConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+    probes: tuple[str, ...] = PROBES
+    baselines: tuple[str, ...] = BASELINES
+    max_points_per_scan: int = 40_000  # labelled points kept per scan (seeded random subset)
+    seed: int = 0
+
+
+@dataclass
+class SplitFeatures:
+    """Features and class indices of the labelled train and test points of all scans."""
+
+    train_x: torch.Tensor
+    train_y: np.ndarray
+    test_x: torch.Tensor
+    test_y: np.ndarray
+
+
+@dataclass
+class LabelledScans:
+    """Scans with their class indices (IGNORE where unlabelled) and per-point test masks."""
+
+    scans: list[Scan]
+    classes: list[np.ndarray]
+    test_masks: list[np.ndarray]
+    class_map: ClassMap
+    keep: list[np.ndarray]  # per scan: bool, the labelled points used (after per-scan subsampling)
+
+
+def label_scans(scans: Sequence[Scan], class_map: ClassMap, split: SplitConfig, max_points_per_scan: int,
+                seed: int = 0) -> LabelledScans:
+    scans = list(scans)
+    for s in scans:
+        if s.labels is None:
+            raise ValueError(f"scan {s.source or '?'} has no labels; probes need labelled scans")
+    classes = [class_map.apply(s.labels) for s in scans]
+    if not any((c >= 0).any() for c in classes):
+        raise ValueError(f"no point of the {len(scans)} scan(s) has a label in class map {class_map.name!r} "
+                         f"(label space {class_map.label_space!r}): wrong --class-map?")
+    masks = point_test_masks([s.points for s in scans], split)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in classes:
+        labelled = np.flatnonzero(c >= 0)
+        if len(labelled) > max_points_per_scan:
+            labelled = rng.choice(labelled, max_points_per_scan, replace=False)
+        k = np.zeros(len(c), dtype=bool)
+        k[labelled] = True
+        keep.append(k)
+    return LabelledScans(scans, classes, masks, class_map, keep)
+
+
+def gather_features(data: LabelledScans, encoder: torch.nn.Module | None, pre_cfg: PreprocessConfig,
+                    kinds: tuple[str, ...]) -> dict[str, SplitFeatures]:
+    """Per feature kind, the train/test features of the kept labelled points of every scan."""
+    parts: dict[str, dict[str, list]] = {k: {"trx": [], "try": [], "tex": [], "tey": []} for k in kinds}
+    for scan, cls, test, keep in zip(data.scans, data.classes, data.test_masks, data.keep):
+        feats = extract_features(encoder, pre_cfg, scan, kinds)
+        for kind, pf in feats.items():
+            use = keep[pf.index]
+            idx = pf.index[use]
+            x = pf.feat[torch.from_numpy(np.flatnonzero(use))]
+            is_test = test[idx]
+            is_test_t = torch.from_numpy(is_test)
+            p = parts[kind]
+            p["trx"].append(x[~is_test_t])
+            p["try"].append(cls[idx][~is_test])
+            p["tex"].append(x[is_test_t])
+            p["tey"].append(cls[idx][is_test])
+    out = {}
+    for kind, p in parts.items():
+        out[kind] = SplitFeatures(torch.cat(p["trx"]), np.concatenate(p["try"]), torch.cat(p["tex"]), np.concatenate(p["tey"]))
+        if len(out[kind].train_y) == 0 or len(out[kind].test_y) == 0:
+            raise ValueError(f"the split left {len(out[kind].train_y)} train and {len(out[kind].test_y)} test "
+                             "labelled points; change --split / --test-fraction / --block-size")
+    return out
+
+
+# --------------------------------------------------------------------------- supervised reference
+
+
+def train_supervised(encoder: torch.nn.Module, data: LabelledScans, pre_cfg: PreprocessConfig,
+                     cfg: SupervisedConfig, in_hyper: int) -> tuple[torch.nn.Module, torch.nn.Linear]:
+    """Encoder + linear head trained end to end on the train points only (cross-entropy), the scans
+    cycled one per step. The encoder sees whole scans (as the frozen probes do); test points give no
+    gradient."""
+    torch.manual_seed(cfg.seed)
+    head = torch.nn.Linear(in_hyper, data.class_map.num_classes)
+    voxels = [preprocess(s, pre_cfg) for s in data.scans]
+    targets = []
+    for vox, cls, test, keep in zip(voxels, data.classes, data.test_masks, data.keep):
+        y = np.where(keep & ~test, cls, IGNORE)
+        y[~np.asarray(vox.point_valid)] = IGNORE
+        targets.append(torch.from_numpy(y))
+    usable = [i for i, t in enumerate(targets) if (t >= 0).any()]
+    if not usable:
+        raise ValueError("no train points for the supervised reference")
+    params = list(encoder.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.steps, 1), pct_start=0.1)
+    encoder.train()
+    for step in range(cfg.steps):
+        i = usable[step % len(usable)]
+        vox, y = voxels[i], targets[i]
+        out = encoder(collate([vox]))
+        logits = unpool(head(encoder.hypercolumn(out)), vox.point_voxel.clamp_min(0))
+        loss = F.cross_entropy(logits, y.long(), ignore_index=IGNORE)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 20 == 0 or step == cfg.steps - 1:
+            log.info("supervised reference step %d/%d loss %.3f", step + 1, cfg.steps, loss.item())
+    encoder.eval()
+    return encoder, head
+
+
+@torch.no_grad()
+def supervised_predictions(encoder: torch.nn.Module, head: torch.nn.Linear, data: LabelledScans,
+                           pre_cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Truth and prediction of the labelled test points that preprocessing kept (the same points the
+    frozen probes are scored on)."""
+    truth, pred = [], []
+    for scan, cls, test, keep in zip(data.scans, data.classes, data.test_masks, data.keep):
+        vox = preprocess(scan, pre_cfg)
+        out = encoder(collate([vox]))
+        voxel_class = head(encoder.hypercolumn(out)).argmax(1).numpy()
+        pv = np.asarray(vox.point_voxel)
+        p = voxel_class[np.clip(pv, 0, None)]
+        sel = keep & test & (pv >= 0)  # the frozen probes' test points: labelled, kept by preprocessing
+        truth.append(cls[sel])
+        pred.append(p[sel])
+    return np.concatenate(truth), np.concatenate(pred)
+
+
+# --------------------------------------------------------------------------- the whole evaluation
+
+
+@dataclass
+class ProbeResult:
+    encoder: str  # "checkpoint", "random init", "raw input", "supervised"
+    probe: str  # "linear", "knn k=10", "multilevel linear", "end-to-end"
+    scores: SegmentationScores
+    train_points: int
+    test_points: int
+    seconds: float
+
+
+def _scored(encoder: str, probe: str, truth: np.ndarray, pred: np.ndarray, num_classes: int,
+            train_points: int, t0: float) -> ProbeResult:
+    result = ProbeResult(encoder, probe, segmentation_scores(truth, pred, num_classes), train_points,
+                         len(truth), time.perf_counter() - t0)
+    log.info("%-12s %-20s mIoU %.3f acc %.3f (%.1f s)", encoder, probe, result.scores.miou,
+             result.scores.accuracy, result.seconds)
+    return result
+
+
+def run_probes(encoder: torch.nn.Module, encoder_factory, pre_cfg: PreprocessConfig, data: LabelledScans,
+               cfg: ProbeConfig) -> tuple[list[ProbeResult], LinearProbe | None]:
+    """All probes and baselines; returns the results and the pretrained linear probe (for --write-head).
+
+    ``encoder_factory()`` builds a freshly initialised encoder of the same architecture (random
+    baseline and supervised reference)."""
+    k = data.class_map.num_classes
+    results: list[ProbeResult] = []
+    kinds = tuple(sorted({"hypercolumn"} | ({"multilevel"} if "multilevel" in cfg.probes else set())
+                         | ({"raw"} if "raw" in cfg.baselines else set())))
+    encoder.eval()
+    feats = gather_features(data, encoder, pre_cfg, kinds)
+    linear_probe = None
+    hyper = feats["hypercolumn"]
+    # Chance reference: always answer the most frequent train class.
+    majority = int(np.bincount(hyper.train_y, minlength=k).argmax())
+    results.append(_scored("none", "majority class", hyper.test_y, np.full(len(hyper.test_y), majority), k,
+                           len(hyper.train_y), time.perf_counter()))
+    if "linear" in cfg.probes:
+        t0 = time.perf_counter()
+        linear_probe = train_linear_probe(hyper.train_x, hyper.train_y, k, cfg.linear)
+        results.append(_scored("checkpoint", "linear", hyper.test_y, linear_probe.predict(hyper.test_x), k,
+                               len(hyper.train_y), t0))
+    if "knn" in cfg.probes:
+        t0 = time.perf_counter()
+        pred = knn_predict(hyper.train_x, hyper.train_y, hyper.test_x, k, cfg.knn)
+        results.append(_scored("checkpoint", f"knn k={cfg.knn.k}", hyper.test_y, pred, k, len(hyper.train_y), t0))
+    if "multilevel" in cfg.probes:
+        t0 = time.perf_counter()
+        ml = feats["multilevel"]
+        probe = train_linear_probe(ml.train_x, ml.train_y, k, cfg.linear)
+        results.append(_scored("checkpoint", "multilevel linear", ml.test_y, probe.predict(ml.test_x), k,
+                               len(ml.train_y), t0))
+    if "raw" in cfg.baselines:
+        t0 = time.perf_counter()
+        raw = feats["raw"]
+        probe = train_linear_probe(raw.train_x, raw.train_y, k, cfg.linear)
+        results.append(_scored("raw input", "linear", raw.test_y, probe.predict(raw.test_x), k, len(raw.train_y), t0))
+    del feats
+    if "random" in cfg.baselines:
+        # A seed unlike any training run's, so "random init" is never the checkpoint's own init.
+        torch.manual_seed(RANDOM_INIT_SEED + cfg.seed)
+        random_encoder = encoder_factory().eval()
+        rnd = gather_features(data, random_encoder, pre_cfg, ("hypercolumn",))["hypercolumn"]
+        t0 = time.perf_counter()
+        probe = train_linear_probe(rnd.train_x, rnd.train_y, k, cfg.linear)
+        results.append(_scored("random init", "linear", rnd.test_y, probe.predict(rnd.test_x), k, len(rnd.train_y), t0))
+        if "knn" in cfg.probes:
+            t0 = time.perf_counter()
+            pred = knn_predict(rnd.train_x, rnd.train_y, rnd.test_x, k, cfg.knn)
+            results.append(_scored("random init", f"knn k={cfg.knn.k}", rnd.test_y, pred, k, len(rnd.train_y), t0))
+        del rnd, random_encoder
+    if "supervised" in cfg.baselines:
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.supervised.seed)
+        sup = encoder_factory()
+        c_total = hyper.train_x.shape[1]
+        sup, head = train_supervised(sup, data, pre_cfg, cfg.supervised, c_total)
+        truth, pred = supervised_predictions(sup, head, data, pre_cfg)
+        results.append(_scored("supervised", f"end-to-end, {cfg.supervised.steps} steps", truth, pred, k,
+                               len(hyper.train_y), t0))
+    return results, linear_probe
+
+
+# --------------------------------------------------------------------------- report
+
+
+def probe_report(results: list[ProbeResult], data: LabelledScans, cfg: ProbeConfig, meta: dict) -> tuple[dict, str]:
+    names = data.class_map.class_names
+    doc = {
+        **meta,
+        "class_map": data.class_map.name,
+        "label_space": data.class_map.label_space,
+        "split": cfg.split.describe(),
+        "config": to_dict(cfg),
+        "scans": [s.source for s in data.scans],
+        "results": [
+            {"encoder": r.encoder, "probe": r.probe, "train_points": r.train_points, "test_points": r.test_points,
+             "seconds": round(r.seconds, 3), **r.scores.to_dict(names)}
+            for r in results
+        ],
+    }
+    lines = [f"# Probe report: {meta.get('checkpoint', '')}", "",
+             f"- data: {len(data.scans)} scan(s); class map `{data.class_map.name}` ({data.class_map.num_classes} classes)",
+             f"- split: {cfg.split.describe()}",
+             "- rows: `majority class` is chance (always the most frequent train class); `random init` is the "
+             "same architecture untrained; `raw input` a linear model on the encoder's input features; "
+             "`supervised` the same architecture trained end to end on the train split (upper reference)", "",
+             "## Summary (test points; mIoU, accuracy, mean class accuracy in %)", "",
+             markdown_table(["encoder", "probe", "mIoU", "acc", "mAcc", "train pts", "test pts"],
+                            [[r.encoder, r.probe, fmt(r.scores.miou, percent=True), fmt(r.scores.accuracy, percent=True),
+                              fmt(r.scores.mean_accuracy, percent=True), str(r.train_points), str(r.test_points)]
+                             for r in results]),
+             "", "## Per-class IoU (%)", "",
+             markdown_table(["class", "test pts"] + [f"{r.encoder} / {r.probe}" for r in results],
+                            [[n, str(int(results[0].scores.support[i])) if results else "0"]
+                             + [fmt(r.scores.iou[i], percent=True) for r in results] for i, n in enumerate(names)])]
+    main = [r for r in results if r.encoder == "checkpoint"]
+    if main:
+        best = main[0]
+        lines += ["", f"## Confusion matrix ({best.encoder} / {best.probe}; rows truth, columns prediction)", "",
+                  markdown_table([""] + names, [[n] + [str(int(v)) for v in row] for n, row in zip(names, best.scores.confusion)])]
+    return doc, "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- writing the head
+
+
+def write_head(checkpoint: str | Path, out_path: str | Path, probe: LinearProbe, class_map: ClassMap) -> Path:
+    """The pretrained linear probe (standardisation folded in) as the checkpoint's segmentation head."""
+    from ..checkpoint import ClassInfo, add_heads
+    from ..models.heads import LinearSegHead
+
+    weight, bias = probe.folded()
+    head = LinearSegHead(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    classes = ClassInfo(names=list(class_map.class_names),
+                        colors=[tuple(int(c) for c in col) for col in class_map.colors])
+    return Path(add_heads(checkpoint, out_path, seg_head=head, classes=classes))
+
+
+# --------------------------------------------------------------------------- data loading and CLI
+
+
+def load_scans(inputs: Sequence[str], *, sim: str | None, sim_scans: int, sim_seed: int, label_field: str | None,
+               max_scans: int | None) -> list[Scan]:
+    if sim:
+        from ..sim import SimConfig, simulate_sequence
+
+        scans = list(simulate_sequence(SimConfig(scene=sim), sim_scans, sim_seed))
+    else:
+        from ..io import open_sources
+
+        source = open_sources(list(inputs), label_field=label_field)
+        n = len(source) if max_scans is None else min(len(source), max_scans)
+        scans = [source[i] for i in range(n)]
+    if max_scans is not None:
+        scans = scans[:max_scans]
+    if not scans:
+        raise SystemExit("no scans to probe (give input paths or --sim)")
+    return scans
+
+
+def resolve_class_map(arg: str | None, sim: str | None) -> ClassMap:
+    if arg:
+        return load_class_map(arg)
+    if sim:
+        return load_class_map(f"sim-{sim}")
+    raise SystemExit("--class-map is required for recorded data (e.g. semantickitti, semantickitti-learning, scannet20)")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="*", help="labelled scans: files, folders or rosbag2 bags")
+    parser.add_argument("--sim", choices=["outdoor", "indoor"], help="use simulated labelled scans instead of inputs")
+    parser.add_argument("--sim-scans", type=int, default=4)
+    parser.add_argument("--sim-seed", type=int, default=0)
+    parser.add_argument("--label-field", help="PointCloud2 field holding labels (bags)")
+    parser.add_argument("--class-map", help="class map name (config/classes) or YAML path; default for --sim: sim-<scene>")
+    parser.add_argument("--max-scans", type=int)
+    parser.add_argument("--split", choices=["block", "x_half", "scans"], default="block")
+    parser.add_argument("--block-size", type=float, default=8.0, help="metres (block split)")
+    parser.add_argument("--test-fraction", type=float, default=0.3)
+    parser.add_argument("--max-points-per-scan", type=int, default=40_000)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssl3d-probe", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    add_data_arguments(parser)
+    parser.add_argument("--probes", nargs="+", choices=PROBES, default=list(PROBES))
+    parser.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES))
+    parser.add_argument("--knn-k", type=int, default=10)
+    parser.add_argument("--linear-iters", type=int, default=100)
+    parser.add_argument("--class-balanced", action="store_true")
+    parser.add_argument("--supervised-steps", type=int, default=100)
+    parser.add_argument("--out", default="probe_report", help="output folder (report.json, report.md)")
+    parser.add_argument("--write-head", metavar="OUT.safetensors",
+                        help="write the checkpoint with the pretrained linear probe as its segmentation head")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ProbeConfig:
+    return ProbeConfig(
+        split=SplitConfig(kind=args.split, block_size=args.block_size, test_fraction=args.test_fraction, seed=args.seed),
+        linear=LinearProbeConfig(max_iter=getattr(args, "linear_iters", 100),
+                                 class_balanced=getattr(args, "class_balanced", False), seed=args.seed),
+        knn=KNNProbeConfig(k=getattr(args, "knn_k", 10), seed=args.seed),
+        supervised=SupervisedConfig(steps=getattr(args, "supervised_steps", 100), seed=args.seed),
+        probes=tuple(getattr(args, "probes", PROBES)),
+        baselines=tuple(getattr(args, "baselines", BASELINES)),
+        max_points_per_scan=args.max_points_per_scan,
+        seed=args.seed,
+    )
+
+
+def load_encoder(checkpoint: str | Path):
+    """(frozen encoder, factory of fresh same-architecture encoders, preprocessing config, checkpoint).
+
+    Fresh encoders use the pure-torch sparse convolutions: they are trained (supervised reference),
+    and the spconv CPU wheel is forward-only."""
+    from ..checkpoint import load_checkpoint
+    from ..models.encoder import SparseEncoder
+
+    ckpt = load_checkpoint(checkpoint, device="cpu")
+    encoder = ckpt.encoder.float().eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    architecture = dataclasses.replace(ckpt.encoder_config, backend="torch")
+    return encoder, (lambda: SparseEncoder(dataclasses.replace(architecture))), ckpt.preprocessing, ckpt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = config_from_args(args)
+    class_map = resolve_class_map(args.class_map, args.sim)
+    scans = load_scans(args.inputs, sim=args.sim, sim_scans=args.sim_scans, sim_seed=args.sim_seed,
+                       label_field=args.label_field, max_scans=args.max_scans)
+    if cfg.split.kind == "scans" and len(scans) < 2:
+        raise SystemExit("--split scans needs at least 2 scans")
+    encoder, factory, pre_cfg, _ = load_encoder(args.checkpoint)
+    data = label_scans(scans, class_map, cfg.split, cfg.max_points_per_scan, cfg.seed)
+    results, linear_probe = run_probes(encoder, factory, pre_cfg, data, cfg)
+    meta = {"checkpoint": str(args.checkpoint), "inputs": list(args.inputs) or [f"sim:{args.sim}"]}
+    doc, md = probe_report(results, data, cfg, meta)
+    out = Path(args.out)
+    write_json(out / "report.json", doc)
+    write_markdown(out / "report.md", md)
+    print(md)
+    if args.write_head:
+        if linear_probe is None:
+            raise SystemExit("--write-head needs the linear probe (add 'linear' to --probes)")
+        path = write_head(args.checkpoint, args.write_head, linear_probe, class_map)
+        print(f"wrote {path} with a {class_map.num_classes}-class linear head")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
