@@ -10,7 +10,6 @@ same arrays, so ratios are meaningful even where absolute times are not (run on 
 from __future__ import annotations
 
 import argparse
-import array
 import gc
 import statistics
 import sys

@@ -46,35 +46,8 @@ STAGE_TIME = "/ssl3d_perception/debug/stage_time_ms"
 STAGES = ("decode", "preprocess", "inference", "postprocess", "encode", "publish")
 
 # Fast DDS's default 512 kB shared-memory segment cannot carry a 2-4 MB scan, and best-effort UDP
-# fragments get lost: without a larger segment the node would not see these scans at all.
-FASTDDS_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
-<dds xmlns="http://www.eprosima.com">
-  <profiles>
-    <transport_descriptors>
-      <transport_descriptor>
-        <transport_id>shm_large</transport_id>
-        <type>SHM</type>
-        <segment_size>33554432</segment_size>
-        <maxMessageSize>33554432</maxMessageSize>
-      </transport_descriptor>
-      <transport_descriptor>
-        <transport_id>udp</transport_id>
-        <type>UDPv4</type>
-      </transport_descriptor>
-    </transport_descriptors>
-    <participant profile_name="ssl3d_large_data" is_default_profile="true">
-      <rtps>
-        <userTransports>
-          <transport_id>shm_large</transport_id>
-          <transport_id>udp</transport_id>
-        </userTransports>
-        <useBuiltinTransports>false</useBuiltinTransports>
-      </rtps>
-    </participant>
-  </profiles>
-</dds>
-"""
-
+# fragments get lost: without the package's large-data profile the node would not see these scans.
+FASTDDS_PROFILE = REPO / "config" / "fastdds_large_data.xml"
 
 # ------------------------------------------------------------------------------------------ scans
 
@@ -296,9 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     workdir = Path(tempfile.mkdtemp(prefix="ssl3d_bench_"))
     if not (os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE")):
-        profile = workdir / "fastdds.xml"
-        profile.write_text(FASTDDS_PROFILE)
-        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_PROFILE)
     checkpoint = benchmark_checkpoint(args.checkpoint, workdir)
     params = workdir / "params.yaml"
     params.write_text(

@@ -115,15 +115,20 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def load_yaml(cls: type[T], path: str | Path, section: str | None = None) -> T:
-    """Load dataclass ``cls`` from a YAML file (optionally from one top-level section)."""
+def read_yaml(path: str | Path) -> Any:
+    """Plain data from a YAML file; a missing or unparsable file raises ConfigError naming it."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def load_yaml(cls: type[T], path: str | Path, section: str | None = None) -> T:
+    """Load dataclass ``cls`` from a YAML file (optionally from one top-level section)."""
+    data = read_yaml(path)
     if section is not None:
         if not isinstance(data, dict) or section not in data:
             raise ConfigError(f"{path}: missing top-level section {section!r}")
@@ -134,4 +139,4 @@ def load_yaml(cls: type[T], path: str | Path, section: str | None = None) -> T:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-__all__ = ["ConfigError", "from_dict", "to_dict", "load_yaml"]
+__all__ = ["ConfigError", "from_dict", "to_dict", "read_yaml", "load_yaml"]

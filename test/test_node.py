@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,42 +33,12 @@ from test_pipeline import make_checkpoint, sim_scan  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
-# Fast DDS's default shared-memory segment (512 kB) cannot carry a real scan (a 27k-point Ouster cloud
-# is 600 kB, a 128-beam one 2-4 MB), and best-effort samples that fall back to UDP fragments are lost
-# on a busy host: the node would never see them. A larger segment is the standard deployment fix
-# (also what the benchmark uses). Set here, at import, before any participant of this process
-# exists, unless the environment already names a profile.
-FASTDDS_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
-<dds xmlns="http://www.eprosima.com">
-  <profiles>
-    <transport_descriptors>
-      <transport_descriptor>
-        <transport_id>shm_large</transport_id>
-        <type>SHM</type>
-        <segment_size>16777216</segment_size>
-        <maxMessageSize>16777216</maxMessageSize>
-      </transport_descriptor>
-      <transport_descriptor>
-        <transport_id>udp</transport_id>
-        <type>UDPv4</type>
-      </transport_descriptor>
-    </transport_descriptors>
-    <participant profile_name="ssl3d_large_data" is_default_profile="true">
-      <rtps>
-        <userTransports>
-          <transport_id>shm_large</transport_id>
-          <transport_id>udp</transport_id>
-        </userTransports>
-        <useBuiltinTransports>false</useBuiltinTransports>
-      </rtps>
-    </participant>
-  </profiles>
-</dds>
-"""
+# Fast DDS's default shared-memory segment (512 kB) cannot carry a real scan, and best-effort samples
+# that fall back to UDP fragments are lost: the node would never see them. The package's large-data
+# profile (what scripts/netns-run and the launch file set) is used unless the environment names one.
+# Set at import, before any participant of this process exists.
 if not (os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE")):
-    _profile = Path(tempfile.gettempdir()) / f"ssl3d_test_fastdds_{os.getpid()}.xml"
-    _profile.write_text(FASTDDS_PROFILE)
-    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(_profile)
+    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(Path(__file__).resolve().parents[1] / "config" / "fastdds_large_data.xml")
 
 INPUT_TOPIC = "/ssl3d_test/points"
 OUT = "/ssl3d_perception/output/"

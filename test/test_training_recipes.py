@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from ssl3d_ros.training.config import PretrainConfig, config_from_dict
 

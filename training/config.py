@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
-from ssl3d_ros.config import ConfigError, from_dict, to_dict
+from ssl3d_ros.config import ConfigError, from_dict, read_yaml, to_dict
 from ssl3d_ros.preprocessing import PreprocessConfig
 
 from . import recipes
@@ -111,13 +110,7 @@ def encoder_config(spec: dict[str, Any], in_channels: int, overrides: dict[str, 
 
 
 def load_config(path: str | Path) -> PretrainConfig:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path)
     try:
         return config_from_dict(data or {})
     except ConfigError as exc:

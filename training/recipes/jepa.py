@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .. import hierarchy, schedules
 from ..ema import EMATeacher
@@ -54,12 +53,6 @@ class JEPARecipe(MaskingRecipe):
         self.target_dim = dim
         self.predictor = TokenPredictor(dim, cfg.predictor_dim, dim, cfg.predictor_depth, cfg.predictor_heads, cfg.position_scale)
         self.teacher = EMATeacher(self.student)
-
-    def on_step_end(self, step: StepInfo) -> None:
-        self.teacher.update(self.student, step.ema_momentum)
-
-    def teacher_encoder_module(self) -> nn.Module:
-        return self.teacher.module
 
     def masked_losses(self, views: Views, step: StepInfo, mask_fn: MaskFn):
         cfg = self.cfg

@@ -62,12 +62,6 @@ class MSMRecipe(MaskingRecipe):
         self.predictors = nn.ModuleList(nn.Sequential(nn.Linear(c, c), nn.GELU(), nn.Linear(c, c)) for c in channels)
         self.teacher = EMATeacher(self.student)
 
-    def on_step_end(self, step: StepInfo) -> None:
-        self.teacher.update(self.student, step.ema_momentum)
-
-    def teacher_encoder_module(self) -> nn.Module:
-        return self.teacher.module
-
     def masked_losses(self, views: Views, step: StepInfo, mask_fn: MaskFn):
         cfg = self.cfg
         view_a, view_b = views["student"][0], views["teacher"][0]

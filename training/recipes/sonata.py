@@ -65,8 +65,8 @@ class SonataRecipe(MaskingRecipe):
     def ema_modules(self) -> dict[str, nn.Module]:
         return {"encoder": self.student, "heads": self.heads}
 
-    def on_step_end(self, step: StepInfo) -> None:
-        self.teacher.update(nn.ModuleDict(self.ema_modules()), step.ema_momentum)
+    def student_modules(self) -> nn.Module:
+        return nn.ModuleDict(self.ema_modules())
 
     def teacher_encoder_module(self) -> nn.Module:
         return self.teacher.module["encoder"]
