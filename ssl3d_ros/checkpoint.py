@@ -19,8 +19,6 @@ disk leaves any earlier checkpoint at that path intact.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +30,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ssl3d_ros import __version__
+from ssl3d_ros.atomic import atomic_write
 from ssl3d_ros.config import ConfigError, from_dict, to_dict
 from ssl3d_ros.models.heads import LinearSegHead, PCAProjection, StreamingKMeans
 from ssl3d_ros.preprocessing import PreprocessConfig, feature_channels
@@ -312,42 +311,13 @@ def _as(cls: type, value: Any, path: Path, what: str) -> Any:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory, fsync and os.replace."""
-    tmp_name = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-        _fsync_directory(path.parent)  # make the rename itself durable
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise CheckpointError(
             f"{path}: could not write checkpoint ({reason}); any earlier file at this path is unchanged"
         ) from exc
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return  # platforms without directory fds: the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------------

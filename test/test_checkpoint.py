@@ -262,3 +262,13 @@ def test_add_heads_writes_a_probe_into_a_checkpoint(saved, tmp_path):
     assert load_checkpoint(out).seg_head.num_classes == 3
     with pytest.raises(CheckpointError, match="does not match 2 classes"):
         add_heads(out, out, seg_head=LinearSegHead(probe.in_features, 5), classes=["a", "b"])
+
+
+def test_saved_checkpoint_is_readable_by_others_like_any_new_file(tmp_path):
+    """Atomic writes go through a private temporary file; the result must not stay owner-only."""
+    umask = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "shared.safetensors", tiny_encoder(), preprocessing=PRE)
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

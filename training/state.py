@@ -9,18 +9,20 @@ fsynced and renamed, so a run killed at any moment leaves only whole checkpoints
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from ssl3d_ros.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +62,34 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+class StateWriteError(OSError):
+    """A training state could not be written (disk full, read-only, ...); earlier states are intact."""
+
+
+def _write_error(path: Path, exc: BaseException) -> StateWriteError:
+    code = getattr(exc, "errno", None)
+    if code is None:  # safetensors reports I/O failures as "... (os error 28)"
+        found = re.search(r"os error (\d+)", str(exc))
+        code = int(found.group(1)) if found else errno.EIO
+    return StateWriteError(code, f"{path}: could not write training state ({os.strerror(code)}); "
+                                 f"earlier states in {path.parent} are unchanged")
+
+
 def atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    """Write a safetensors file atomically; raises StateWriteError (an OSError naming the file and the
+    reason) when it cannot be written, leaving no temporary file and earlier states intact."""
+    def write(tmp: Path) -> None:
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as exc:
+            raise _write_error(path, exc) from exc
+
+    try:
+        atomic_write(path, write)
+    except StateWriteError:
         raise
+    except OSError as exc:  # mkstemp, fsync or rename on a full or failing disk
+        raise _write_error(path, exc) from exc
 
 
 def save_state(directory: str | os.PathLike, step: int, model: dict[str, torch.Tensor], optimizer: dict[str, Any],
@@ -128,5 +140,5 @@ def load_latest(directory: str | os.PathLike) -> TrainingState | None:
     return None
 
 
-__all__ = ["TrainingState", "save_state", "load_state", "load_latest", "list_states", "atomic_save",
+__all__ = ["TrainingState", "StateWriteError", "save_state", "load_state", "load_latest", "list_states", "atomic_save",
            "flatten_optimizer", "unflatten_optimizer"]
