@@ -17,6 +17,7 @@ import array
 import collections
 import dataclasses
 import os
+import re
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import OccupancyGrid
 from rcl_interfaces.msg import ParameterDescriptor
@@ -49,6 +51,8 @@ NODE_NAME = "ssl3d_perception"
 STAGES = ("pre", "inference", "post", "total")  # order of ~/debug/processing_time_ms
 # order of ~/debug/stage_time_ms: the finer split (pre = decode + preprocess, post = the rest)
 FINE_STAGES = ("decode", "preprocess", "inference", "postprocess", "encode", "publish")
+# Rate limit of warnings about bad frames, per kind of problem (see PerceptionNode._warn_throttled).
+WARN_PERIOD_S = 10.0
 # Parameters rclpy itself declares or reads; not ours to reject.
 _FOREIGN_PARAMETERS = ("use_sim_time", "start_type_description_service")
 
@@ -174,6 +178,9 @@ class NodeStats:
     rejected: int = 0  # malformed clouds (CloudFormatError)
     errors: int = 0  # any other failure while processing a frame
     skipped: int = 0  # no subscriber on any output
+    out_of_memory: int = 0  # frames skipped because the device ran out of memory (also in ``errors``)
+    no_valid_points: int = 0  # processed frames in which no point survived (empty, all NaN, out of range)
+    points_invalid: int = 0  # points marked invalid (class_id 255) over all processed frames
     last_error: str = ""
     last_receive_mono: float | None = None
     receive_times: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=200))
@@ -228,6 +235,9 @@ class PerceptionNode(Node):
         self._stop = threading.Event()
         self._last_diag_rejected = 0
         self._last_diag_errors = 0
+        # Rate-limited warnings, one period per kind of problem (see _warn_throttled).
+        self._warned: collections.OrderedDict[str, list] = collections.OrderedDict()
+        self._warn_lock = threading.Lock()
 
         self.pub_segmentation = self.create_publisher(PointCloud2, "~/output/segmentation", OUTPUT_QOS)
         self.pub_embeddings = self.create_publisher(PointCloud2, "~/output/embeddings", OUTPUT_QOS)
@@ -270,15 +280,43 @@ class PerceptionNode(Node):
                 continue
             try:
                 self.process_message(msg)
+            except torch.OutOfMemoryError as exc:  # CUDA OOM on a (huge) frame: skip it, free the cache
+                with self.stats.lock:
+                    self.stats.out_of_memory += 1
+                if self.pipeline.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self._count_failure("errors", f"out of memory on {self.pipeline.device}: {str(exc).splitlines()[0]}",
+                                    kind="out_of_memory")
             except Exception as exc:  # never let one frame kill the worker
                 self._count_failure("errors", f"processing failed: {type(exc).__name__}: {exc}")
 
-    def _count_failure(self, counter: str, message: str) -> None:
+    def _count_failure(self, counter: str, message: str, kind: str | None = None) -> None:
         with self.stats.lock:
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
             self.stats.last_error = message
-        self.get_logger().warning(f"{message} (frame skipped; see /diagnostics for counts)",
-                                  throttle_duration_sec=10.0)
+        self._warn_throttled(kind or f"{counter}:{message}", f"{message} (frame skipped; see /diagnostics for counts)")
+
+    def _warn_throttled(self, kind: str, message: str) -> None:
+        """Log ``message`` at most once per ``WARN_PERIOD_S`` per kind of problem.
+
+        The kind is the message with its numbers blanked out, so a burst of the same bad cloud logs
+        one line per period while a different problem is still reported at once. The first line after
+        a quiet period says how many were suppressed. Bounded: at most 128 kinds are remembered.
+        """
+        key = re.sub(r"\d+", "#", kind)[:200]
+        now = time.monotonic()
+        with self._warn_lock:
+            entry = self._warned.get(key)
+            if entry is not None and now - entry[0] < WARN_PERIOD_S:
+                entry[1] += 1
+                return
+            suppressed = entry[1] if entry is not None else 0
+            self._warned[key] = [now, 0]
+            self._warned.move_to_end(key)
+            while len(self._warned) > 128:
+                self._warned.popitem(last=False)
+        more = f" [{suppressed} more like this in the last {WARN_PERIOD_S:.0f} s]" if suppressed else ""
+        self.get_logger().warning(message + more)
 
     def _wanted(self) -> dict[str, bool]:
         return {
@@ -302,10 +340,29 @@ class PerceptionNode(Node):
         try:
             cloud = self.pipeline.process_cloud(msg, segmentation=need_classes, embeddings=wanted["embeddings"])
         except CloudFormatError as exc:
-            self._count_failure("rejected", f"rejected malformed PointCloud2 (frame {msg.header.frame_id!r}): {exc}")
+            self._count_failure("rejected", f"rejected malformed PointCloud2 (frame {msg.header.frame_id!r}): {exc}",
+                                kind=f"rejected:{exc}")
             return
         result, xyz, height = cloud.result, cloud.xyz, cloud.height
         header = msg.header  # same stamp and frame on every output: never restamped
+        invalid = int(result.valid.size - np.count_nonzero(result.valid))
+        with self.stats.lock:
+            self.stats.points_invalid += invalid
+            if invalid == result.valid.size:
+                self.stats.no_valid_points += 1
+        if invalid == result.valid.size:  # processed and published anyway (all class_id 255)
+            if xyz.size == 0:
+                why = "it is empty"
+            elif np.isnan(xyz).any(axis=1).all():
+                why = "every point has a NaN coordinate"
+            elif not np.isfinite(xyz).all(axis=1).any():
+                why = "every point has a NaN or Inf coordinate"
+            else:
+                why = "every point is outside the range limits or has non-finite features"
+            self._warn_throttled(
+                f"no_valid_points:{why}",
+                f"cloud in frame {header.frame_id!r} has no usable point ({result.valid.size} points; {why}); "
+                "published with every point invalid (class_id 255)")
         encode_ms = publish_ms = 0.0
 
         def publish(pub, encoded) -> None:
@@ -392,7 +449,9 @@ class PerceptionNode(Node):
             latency = np.asarray(s.latency_ms, float)
             stage_means = {k: float(np.mean(v)) for k, v in s.stage_ms.items() if v}
             counts = dict(received=s.received, processed=s.processed, dropped=s.dropped, rejected=s.rejected,
-                          errors=s.errors, skipped_no_subscribers=s.skipped)
+                          errors=s.errors, skipped_no_subscribers=s.skipped, out_of_memory=s.out_of_memory,
+                          without_valid_points=s.no_valid_points)
+            points_invalid = s.points_invalid
             last_receive, last_error = s.last_receive_mono, s.last_error
         level, messages = DiagnosticStatus.OK, []
 
@@ -431,6 +490,7 @@ class PerceptionNode(Node):
             "budget_ms": f"{cfg.budget_ms:.1f}",
             "error_budget_ms": f"{cfg.error_budget_ms:.1f}",
             **{f"frames_{k}": str(v) for k, v in counts.items()},
+            "points_invalid_total": str(points_invalid),
             **{f"stage_{k}_ms_mean": f"{v:.2f}" for k, v in stage_means.items()},
             "last_error": last_error,
             "device": str(self.pipeline.device),
@@ -479,8 +539,30 @@ def occupancy_message(grid, header) -> OccupancyGrid:
     return out
 
 
+USAGE = """usage: ssl3d-perception [--help] --ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r ~/input/points:=TOPIC]
+
+The ssl3d_ros perception node: subscribes ~/input/points (sensor_msgs/PointCloud2) and publishes
+~/output/segmentation, ~/output/embeddings, ~/output/visualization, ~/output/occupancy,
+~/debug/processing_time_ms, ~/debug/pipeline_latency_ms, ~/debug/stage_time_ms and /diagnostics.
+Example: ssl3d-perception --ros-args --params-file config/perception.yaml -r ~/input/points:=/points
+
+parameters (config/perception.yaml documents the same):"""
+
+
+def usage() -> str:
+    lines = [USAGE]
+    for name, default, doc, _ in _leaf_parameters(NodeConfig):
+        lines.append(f"  {name} (default {default!r}): {doc}")
+    return "\n".join(lines)
+
+
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
+    argv = list(args if args is not None else sys.argv)
+    user_args = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+    if "--help" in user_args or "-h" in user_args:
+        print(usage())
+        return 0
+    rclpy.init(args=argv)
     try:
         node = PerceptionNode()
     except (ConfigError, ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError

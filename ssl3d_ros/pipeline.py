@@ -86,6 +86,9 @@ class InputConfig:
                                 "intensity")
     intensity_scale: float = _doc("full-scale value of the intensity field (0 = auto: checkpoint's setting)",
                                   0.0)
+    max_points: int = _doc("largest cloud accepted (height*width points); a larger one is rejected before it is "
+                           "decoded, so a hostile or misconfigured sender cannot stall the node (0 = no limit)",
+                           4_000_000)
     qos: QosConfig = field(default_factory=QosConfig)
 
 
@@ -166,6 +169,7 @@ def validate_node_config(cfg: NodeConfig) -> NodeConfig:
     p, o, d = cfg.preprocessing, cfg.occupancy, cfg.diagnostics
     need(cfg.input.qos.depth >= 1, "input.qos.depth", f"must be >= 1, got {cfg.input.qos.depth}")
     need(cfg.input.intensity_scale >= 0, "input.intensity_scale", "must be >= 0 (0 = auto)")
+    need(cfg.input.max_points >= 0, "input.max_points", f"must be >= 0 (0 = no limit), got {cfg.input.max_points}")
     need(p.voxel_size >= 0, "preprocessing.voxel_size", f"must be >= 0 (0 = checkpoint's), got {p.voxel_size}")
     need(p.max_range >= 0, "preprocessing.max_range", f"must be >= 0 (0 = checkpoint's), got {p.max_range}")
     need(p.max_range == 0 or p.min_range < p.max_range, "preprocessing.min_range",
@@ -495,6 +499,7 @@ class PerceptionPipeline:
         intensity_field: str = "intensity",
         source: str = "",
         warnings: list[str] | None = None,
+        max_input_points: int = 0,
     ) -> None:
         self.checkpoint = checkpoint
         self.device = device
@@ -506,6 +511,7 @@ class PerceptionPipeline:
         self.seg_head = None
         self.kmeans = None
         self.intensity_field = intensity_field
+        self.max_input_points = int(max_input_points)  # 0 = no limit
         self.kmeans_input = kmeans_input
         if checkpoint.seg_head is not None:
             self.seg_head = checkpoint.seg_head.to(device=device, dtype=torch.float32).eval()
@@ -598,6 +604,7 @@ class PerceptionPipeline:
             intensity_field=cfg.input.intensity_field,
             source=str(path),
             warnings=warnings,
+            max_input_points=cfg.input.max_points,
         )
 
     @classmethod
@@ -776,6 +783,12 @@ class PerceptionPipeline:
     def process_cloud(self, msg: Any, *, segmentation: bool = True, embeddings: bool = True) -> CloudResult:
         """``process`` on a PointCloud2, results in the message's point order (all height*width points)."""
         t0 = time.perf_counter()
+        total = int(getattr(msg, "height", 0)) * int(getattr(msg, "width", 0))
+        if 0 < self.max_input_points < total <= 0xFFFFFFFF:  # larger totals: the decoder names the overflow
+            raise CloudFormatError(
+                f"cloud of {total} points ({msg.height} x {msg.width}) exceeds parameter input.max_points = "
+                f"{self.max_input_points}"
+            )
         scan, index = self.scan_from_message(msg)
         height, width = int(msg.height), int(msg.width)
         total = height * width

@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .config import load_config
+    from ssl3d_ros.checkpoint import CheckpointError
+
     from .loop import EXIT_INTERRUPTED, train
 
     try:
@@ -68,6 +70,9 @@ def main(argv=None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"ssl3d-pretrain: {exc}", file=sys.stderr)
         return 2
+    except (OSError, CheckpointError) as exc:  # disk full or unwritable --out: earlier checkpoints are intact
+        print(f"ssl3d-pretrain: {exc}; continue with --resume once it can be written", file=sys.stderr)
+        return 1
     finally:
         from .distributed import cleanup
 

@@ -77,9 +77,15 @@ class BagFrame:
 
 
 def load_bag_frames(path: str | Path, topic: str | None, label_field: str | None, class_map: ClassMap | None,
-                    max_frames: int | None = None) -> tuple[list[BagFrame], str, int]:
-    """The frames of one PointCloud2 topic (the only one, or ``topic``), the topic, and its message count."""
+                    max_frames: int | None = None,
+                    unreadable: list[tuple[int, int, str]] | None = None) -> tuple[list[BagFrame], str, int]:
+    """The frames of one PointCloud2 topic (the only one, or ``topic``), the topic, and its message count.
+
+    A message that cannot be read or deserialized is skipped with a warning (never sent) and, when
+    ``unreadable`` is given, appended to it as ``(index, bag time ns, reason)``.
+    """
     from ..codec import scan_from_cloud
+    from ..io.errors import ScanReadError
     from ..io.rosbag import BagSource
 
     source = BagSource(path, topics=[topic] if topic else None)
@@ -89,8 +95,14 @@ def load_bag_frames(path: str | Path, topic: str | None, label_field: str | None
     total = len(source)
     frames = []
     for i in range(total if max_frames is None else min(total, max_frames)):
-        raw = bytes(source.raw_message(i))
-        msg = source.message(i)
+        try:
+            raw = bytes(source.raw_message(i))
+            msg = source.message(i)
+        except ScanReadError as exc:  # a corrupt record: the rest of the bag is still replayed
+            log.warning("frame %d unreadable, not sent: %s", i, exc)
+            if unreadable is not None:
+                unreadable.append((i, int(source.stamps_ns[i]), exc.reason))
+            continue
         n = int(msg.height) * int(msg.width)
         truth = None
         if label_field and class_map is not None:
@@ -498,7 +510,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.label_field and class_map is None:
         raise SystemExit("--label-field needs --class-map (the label ids' class map)")
     check_classes(args.checkpoint, class_map)
-    frames, topic, total = load_bag_frames(args.bag, args.topic, args.label_field, class_map, args.max_frames)
+    from ..io.errors import ScanReadError, TopicSelectionError
+
+    unreadable: list[tuple[int, int, str]] = []
+    try:
+        frames, topic, total = load_bag_frames(args.bag, args.topic, args.label_field, class_map, args.max_frames,
+                                               unreadable)
+    except (ScanReadError, TopicSelectionError) as exc:
+        raise SystemExit(f"ssl3d-replay: {exc}") from None
     scores = ScoreAccumulator(class_map.num_classes) if class_map is not None else None
     out = Path(args.out)
     node_counts, unmatched = {}, 0
@@ -515,12 +534,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                            node_params=tuple(args.node_param), embeddings=args.with_embeddings)
         records, node_counts, unmatched = replay_dds(frames, cfg, out, scores, args.record_out, topic)
         mode = f"dds/{args.mode}" + (f" x{args.rate:g}" if args.mode == "recorded" else "")
+    if unreadable:  # in the report as frames that were never sent
+        records = sorted([*records, *(FrameRecord(i, stamp, 0, status="unreadable") for i, stamp, _ in unreadable)],
+                         key=lambda r: r.index)
     summary = summarise(records, mode=mode, source=str(args.bag), topic=topic, checkpoint=args.checkpoint,
                         frames_in_bag=total, unmatched_outputs=unmatched, node_counts=node_counts, scores=scores,
                         class_names=class_map.class_names if class_map else None)
-    written = write_replay_report(summary, records, out)
-    print(f"sent {summary.sent}, outputs {summary.outputs}, dropped {summary.dropped}, rejected {summary.rejected}; "
-          f"latency p50 {summary.latency_ms['p50']} ms")
+    try:
+        written = write_replay_report(summary, records, out)
+    except OSError as exc:
+        print(f"ssl3d-replay: cannot write the report to {out}: {exc.strerror or exc}; "
+              "files written there earlier are unchanged", file=sys.stderr)
+        return 1
+    print(f"sent {summary.sent}, outputs {summary.outputs}, dropped {summary.dropped}, rejected {summary.rejected}, "
+          f"unreadable {summary.unreadable}; latency p50 {summary.latency_ms['p50']} ms")
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0

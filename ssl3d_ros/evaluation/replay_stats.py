@@ -5,6 +5,9 @@ directly), so both produce the same JSON, markdown and PNG files.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -69,6 +72,7 @@ class ReplaySummary:
     node_counts: dict  # the node's own counters from its last /diagnostics (DDS mode)
     segmentation: dict | None  # overall scores when the bag carries labels
     frames: list[dict]
+    unreadable: int = 0  # bag messages that could not be read or deserialized (never sent)
 
 
 def summarise(records: Sequence[FrameRecord], *, mode: str, source: str, topic: str, checkpoint: str,
@@ -91,6 +95,7 @@ def summarise(records: Sequence[FrameRecord], *, mode: str, source: str, topic: 
         node_counts=dict(node_counts or {}),
         segmentation=None if scores is None else scores.scores().to_dict(list(class_names) if class_names else None),
         frames=[{**asdict(r), "latency_ms": r.latency_ms} for r in records],
+        unreadable=sum(r.status == "unreadable" for r in records),
     )
 
 
@@ -103,9 +108,9 @@ def replay_markdown(s: ReplaySummary, plots: dict[str, str]) -> str:
         f"# Replay report ({s.mode})", "",
         f"- source: `{s.source}` topic `{s.topic}`; checkpoint `{s.checkpoint or 'packaged default'}`",
         "", "## Counts", "",
-        markdown_table(["frames in bag", "sent", "outputs", "dropped", "rejected", "unmatched outputs"],
+        markdown_table(["frames in bag", "sent", "outputs", "dropped", "rejected", "unreadable", "unmatched outputs"],
                        [[str(s.frames_in_bag), str(s.sent), str(s.outputs), str(s.dropped), str(s.rejected),
-                         str(s.unmatched_outputs)]]),
+                         str(s.unreadable), str(s.unmatched_outputs)]]),
     ]
     if s.node_counts:
         lines += ["", "Node's own counters (last /diagnostics): "
@@ -190,10 +195,27 @@ def plot_latency(records: Sequence[FrameRecord], out_dir: Path) -> dict[str, str
 
 
 def write_replay_report(summary: ReplaySummary, records: Sequence[FrameRecord], out_dir: str | Path) -> dict[str, str]:
+    """Write replay.json, replay.md and the plots into ``out_dir``.
+
+    Everything is written into a staging folder inside ``out_dir`` first and moved into place only
+    when all of it was written, so a full disk or any other write error (OSError, raised) leaves the
+    files of an earlier report there unchanged and no partial file behind.
+    """
     out_dir = Path(out_dir)
-    plots = plot_latency(records, out_dir)
-    write_json(out_dir / "replay.json", {**asdict(summary), "plots": plots})
-    write_markdown(out_dir / "replay.md", replay_markdown(summary, plots))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".replay-report-", dir=out_dir))
+    try:
+        staged = plot_latency(records, staging)
+        plots = {k: str(out_dir / Path(v).name) for k, v in staged.items()}
+        write_json(staging / "replay.json", {**asdict(summary), "plots": plots})
+        write_markdown(staging / "replay.md", replay_markdown(summary, plots))
+        for path in staging.iterdir():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())  # a full disk can surface only here
+        for path in sorted(staging.iterdir()):
+            os.replace(path, out_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return {"json": str(out_dir / "replay.json"), "markdown": str(out_dir / "replay.md"), **plots}
 
 

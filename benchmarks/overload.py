@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""Overload: 120k-point clouds published at several times the rate the node sustains.
+
+The node runs as its own process (``ssl3d-perception``). This process first measures the rate the
+node sustains on the cloud (one frame in flight at a time, ``--calibration-frames``), then publishes
+the same cloud, freshly stamped, at ``--factor`` x that rate for ``--duration`` seconds from a
+best-effort publisher, as a driver would, while subscribing to ``~/output/segmentation`` and
+``/diagnostics``. It reports:
+
+- published / received by the node / processed / dropped in the node's one-slot mailbox / rejected /
+  failed, and messages lost in transport (published - received);
+- end-to-end latency (receive time here - header stamp) p50/p99/max, and the node's own processing
+  time, so "bounded" can be read as latency <= about 2 x processing time;
+- the node's resident memory (``/proc/<pid>/status`` VmRSS) at the start and end of the overload run,
+  its peak, and CUDA allocator memory from /diagnostics when the node runs on CUDA.
+
+Default 60 s at 3x. A soak run is the same with a longer ``--duration`` (e.g. 3600). Run inside the
+private network namespace::
+
+    scripts/netns-run .venv/bin/python benchmarks/overload.py                       # 60 s, 3x
+    scripts/netns-run .venv/bin/python benchmarks/overload.py --duration 3600 --json soak.json
+
+``test/test_overload.py`` runs the same code for 10 s in the default test suite.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SHARED_DATA = Path(os.environ.get("SSL3D_SHARED_DATA", REPO.parent / "shared" / "data"))
+INPUT_TOPIC = "/ssl3d_overload/points"
+NODE = "/ssl3d_perception"
+POINTS = 120_000
+
+
+def node_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmRSS")
+
+
+def overload_cloud(points: int = POINTS):
+    """A 120k-point PointCloud2 (x y z intensity): the first ``points`` of KITTI 004139 (123k points),
+    or a simulated 64-beam scan resampled to ``points`` when ../shared/data is absent."""
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    from ssl3d_ros.codec import encode_cloud, fill_cloud_message
+
+    path = SHARED_DATA / "lidar" / "kitti" / "004139.bin"
+    if path.exists():
+        raw = np.fromfile(path, dtype=np.float32).reshape(-1, 4)
+        xyz, intensity, source = raw[:, :3], raw[:, 3], f"KITTI {path.name}"
+    else:
+        from ssl3d_ros.sim import SimConfig, simulate_sequence, with_lidar
+
+        scan = next(iter(simulate_sequence(with_lidar(SimConfig(), beams=64, columns=2048), 1, seed=0)))
+        xyz, intensity, source = scan.points, scan.fields["intensity"], "simulated 64-beam x 2048"
+    index = np.arange(points) % len(xyz)
+    msg = fill_cloud_message(PointCloud2(), encode_cloud(xyz[index], {"intensity": intensity[index]}), PointField)
+    msg.header.frame_id = "velodyne"
+    return msg, source
+
+
+class Client:
+    """This process's participant: a best-effort publisher like a driver, the node's segmentation and
+    /diagnostics subscribed."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import PointCloud2
+
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("ssl3d_overload", context=self.context)
+        self.cond = threading.Condition()
+        self.outputs: list[tuple[int, int]] = []  # (stamp ns, receive wall ns)
+        self.diagnostics: list[dict[str, str]] = []
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        self.subs = [
+            self.node.create_subscription(PointCloud2, f"{NODE}/output/segmentation", self._on_seg, reliable),
+            self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10),
+        ]
+        self.pub = self.node.create_publisher(PointCloud2, INPUT_TOPIC, qos_profile_sensor_data)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_seg(self, msg) -> None:
+        now = time.time_ns()
+        with self.cond:
+            self.outputs.append((msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, now))
+            self.cond.notify_all()
+
+    def _on_diag(self, msg) -> None:
+        for status in msg.status:
+            if status.name.startswith("ssl3d_perception"):
+                with self.cond:
+                    self.diagnostics.append({kv.key: kv.value for kv in status.values})
+                    self.cond.notify_all()
+
+    def wait(self, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not (value := predicate()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+                self.cond.wait(min(left, 0.2))
+            return value
+
+    def fresh_diagnostics(self, timeout: float = 10.0) -> dict[str, str]:
+        with self.cond:
+            seen = len(self.diagnostics)
+        self.wait(lambda: len(self.diagnostics) > seen, timeout, "diagnostics")
+        with self.cond:
+            return dict(self.diagnostics[-1])
+
+    def publish(self, msg) -> int:
+        stamp = time.time_ns()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+        self.pub.publish(msg)
+        return stamp
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
+def start_node(checkpoint: Path, device: str, workdir: Path) -> tuple[subprocess.Popen, Path]:
+    params = workdir / "params.yaml"
+    params.write_text("/**:\n  ros__parameters:\n"
+                      f"    device: {device}\n"
+                      "    diagnostics:\n      period_s: 0.5\n      stale_after_s: 60.0\n"
+                      "      budget_ms: 100000.0\n      error_budget_ms: 200000.0\n")
+    executable = Path(sys.executable).with_name("ssl3d-perception")
+    program = [str(executable)] if executable.exists() else [sys.executable, "-m", "ssl3d_ros.node"]
+    log_path = workdir / "node.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([*program, "--ros-args", "--params-file", str(params),
+                                 "-r", f"~/input/points:={INPUT_TOPIC}", "-p", f"checkpoint:={checkpoint}"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    return proc, log_path
+
+
+def run_overload(checkpoint: str | Path | None = None, *, duration_s: float = 60.0, factor: float = 3.0,
+                 device: str = "cpu", calibration_frames: int = 4, points: int = POINTS,
+                 progress=print) -> dict:
+    """Start the node, calibrate, overload it, stop it; the measurements as a dict (see module doc)."""
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    workdir = Path(tempfile.mkdtemp(prefix="ssl3d_overload_"))
+    if checkpoint is None:
+        sys.path.insert(0, str(HERE))
+        from bench_node import benchmark_checkpoint
+
+        checkpoint = benchmark_checkpoint(None, workdir)
+    msg, source = overload_cloud(points)
+    proc, log_path = start_node(Path(checkpoint), device, workdir)
+    client = Client()
+    result: dict = {"checkpoint": str(checkpoint), "device": device, "cloud": source, "points": points,
+                    "duration_s": duration_s, "factor": factor, "cpus": os.cpu_count()}
+    try:
+        def ready():
+            if proc.poll() is not None:
+                raise RuntimeError(f"the node exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            return (client.pub.get_subscription_count() >= 1 and all(s.get_publisher_count() >= 1 for s in client.subs)
+                    and client.diagnostics)
+        client.wait(ready, 180.0, "the node to start")
+        time.sleep(0.5)
+
+        # 1. What the node sustains: one frame in flight, next one when the previous came back.
+        periods = []
+        for _ in range(calibration_frames + 1):
+            t0 = time.monotonic()
+            stamp = client.publish(msg)
+            client.wait(lambda: any(s == stamp for s, _ in client.outputs), 120.0, "a calibration frame")
+            periods.append(time.monotonic() - t0)
+        period = float(np.median(periods[1:]))  # the first frame pays one-off costs
+        sustained_hz = 1.0 / period
+        publish_hz = factor * sustained_hz
+        result.update(sustained_hz=round(sustained_hz, 3), publish_hz=round(publish_hz, 3))
+        progress(f"node sustains {sustained_hz:.2f} Hz on {points} points; publishing at {publish_hz:.2f} Hz "
+                 f"for {duration_s:.0f} s")
+
+        # 2. Overload.
+        start_diag = client.fresh_diagnostics()
+        rss_start = node_rss_mb(proc.pid)
+        with client.cond:
+            first_output = len(client.outputs)
+        rss_samples, stamps = [rss_start], []
+        t_start = time.monotonic()
+        next_send, next_sample = t_start, t_start + 1.0
+        while (now := time.monotonic()) - t_start < duration_s:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the node died under overload:\n{log_path.read_text()[-3000:]}")
+            if now >= next_sample:
+                rss_samples.append(node_rss_mb(proc.pid))
+                next_sample += 1.0
+            stamps.append(client.publish(msg))
+            next_send += 1.0 / publish_hz
+            time.sleep(max(0.0, next_send - time.monotonic()))
+        elapsed = time.monotonic() - t_start
+        # let the frame in the mailbox through, then one diagnostics that counts it
+        last = stamps[-1]
+        try:
+            client.wait(lambda: any(s == last for s, _ in client.outputs), 10 * period + 10, "the last frame")
+        except TimeoutError:
+            pass
+        time.sleep(0.3)
+        end_diag = client.fresh_diagnostics()
+        rss_end = node_rss_mb(proc.pid)
+        rss_samples.append(rss_end)
+        alive = proc.poll() is None
+        with client.cond:
+            outputs = client.outputs[first_output:]
+    finally:
+        client.close()
+        proc.send_signal(2)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    sent = set(stamps)
+    ours = [(s, r) for s, r in outputs if s in sent]
+    latency = np.asarray([(r - s) / 1e6 for s, r in ours])
+
+    def delta(key: str) -> int:
+        return int(end_diag.get(key, 0)) - int(start_diag.get(key, 0))
+
+    counts = {k: delta(f"frames_{k}") for k in ("received", "processed", "dropped", "rejected", "errors",
+                                                 "skipped_no_subscribers", "out_of_memory")}
+
+    def pct(q: float) -> float | None:
+        return round(float(np.percentile(latency, q)), 1) if latency.size else None
+
+    cuda = {k: (start_diag.get(f"memory_cuda_{k}_mb"), end_diag.get(f"memory_cuda_{k}_mb"))
+            for k in ("allocated", "reserved") if f"memory_cuda_{k}_mb" in end_diag}
+    result.update(
+        node_alive=alive,
+        elapsed_s=round(elapsed, 2),
+        published=len(stamps),
+        published_hz=round(len(stamps) / elapsed, 3),
+        node_counts=counts,
+        lost_in_transport=len(stamps) - counts["received"],
+        outputs=len(ours),
+        outputs_in_order=all(a[0] < b[0] for a, b in zip(ours, ours[1:])),
+        last_published_answered=bool(ours) and ours[-1][0] == stamps[-1],
+        latency_ms={"p50": pct(50), "p99": pct(99), "max": round(float(latency.max()), 1) if latency.size else None},
+        processing_ms={"median": float(end_diag.get("processing_time_ms_median", "nan")),
+                       "max_recent": float(end_diag.get("processing_time_ms_max", "nan")),
+                       "calibration_period_ms": round(period * 1e3, 1)},
+        rss_mb={"start": round(rss_start, 1), "end": round(rss_end, 1), "peak": round(max(rss_samples), 1),
+                "growth": round(rss_end - rss_start, 1)},
+        cuda_mb={k: {"start": v[0], "end": v[1]} for k, v in cuda.items()} or None,
+        node_log_tail=log_path.read_text()[-1500:],
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=None, help="default: the packaged checkpoint (else random-init nano)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of overload (soak: e.g. 3600)")
+    parser.add_argument("--factor", type=float, default=3.0, help="publish rate / sustained rate")
+    parser.add_argument("--points", type=int, default=POINTS)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    result = run_overload(args.checkpoint, duration_s=args.duration, factor=args.factor, device=args.device,
+                          points=args.points, progress=lambda text: print(text, file=sys.stderr, flush=True))
+    text = json.dumps({k: v for k, v in result.items() if k != "node_log_tail"}, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0 if result["node_alive"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
