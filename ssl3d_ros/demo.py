@@ -34,13 +34,16 @@ def _run(step: str, args: list[str], log_dir: Path, *, show_output: bool = False
     log = log_dir / f"{step}.log"
     print(f"\n== {step}: {' '.join(args)}", flush=True)
     started = time.monotonic()
-    with open(log, "w", encoding="utf-8") as handle:
-        if show_output:  # the pretraining progress bar goes to the terminal and the log
-            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(log, "wb") as handle:
+        if show_output:
+            # The progress bar goes to the terminal and the log as raw bytes: reading lines would
+            # turn each carriage-return update of the bar into a new line.
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             assert proc.stdout is not None
-            for line in proc.stdout:
-                sys.stdout.write(line)
-                handle.write(line)
+            while chunk := proc.stdout.read1(4096):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+                handle.write(chunk)
             code = proc.wait()
         else:
             code = subprocess.run(args, stdout=handle, stderr=subprocess.STDOUT).returncode
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-scans", type=int, default=120, help="scans in the pretraining bag")
     parser.add_argument("--eval-scans", type=int, default=40, help="scans in the held-out replay bag")
     parser.add_argument("--steps", type=int, default=300, help="pretraining steps")
+    parser.add_argument("--probe-scans", type=int, default=10, help="training-bag scans the linear head is fitted on")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -85,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 
     _run("probe", _module("ssl3d_ros.evaluation.probe") + [
         "--checkpoint", str(pretrain_dir / "encoder.safetensors"), str(train_bag),
-        "--label-field", "label", "--class-map", "sim-outdoor", "--max-scans", "12",
-        "--baselines", "random", "raw", "--out", str(probe_dir), "--write-head", str(model),
+        # Linear probe only (kNN and multi-level probes take minutes on a CPU: ssl3d-probe runs them).
+        "--label-field", "label", "--class-map", "sim-outdoor", "--max-scans", str(args.probe_scans), "--max-points-per-scan", "25000",
+        "--probes", "linear", "--baselines", "random", "raw", "--out", str(probe_dir), "--write-head", str(model),
     ], logs)
 
     _run("replay", _module("ssl3d_ros.evaluation.replay") + [
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ], logs)
 
     _run("pictures", _module("ssl3d_ros.evaluation.viz") + [
-        str(eval_bag), "--checkpoint", str(model), "--index", "5", "--label-field", "label",
+        str(eval_bag), "--checkpoint", str(model), "--index", str(min(5, args.eval_scans - 1)), "--label-field", "label",
         "--class-map", "sim-outdoor", "--color", "pca", "classes", "gt", "similarity", "--out", str(out / "pictures"),
     ], logs)
 

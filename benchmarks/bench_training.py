@@ -1,0 +1,111 @@
+"""Pretraining throughput per recipe (scans/s), against a plain encoder step measured in the same run.
+
+For each recipe config in ``config/pretrain/`` it builds the recipe exactly as ``ssl3d-pretrain``
+does, makes its views from the same simulated scans, and times full optimisation steps (recipe
+forward, backward, AdamW step, EMA update), view making excluded (the DataLoader workers do that in
+parallel). The baseline is one encoder forward + backward + AdamW step on the same scans' largest
+view with a trivial loss: the ratio says how many plain encoder steps a recipe step costs.
+
+    python benchmarks/bench_training.py --recipes sonata msm jepa mae acl --steps 8 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssl3d_ros.sim import simulate_sequence
+from ssl3d_ros.training.config import load_config
+from ssl3d_ros.training.loop import build_recipe
+from ssl3d_ros.training.recipes.base import StepInfo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _time_steps(step_fn, steps: int, warmup: int) -> list[float]:
+    for i in range(warmup):
+        step_fn(i)
+    times = []
+    for i in range(steps):
+        started = time.perf_counter()
+        step_fn(warmup + i)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def bench_recipe(name: str, scans, steps: int, warmup: int, device: torch.device) -> dict:
+    cfg = load_config(REPO / "config" / "pretrain" / f"{name}.yaml")
+    torch.manual_seed(0)
+    recipe = build_recipe(cfg).to(device)
+    optimizer = torch.optim.AdamW([p for p in recipe.parameters() if p.requires_grad], lr=1e-4)
+    views = recipe.make_views(scans, np.random.default_rng(0))
+
+    def recipe_step(step: int) -> None:
+        info = StepInfo(step, steps + warmup, 0.99, torch.Generator().manual_seed(step))
+        loss = recipe(views, info)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        recipe.on_step_end(info)
+
+    recipe_times = _time_steps(recipe_step, steps, warmup)
+
+    # Baseline: the same encoder, one forward + backward + step on the largest view of these scans.
+    encoder = recipe.student
+    largest = max((v for group in views.values() for v in group), key=lambda v: v.feat.shape[0])
+    x = largest.sparse()
+    base_opt = torch.optim.AdamW(encoder.parameters(), lr=1e-4)
+
+    def encoder_step(_: int) -> None:
+        loss = encoder.hypercolumn(encoder(x, run_decoder=False)).square().mean()
+        base_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        base_opt.step()
+
+    base_times = _time_steps(encoder_step, steps, warmup)
+    recipe_s, base_s = statistics.median(recipe_times), statistics.median(base_times)
+    return {
+        "recipe": name,
+        "batch_scans": len(scans),
+        "step_ms_median": 1000 * recipe_s,
+        "scans_per_s": len(scans) / recipe_s,
+        "encoder_step_ms_median": 1000 * base_s,
+        "largest_view_voxels": int(largest.feat.shape[0]),
+        "ratio_vs_encoder_step": recipe_s / base_s,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipes", nargs="+", default=["sonata", "msm", "jepa", "mae", "acl"])
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per recipe (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=2, help="scans per step (as run.batch_size)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    scans = list(simulate_sequence(None, args.batch, seed=0))
+    print(f"device {device}, torch threads {torch.get_num_threads()}, {args.batch} simulated scans per step "
+          f"({', '.join(str(len(s)) for s in scans)} points), median of {args.steps} steps")
+    print(f"{'recipe':8s} {'step ms':>9s} {'scans/s':>8s} {'encoder step ms':>16s} {'ratio':>6s}")
+    results = []
+    for name in args.recipes:
+        r = bench_recipe(name, scans, args.steps, args.warmup, device)
+        results.append(r)
+        print(f"{name:8s} {r['step_ms_median']:9.0f} {r['scans_per_s']:8.2f} {r['encoder_step_ms_median']:16.0f} "
+              f"{r['ratio_vs_encoder_step']:6.2f}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
