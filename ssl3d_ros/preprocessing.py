@@ -260,7 +260,8 @@ def _feature_fields(scan: Scan, cfg: PreprocessConfig) -> dict[str, torch.Tensor
         values = np.asarray(scan.fields[name])
         if name == "rgb":
             values = _rgb_unit(values)
-        fields[name] = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(len(scan), -1)
+        width = int(np.prod(values.shape[1:]))  # explicit: reshape(-1) is ambiguous for an empty scan
+        fields[name] = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(len(scan), width)
     return fields
 
 

@@ -294,3 +294,12 @@ def test_voxelization_invariants_hold_for_any_cloud(n, voxel, seed, training):
         cells = torch.floor(torch.from_numpy(points[finite]) / voxel).to(torch.int32)
         assert torch.equal(vox.grid_coord[pv], cells)
         assert torch.equal(vox.point_voxel[vox.voxel_point], torch.arange(len(vox)))
+
+
+@pytest.mark.parametrize("features", [("xyz", "intensity"), ("xyz", "height", "intensity", "rgb")])
+def test_a_scan_without_points_gives_no_voxels(features):
+    empty = Scan(np.zeros((0, 3), np.float32),
+                 {"intensity": np.zeros(0, np.float32), "rgb": np.zeros((0, 3), np.uint8)})
+    vox = preprocess(empty, PreprocessConfig(voxel_size=0.1, features=features, intensity_scale=1.0))
+    assert vox.feat.shape == (0, feature_channels(PreprocessConfig(features=features)))
+    assert vox.point_voxel.shape == (0,) and vox.point_valid.shape == (0,)
