@@ -1,7 +1,9 @@
 """rosbag2 (mcap, sqlite3) scan source for PointCloud2 topics, and a rosbag2 scan writer.
 
 ``BagSource`` indexes a bag once (topic, timestamp, rank among equal timestamps per message) and
-reads one message per ``source[i]``. Sources hold no open files: rosbags Readers (file handles,
+reads one message per ``source[i]``. A bag rosbags cannot read (a recorder killed mid-write: an
+``.mcap`` without summary/footer, a cut ``.db3``, a corrupt chunk) is indexed by ``bag_recovery``
+instead: its readable messages are kept and ``truncated`` says why. Sources hold no open files: rosbags Readers (file handles,
 sqlite connections) must never be shared across DataLoader workers, so each process opens the bags
 it reads into its own small LRU cache (``open_reader``), and a forked child drops the parent's.
 """
@@ -12,15 +14,17 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Sequence
 
 import numpy as np
+import yaml
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from ..codec import encode_cloud, fill_cloud_message, scan_from_cloud
 from ..scan import Scan
+from .bag_recovery import RecoveredIndex, RecoveredStorage, RecoveryError, recover
 from .errors import ScanReadError, TopicSelectionError
 from .source import check_index
 
@@ -70,14 +74,9 @@ _open_readers_pid: int | None = None
 _open_readers_lock = threading.Lock()
 
 
-def open_reader(path: Path) -> Reader:
-    """This process's open Reader for ``path`` (least recently used ones beyond the limit are closed).
-
-    Raises ScanReadError when the bag cannot be opened. After a fork the parent's readers are
-    forgotten, not closed: their handles belong to the parent.
-    """
+def _cached(key: str, opener: Any) -> Any:
+    """This process's open object under ``key``, opened by ``opener()`` on first use (LRU-bounded)."""
     global _open_readers, _open_readers_pid
-    key = str(path)
     with _open_readers_lock:
         if _open_readers_pid != os.getpid():
             _open_readers, _open_readers_pid = OrderedDict(), os.getpid()
@@ -85,11 +84,7 @@ def open_reader(path: Path) -> Reader:
         if reader is not None:
             _open_readers.move_to_end(key)
             return reader
-        try:
-            reader = Reader(path)
-            reader.open()
-        except Exception as exc:  # noqa: BLE001 - missing files, bad metadata, bad storage
-            raise ScanReadError(path, f"cannot open rosbag2: {type(exc).__name__}: {exc}") from None
+        reader = opener()
         _open_readers[key] = reader
         while len(_open_readers) > MAX_OPEN_READERS:
             _, oldest = _open_readers.popitem(last=False)
@@ -97,13 +92,35 @@ def open_reader(path: Path) -> Reader:
         return reader
 
 
-def close_reader(path: Path) -> None:
-    """Close this process's reader for ``path``, if open (a later read reopens it)."""
+def open_reader(path: Path) -> Reader:
+    """This process's open Reader for ``path`` (least recently used ones beyond the limit are closed).
+
+    Raises ScanReadError when the bag cannot be opened. After a fork the parent's readers are
+    forgotten, not closed: their handles belong to the parent.
+    """
+
+    def opener() -> Reader:
+        try:
+            reader = Reader(path)
+            reader.open()
+        except Exception as exc:  # noqa: BLE001 - missing files, bad metadata, bad storage
+            raise ScanReadError(path, f"cannot open rosbag2: {type(exc).__name__}: {exc}") from None
+        return reader
+
+    return _cached(str(path), opener)
+
+
+def _close_cached(key: str) -> None:
     with _open_readers_lock:
         if _open_readers_pid == os.getpid():
-            reader = _open_readers.pop(str(path), None)
+            reader = _open_readers.pop(key, None)
             if reader is not None:
                 reader.close()
+
+
+def close_reader(path: Path) -> None:
+    """Close this process's reader for ``path``, if open (a later read reopens it)."""
+    _close_cached(str(path))
 
 
 def open_reader_count() -> int:
@@ -125,6 +142,12 @@ class BagSource:
     raises ScanReadError on ``source[i]``. A header stamp of 0 is replaced by the bag timestamp.
     ``intensity_scale`` sets ``Scan.intensity_scale`` (e.g. 255 for Ouster reflectivity); by default
     it is the one BagWriter recorded in metadata.yaml for the topic, else None.
+
+    Damaged bags: when rosbags cannot open the storage or fails while indexing it, the messages are
+    indexed by a record scan of the ``.mcap`` / a read-only sqlite read of the ``.db3``
+    (``bag_recovery``); ``truncated`` is then set and a warning names the bag and the count. Each
+    unreadable stretch (the cut tail, a chunk that does not decompress) is one index entry whose
+    ``source[i]`` raises ScanReadError, so ``iter_scans``/replay count it once.
     """
 
     def __init__(
@@ -138,8 +161,16 @@ class BagSource:
         self.path = Path(path)
         self.label_field = label_field
         self.truncated: str | None = None  # why indexing stopped early, for a damaged bag
+        self._recovered: RecoveredIndex | None = None  # set when the bag was read by bag_recovery
 
-        reader = open_reader(self.path)
+        try:
+            reader = open_reader(self.path)
+        except ScanReadError as error:
+            recovered = self._recover(error.reason)
+            if isinstance(recovered, str):
+                raise ScanReadError(self.path, f"{error.reason}; {recovered}") from None
+            self._index_recovered(recovered, topics, intensity_scale)
+            return
         available: dict[str, str] = {}
         for conn in reader.connections:  # a topic counts as PointCloud2 if any connection carries it
             if available.get(conn.topic) != POINTCLOUD2:
@@ -170,17 +201,78 @@ class BagSource:
                 seqs.append(per_topic[tid])
                 per_topic[tid] += 1
         except Exception as exc:  # noqa: BLE001 - rosbags raises many types for damaged storage
-            self.truncated = f"{type(exc).__name__}: {exc}"
-            log.warning("%s: bag unreadable after %d messages, using those: %s", self.path, len(stamps), exc)
+            reason = f"{type(exc).__name__}: {exc}"
+            recovered = self._recover(f"reading failed: {reason}")
+            if not isinstance(recovered, str):
+                close_reader(self.path)
+                self._index_recovered(recovered, topics, intensity_scale)
+                return
+            self.truncated = reason
+            log.warning("%s: bag unreadable after %d messages, using those: %s (%s)",
+                        self.path, len(stamps), exc, recovered)
         self.topic_index = np.asarray(topic_of, dtype=np.int32)
         self.stamps_ns = np.asarray(stamps, dtype=np.int64)
         self._ranks = np.asarray(ranks, dtype=np.int32)
         self._seqs = np.asarray(seqs, dtype=np.int64)
         self.message_counts = {t: per_topic[k] for k, t in enumerate(self.topics)}
 
+    # ---------------------------------------------------------------- damaged bags
+
+    def _recover(self, why: str) -> "RecoveredIndex | str":
+        """The readable messages of a bag rosbags could not read (bag_recovery), or why there are none."""
+        files, self._message_compression, self._custom = storage_files(self.path)
+        if not files:
+            return "no .mcap/.db3 storage files to recover messages from"
+        try:
+            recovered = recover(files, POINTCLOUD2)
+        except RecoveryError as exc:
+            return f"recovery found nothing readable: {exc}"
+        self.truncated = f"recovered by a record scan after rosbags failed ({why})"
+        return recovered
+
+    def _index_recovered(self, rec: RecoveredIndex, topics: Sequence[str] | None,
+                         intensity_scale: float | None) -> None:
+        """The index over recovered messages; each unreadable region becomes one entry that raises."""
+        self._recovered = rec
+        self.topics = select_topics(rec.available, topics, str(self.path))
+        recorded = intensity_scales_from(self._custom)
+        self.intensity_scales = {
+            t: intensity_scale if intensity_scale is not None else recorded.get(t) for t in self.topics
+        }
+        topic_ids = {t: k for k, t in enumerate(self.topics)}
+        tids = np.fromiter((topic_ids.get(t, -1) for t in rec.topic), dtype=np.int32, count=len(rec.topic))
+        keep = np.flatnonzero(tids >= 0)
+        n_bad = len(rec.problems)
+        positions = np.concatenate([keep, -1 - np.arange(n_bad)]).astype(np.int64)
+        stamps = np.concatenate([rec.stamp[keep], np.asarray([p[1] for p in rec.problems], dtype=np.int64)])
+        topic_of = np.concatenate([tids[keep], np.zeros(n_bad, dtype=np.int32)])
+        order = np.argsort(stamps, kind="stable")  # file order among equal stamps, like rosbags
+        self._positions = positions[order]
+        self.stamps_ns = stamps[order]
+        self.topic_index = topic_of[order].astype(np.int32)
+        self._ranks = np.zeros(len(order), dtype=np.int32)
+        self._seqs = np.full(len(order), -1, dtype=np.int64)
+        counts = {}
+        for k, topic in enumerate(self.topics):
+            mine = (self.topic_index == k) & (self._positions >= 0)
+            self._seqs[mine] = np.arange(int(mine.sum()))
+            counts[topic] = int(mine.sum())
+        self.message_counts = counts
+        state = "storage complete" if rec.complete else "storage truncated"
+        log.warning("%s: damaged bag (%s): recovered %d messages on %s; %d unreadable region(s)%s",
+                    self.path, state if not n_bad else f"{state}, unreadable data",
+                    int(sum(counts.values())), self.topics, n_bad,
+                    "".join(f"; {p[2]}" for p in rec.problems[:3]))
+
     def close(self) -> None:
         """Close this process's reader of the bag (a later ``source[i]`` reopens it)."""
         close_reader(self.path)
+        if self._recovered is not None:
+            _close_cached(self._recovered_key)
+
+    @property
+    def _recovered_key(self) -> str:
+        return f"recovered:{self.path}:{self._recovered.token}"
 
     def __enter__(self) -> "BagSource":
         return self
@@ -195,6 +287,8 @@ class BagSource:
 
     def describe(self, index: int) -> str:
         index = check_index(index, len(self))
+        if self._recovered is not None and self._positions[index] < 0:
+            return f"{self.path}:<damaged data {-1 - int(self._positions[index])}>"
         return f"{self.path}:{self.topics[self.topic_index[index]]}#{self._seqs[index]}"
 
     def topic(self, index: int) -> str:
@@ -203,6 +297,8 @@ class BagSource:
     def raw_message(self, index: int) -> bytes:
         """The serialized CDR bytes of message ``index``."""
         index = check_index(index, len(self))
+        if self._recovered is not None:
+            return self._recovered_message(index)
         topic = self.topics[self.topic_index[index]]
         stamp = int(self.stamps_ns[index])
         reader = open_reader(self.path)
@@ -214,6 +310,19 @@ class BagSource:
         except Exception as exc:  # noqa: BLE001
             raise ScanReadError(self.describe(index), f"storage read failed: {type(exc).__name__}: {exc}") from None
         raise ScanReadError(self.describe(index), "message no longer in the bag (bag changed since indexing?)")
+
+    def _recovered_message(self, index: int) -> bytes:
+        rec, position = self._recovered, int(self._positions[index])
+        if position < 0:
+            raise ScanReadError(self.describe(index), rec.problems[-1 - position][2])
+        storage = _cached(self._recovered_key, lambda: RecoveredStorage(rec))
+        try:
+            data = storage.read(position)
+            if self._message_compression == "zstd":
+                data = decompress_message(data)
+        except Exception as exc:  # noqa: BLE001 - file, sqlite and decompressor errors
+            raise ScanReadError(self.describe(index), f"storage read failed: {type(exc).__name__}: {exc}") from None
+        return data
 
     def message(self, index: int) -> Any:
         """Message ``index`` deserialized with the Humble typestore."""
@@ -242,7 +351,12 @@ class BagSource:
 
 def recorded_intensity_scales(reader: Reader) -> dict[str, float]:
     """Per-topic intensity scales from metadata.yaml custom_data (only bag folders have it)."""
-    custom = getattr(getattr(reader.storage, "metadata", None), "custom", None) or {}
+    return intensity_scales_from(getattr(getattr(reader.storage, "metadata", None), "custom", None))
+
+
+def intensity_scales_from(custom: dict | None) -> dict[str, float]:
+    """Per-topic intensity scales in a metadata.yaml custom_data dict."""
+    custom = custom if isinstance(custom, dict) else {}
     scales = {}
     for key, value in custom.items():
         if isinstance(key, str) and key.startswith(INTENSITY_SCALE_KEY):
@@ -251,6 +365,42 @@ def recorded_intensity_scales(reader: Reader) -> dict[str, float]:
             except (TypeError, ValueError):
                 log.warning("ignoring custom_data %s=%r: not a number", key, value)
     return scales
+
+
+def storage_files(path: Path) -> tuple[list[Path], str | None, dict | None]:
+    """A bag's storage files, per-message compression and custom_data, read without rosbags.
+
+    For a folder: the files metadata.yaml lists (those present), else every ``.mcap``/``.db3`` in it.
+    """
+    if path.is_file():
+        return ([path] if path.suffix in (".mcap", ".db3") else []), None, None
+    if not path.is_dir():
+        return [], None, None
+    info: dict = {}
+    try:
+        loaded = yaml.safe_load((path / "metadata.yaml").read_text())
+        if isinstance(loaded, dict) and isinstance(loaded.get("rosbag2_bagfile_information"), dict):
+            info = loaded["rosbag2_bagfile_information"]
+    except (OSError, yaml.YAMLError):
+        pass
+    listed = info.get("relative_file_paths")
+    files = [path / PurePath(str(x)).name for x in listed] if isinstance(listed, list) else []
+    files = [f for f in files if f.is_file() and f.suffix in (".mcap", ".db3")]
+    if not files:
+        files = sorted(path.glob("*.mcap")) + sorted(path.glob("*.db3"))
+    mode = str(info.get("compression_mode") or "").lower()
+    compression = "zstd" if mode == "message" and info.get("compression_format") == "zstd" else None
+    custom = info.get("custom_data")
+    return files, compression, custom if isinstance(custom, dict) else None
+
+
+def decompress_message(data: bytes) -> bytes:
+    """One zstd-compressed message (rosbag2 compression_mode: message)."""
+    try:
+        from backports import zstd
+    except ImportError:  # Python >= 3.14
+        from compression import zstd  # type: ignore[no-redef]
+    return zstd.decompress(data)
 
 
 # ------------------------------------------------------------------------------------ writer
