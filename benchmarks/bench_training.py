@@ -56,7 +56,7 @@ def bench_recipe(name: str, scans, steps: int, warmup: int, device: torch.device
     recipe_times = _time_steps(recipe_step, steps, warmup)
 
     # Baseline: the same encoder, one forward + backward + step on the largest view of these scans.
-    encoder = recipe.student
+    encoder = recipe.student_encoder
     largest = max((v for group in views.values() for v in group), key=lambda v: v.feat.shape[0])
     x = largest.sparse()
     base_opt = torch.optim.AdamW(encoder.parameters(), lr=1e-4)

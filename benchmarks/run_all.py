@@ -14,7 +14,7 @@ RUNS = [
     ("codec", ["bench_codec.py", "--points", "120000", "--dims", "64", "--repeats", "15"]),
     ("codec_aligned", ["bench_codec.py", "--points", "120000", "--dims", "64", "--repeats", "15", "--align"]),
     ("preprocessing", ["bench_preprocessing.py", "--voxel", "0.1", "--repeats", "20"]),
-    ("encoder", ["bench_encoder.py", "--sizes", "nano,micro,ref16", "--repeats", "10"]),
+    ("encoder", ["bench_encoder.py", "--repeats", "5", "--warmup", "2"]),
     ("training", ["bench_training.py", "--steps", "8", "--threads", "1"]),
     ("node", ["bench_node.py"]),
 ]

@@ -150,6 +150,9 @@ class NodeConfig:
     device: Literal["auto", "cuda", "cpu"] = _doc("inference device; auto = CUDA when available", "auto")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = _doc(
         "inference precision; auto = fp16 on CUDA, fp32 on CPU", "auto")
+    cpu_threads: int = _doc(
+        "torch CPU threads (0 = torch's default, one per core); on a CPU shared with other busy processes "
+        "use fewer than the cores: oversubscribed threads ran 10-20x slower on a busy 2-core machine", 0)
     input: InputConfig = field(default_factory=InputConfig)
     preprocessing: PreprocessingOverrides = field(default_factory=PreprocessingOverrides)
     classes: ClassesConfig = field(default_factory=ClassesConfig)
@@ -167,6 +170,7 @@ def validate_node_config(cfg: NodeConfig) -> NodeConfig:
             raise ConfigError(f"parameter '{name}': {what}")
 
     p, o, d = cfg.preprocessing, cfg.occupancy, cfg.diagnostics
+    need(cfg.cpu_threads >= 0, "cpu_threads", f"must be >= 0 (0 = torch's default), got {cfg.cpu_threads}")
     need(cfg.input.qos.depth >= 1, "input.qos.depth", f"must be >= 1, got {cfg.input.qos.depth}")
     need(cfg.input.intensity_scale >= 0, "input.intensity_scale", "must be >= 0 (0 = auto)")
     need(cfg.input.max_points >= 0, "input.max_points", f"must be >= 0 (0 = no limit), got {cfg.input.max_points}")
@@ -609,6 +613,8 @@ class PerceptionPipeline:
 
     @classmethod
     def from_config(cls, cfg: NodeConfig) -> "PerceptionPipeline":
+        if cfg.cpu_threads > 0:
+            torch.set_num_threads(cfg.cpu_threads)
         return cls.from_checkpoint(cfg.checkpoint or None, cfg.device, cfg.precision, cfg)
 
     # -- per frame ------------------------------------------------------------------------------
@@ -718,10 +724,16 @@ class PerceptionPipeline:
                 sparse, feats=sparse.feats.to(self.device, self.dtype), coords=sparse.coords.to(self.device)
             )
         output = self.encoder(sparse)
-        hyper = self.encoder.hypercolumn(output).float()  # (M, C_total), heads run in fp32
+        # The (M, C_total) hypercolumn is the largest tensor of a frame: build it only for embeddings
+        # or k-means; a linear head is applied level by level instead. Heads run in fp32.
+        needs_hypercolumn = embeddings or (segmentation and self.seg_head is None)
+        hyper = self.encoder.hypercolumn(output).float() if needs_hypercolumn else None
         voxel_class = voxel_prob = voxel_entropy = None
-        if segmentation:
-            voxel_class, voxel_prob, voxel_entropy = self._segment(hyper, update_clusters)
+        if segmentation and self.seg_head is not None:
+            seg = segment_outputs(self.encoder.linear_over_levels(output, self.seg_head.weight, self.seg_head.bias))
+            voxel_class, voxel_prob, voxel_entropy = seg.class_id, seg.probability, seg.entropy
+        elif segmentation:
+            voxel_class, voxel_prob, voxel_entropy = self._cluster(hyper, update_clusters)
         voxel_embedding = self._embed(hyper) if embeddings else None
         # One device->host transfer per output, after the whole graph is queued.
         if voxel_class is not None:
@@ -797,9 +809,8 @@ class PerceptionPipeline:
         result = self.process(scan, segmentation=segmentation, embeddings=embeddings).scatter(index, total)
         return CloudResult(result=result, xyz=points, height=height, width=width, decode_ms=decode_ms)
 
-    def _segment(self, hyper: torch.Tensor, update_clusters: bool):
-        if self.seg_head is not None:
-            return segment_outputs(self.seg_head(hyper))
+    def _cluster(self, hyper: torch.Tensor, update_clusters: bool):
+        """Unsupervised segments: k-means on the embeddings with ids carried across frames."""
         x = self.checkpoint.pca(hyper) if self.kmeans_input == "pca" else hyper
         labels = self.kmeans.step(x) if update_clusters or not self.kmeans.initialised else self.kmeans.assign(x)
         # Soft assignment for probability/entropy: softmax of negative squared distances in units of

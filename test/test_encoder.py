@@ -274,3 +274,17 @@ def test_infer_fp16_on_cuda(shared_data):
     for a, b in zip(ref.levels, half.levels):
         assert torch.isfinite(b.feats).all()
         torch.testing.assert_close(b.feats.float(), a.feats, rtol=0.05, atol=0.05)
+
+
+def test_linear_map_of_the_levels_equals_the_map_of_the_hypercolumn(shared_data):
+    torch.manual_seed(0)
+    encoder = SparseEncoder(small_cfg()).eval()
+    with torch.inference_mode():
+        out = encoder(scan_tensor(shared_data))
+        weight, bias = torch.randn(7, encoder.hypercolumn_channels), torch.randn(7)
+        expected = encoder.hypercolumn(out) @ weight.T + bias
+        got = encoder.linear_over_levels(out, weight, bias)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="input channels"):
+        encoder.linear_over_levels(out, weight[:, 1:])

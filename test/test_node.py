@@ -422,7 +422,8 @@ def test_burst_keeps_the_latest_scan_and_counts_every_frame(harness, node_proces
 
 @pytest.mark.parametrize(
     ("override", "named"),
-    [("input.qos.depth:=0", "input.qos.depth"), ("voxel_size:=0.1", "unknown parameter")],
+    [("input.qos.depth:=0", "input.qos.depth"), ("voxel_size:=0.1", "unknown parameter"),
+     ("cpu_threads:=-1", "cpu_threads")],
 )
 def test_invalid_parameters_stop_the_node_at_start_up(checkpoint, params_file, override, named):
     result = subprocess.run(_node_command(params_file, checkpoint, "-p", override), capture_output=True, text=True,

@@ -316,6 +316,25 @@ class SparseEncoder(nn.Module):
         chosen = range(len(out.levels)) if levels is None else levels
         return torch.cat([out.levels[i].feats.index_select(0, out.parents[i]) for i in chosen], dim=1)
 
+    def linear_over_levels(self, out: EncoderOutput, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``hypercolumn(out) @ weight.T + bias`` without building the hypercolumn.
+
+        A linear map of the concatenated levels is the sum of each level's slice of it; applying each
+        slice at its own level's (coarser) resolution and gathering only the K outputs costs a fraction
+        of gathering every level's C channels to all level-0 voxels first. Computed in fp32.
+        """
+        if weight.shape[1] != self.hypercolumn_channels:
+            raise ValueError(f"weight has {weight.shape[1]} input channels, the hypercolumn {self.hypercolumn_channels}")
+        result = None
+        start = 0
+        for level, parent in zip(out.levels, out.parents):
+            width = level.feats.shape[1]
+            part = level.feats.float() @ weight[:, start:start + width].float().T
+            part = part.index_select(0, parent)
+            result = part if result is None else result.add_(part)
+            start += width
+        return result if bias is None else result.add_(bias.float())
+
     def decode(self, out: EncoderOutput, targets: list | None = None, mask_token: bool = True) -> list[SparseTensor]:
         """Upsample coarse -> fine with skips. Returns one SparseTensor per level, coarsest first
         (channels ``decoder_channels``), on the encoder's voxels or, with ``targets`` (per level 0..L,
