@@ -80,8 +80,30 @@ def downsample_coords(coords: torch.Tensor, stride: int = 2) -> tuple[torch.Tens
     return unpack_keys(uniq), parent
 
 
+class _PairList:
+    """A conv's (input row, output row) pairs grouped by kernel offset, built lazily by ``_grouped``."""
+
+    def _grouped(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        raise NotImplementedError
+
+    @property
+    def in_idx(self) -> torch.Tensor:
+        """(P,) input rows of all pairs, grouped by kernel offset."""
+        return self._grouped()[0]
+
+    @property
+    def out_idx(self) -> torch.Tensor:
+        """(P,) output rows, same order as in_idx."""
+        return self._grouped()[1]
+
+    @property
+    def counts(self) -> list[int]:
+        """Pairs per kernel offset (the centre entry of a submanifold map is 0: a plain matmul)."""
+        return self._grouped()[2]
+
+
 @dataclass
-class SubmMap:
+class SubmMap(_PairList):
     """Neighbours of a submanifold conv: a dense (M, k^3) table (M marks "no neighbour"), plus, built on
     first use, the pairs grouped by kernel offset (the centre offset is implicit)."""
 
@@ -104,24 +126,9 @@ class SubmMap:
             self._pairs = (in_idx, out_idx, counts)
         return self._pairs
 
-    @property
-    def in_idx(self) -> torch.Tensor:
-        """(P,) input rows of all pairs, grouped by kernel offset."""
-        return self._grouped()[0]
-
-    @property
-    def out_idx(self) -> torch.Tensor:
-        """(P,) output rows, same order as in_idx."""
-        return self._grouped()[1]
-
-    @property
-    def counts(self) -> list[int]:
-        """Pairs per kernel offset (length k^3; the centre entry is 0)."""
-        return self._grouped()[2]
-
 
 @dataclass
-class DownMap:
+class DownMap(_PairList):
     """Fine -> coarse map of a kernel == stride conv; serves the strided conv and its inverse."""
 
     coarse_coords: torch.Tensor  # (Mc, 4) int32
@@ -139,20 +146,6 @@ class DownMap:
             counts = torch.bincount(offset, minlength=kvol).tolist()
             self._pairs = (fine.int(), self.parent[fine].int(), counts)
         return self._pairs
-
-    @property
-    def in_idx(self) -> torch.Tensor:
-        """(M,) fine rows grouped by kernel offset (as a conv's pair list: input side)."""
-        return self._grouped()[0]
-
-    @property
-    def out_idx(self) -> torch.Tensor:
-        """(M,) the parent row of each entry of in_idx (output side)."""
-        return self._grouped()[1]
-
-    @property
-    def counts(self) -> list[int]:
-        return self._grouped()[2]
 
 
 def build_subm_map(coords: torch.Tensor, kernel_size: int = 3) -> SubmMap:
