@@ -1,7 +1,7 @@
 # Two set-up commands: `make demo` and `make test`. Each creates .venv when needed, installs the
-# Debian and Python dependencies, then runs. Everything that starts ROS 2 participants runs inside a
-# private network namespace with localhost-only discovery (scripts/netns-run), so DDS never leaves
-# this machine.
+# Debian and Python dependencies, then runs. Everything that starts ROS 2 participants (tests, the
+# demo's replay, benchmarks) runs through $(NETNS): `unshare --net` with only lo up and
+# ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, so DDS never leaves this machine.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,6 +11,8 @@ STAMP := $(VENV)/.ssl3d-installed
 RECIPE ?= sonata
 OUT ?= demo_output
 PYTEST_ARGS ?=
+# scripts/netns-run: unshare --net -- sh -c 'ip link set lo up && exec ...'
+NETNS := scripts/netns-run
 
 .PHONY: deps demo test bench clean
 
@@ -25,13 +27,13 @@ $(STAMP): setup.py setup.cfg constraints.txt scripts/install-system-deps
 	touch $(STAMP)
 
 demo: deps
-	scripts/netns-run $(PY) -m ssl3d_ros.demo --recipe $(RECIPE) --out $(OUT)
+	$(NETNS) $(PY) -m ssl3d_ros.demo --recipe $(RECIPE) --out $(OUT)
 
 test: deps
-	scripts/netns-run $(PY) -m pytest -q -ra $(PYTEST_ARGS) test
+	$(NETNS) $(PY) -m pytest -q -ra $(PYTEST_ARGS) test
 
 bench: deps
-	scripts/netns-run $(PY) benchmarks/run_all.py
+	$(NETNS) $(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis $(OUT)
