@@ -689,18 +689,13 @@ class PerceptionPipeline:
         """
         t0 = time.perf_counter()
         n = len(scan)
-        if n == 0:  # an empty cloud (drivers publish them): nothing to preprocess
-            result = FrameResult(valid=np.zeros(0, bool), point_voxel=np.zeros(0, np.int64),
-                                 voxel_coord=np.zeros((0, 3), np.float32))
-            m = 0
-        else:
-            vox = preprocess(scan, self.preprocess_cfg)
-            result = FrameResult(
-                valid=vox.point_valid.numpy(),
-                point_voxel=vox.point_voxel.numpy(),
-                voxel_coord=vox.coord.numpy(),
-            )
-            m = len(vox.grid_coord)
+        vox = preprocess(scan, self.preprocess_cfg)  # an empty cloud gives zero voxels, handled below
+        result = FrameResult(
+            valid=vox.point_valid.numpy(),
+            point_voxel=vox.point_voxel.numpy(),
+            voxel_coord=vox.coord.numpy(),
+        )
+        m = len(vox.grid_coord)
         point_voxel, valid = result.point_voxel, result.valid
         t1 = time.perf_counter()
         if m == 0:  # nothing survived preprocessing: every point invalid
