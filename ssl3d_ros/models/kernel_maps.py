@@ -118,12 +118,11 @@ class SubmMap(_PairList):
             kvol = self.kernel_size ** 3
             by_offset = self.table.t().contiguous()  # (K, M)
             by_offset[kvol // 2] = m  # the centre offset is handled as a plain matmul
-            hit = (by_offset < m).view(-1).nonzero().squeeze(1)  # ordered by offset, then output row
-            offset = torch.div(hit, m, rounding_mode="floor") if m else hit
-            out_idx = (hit - offset * m).to(self.table.dtype)
-            in_idx = by_offset.view(-1)[hit]
-            counts = torch.bincount(offset, minlength=kvol).tolist()
-            self._pairs = (in_idx, out_idx, counts)
+            present = by_offset < m
+            hit = present.view(-1).nonzero().squeeze(1)  # ordered by offset, then output row
+            in_idx = by_offset.view(-1).index_select(0, hit)
+            out_idx = (hit % m).to(self.table.dtype) if m else hit.to(self.table.dtype)
+            self._pairs = (in_idx, out_idx, present.sum(1).tolist())
         return self._pairs
 
 
@@ -142,8 +141,10 @@ class DownMap(_PairList):
     def _grouped(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         if self._pairs is None:
             kvol = self.stride ** 3
-            offset, fine = torch.sort(self.offset, stable=True)
-            counts = torch.bincount(offset, minlength=kvol).tolist()
+            # offsets are < 8 (stride 2) or < 64 (stride 4): a uint8 stable sort is ~3x cheaper than int64
+            key = self.offset.to(torch.uint8) if kvol <= 256 else self.offset
+            offset, fine = torch.sort(key, stable=True)
+            counts = torch.bincount(offset.long(), minlength=kvol).tolist()
             self._pairs = (fine.int(), self.parent[fine].int(), counts)
         return self._pairs
 
