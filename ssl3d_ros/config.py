@@ -126,6 +126,32 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
+def set_dotted(data: dict, assignment: str) -> dict:
+    """Apply one ``section.key=value`` command-line override to plain config data, in place.
+
+    The value is parsed as YAML (``0.15``, ``[xyz, intensity]``, ``true``); intermediate mappings are
+    created as needed. The typed loader validates the result afterwards, so a misspelt key is still
+    rejected as an unknown key."""
+    key, sep, text = assignment.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"override {assignment!r}: expected SECTION.KEY=VALUE")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {assignment!r}: value is not valid YAML: {exc}") from None
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: {'.'.join(parts[:depth + 1])} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+    return data
+
+
 def load_yaml(cls: type[T], path: str | Path, section: str | None = None) -> T:
     """Load dataclass ``cls`` from a YAML file (optionally from one top-level section)."""
     data = read_yaml(path)

@@ -281,3 +281,18 @@ def test_config_rejects_unknown_keys():
     cfg = config_from_dict({"recipe": {"name": "mae", "leak_positions": True}, "run": {"steps": 7}})
     assert cfg.recipe.leak_positions is True and cfg.run.steps == 7
     assert cfg.to_dict()["recipe"]["name"] == "mae"
+
+
+def test_config_overrides_from_the_command_line():
+    path = REPO / "config" / "pretrain" / "sonata.yaml"
+    cfg = load_config(path, ["preprocessing.voxel_size=0.15", "encoder.size=micro", "recipe.prototypes=64",
+                             "preprocessing.features=[xyz, intensity]"])
+    assert cfg.preprocessing.voxel_size == 0.15 and cfg.encoder["size"] == "micro"
+    assert cfg.recipe.prototypes == 64 and tuple(cfg.preprocessing.features) == ("xyz", "intensity")
+    assert load_config(path).preprocessing.voxel_size == 0.1  # the file itself is untouched
+    with pytest.raises(ConfigError, match="preprocessing"):
+        load_config(path, ["preprocessing.voxel_sise=0.15"])  # misspelt keys are still unknown keys
+    with pytest.raises(ConfigError, match="SECTION.KEY=VALUE"):
+        load_config(path, ["preprocessing.voxel_size"])
+    with pytest.raises(ConfigError, match="not a mapping"):
+        load_config(path, ["run.steps.x=1"])

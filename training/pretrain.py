@@ -2,6 +2,7 @@
 
     ssl3d-pretrain --config config/pretrain/sonata.yaml [--data PATH ...] [--topics T ...]
                    [--steps N] [--out DIR] [--resume] [--device auto|cpu|cuda] [--workers N]
+                   [--set SECTION.KEY=VALUE ...]
     torchrun --nproc-per-node 4 -m ssl3d_ros.training.pretrain --config ...
 
 Writes DIR/checkpoints/state-*.safetensors (resumable training state), DIR/metrics.csv, TensorBoard
@@ -31,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (run.checkpoint_every)")
     p.add_argument("--seed", type=int, help="run.seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                   help="override any config entry (value parsed as YAML), e.g. --set preprocessing.voxel_size=0.15; "
+                        "repeatable")
     return p.parse_args(argv)
 
 
@@ -58,7 +62,7 @@ def main(argv=None) -> int:
     from .loop import EXIT_INTERRUPTED, train
 
     try:
-        cfg = apply_overrides(load_config(args.config), args)
+        cfg = apply_overrides(load_config(args.config, args.overrides), args)
     except ConfigError as exc:
         print(f"ssl3d-pretrain: {exc}", file=sys.stderr)
         return 2
