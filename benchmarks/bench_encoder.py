@@ -89,6 +89,10 @@ def run_single(args) -> dict:
     from ssl3d_ros.models.structure import SparseTensor
 
     torch.set_num_threads(args.threads)
+    if args.heap == "retain":  # as the node does (parameter retain_freed_memory)
+        from ssl3d_ros.heap import retain_freed_memory
+
+        retain_freed_memory()
     torch.manual_seed(0)
     device = torch.device(args.device)
     path, scale = SCANS[args.scan]
@@ -108,7 +112,7 @@ def run_single(args) -> dict:
         if i >= args.warmup:
             times.append((time.perf_counter() - t0) * 1e3)
     result = dict(scan=args.scan, size=args.size, backend=args.backend, device=args.device, dtype=args.dtype,
-                  threads=args.threads, voxel=voxel, points=n_points, voxels=len(coords),
+                  threads=args.threads, heap=args.heap, voxel=voxel, points=n_points, voxels=len(coords),
                   params=sum(p.numel() for p in model.parameters()),
                   median_ms=statistics.median(times), p90_ms=float(np.percentile(times, 90)), min_ms=min(times))
     if device.type == "cuda":
@@ -119,7 +123,7 @@ def run_single(args) -> dict:
 
 def run_section(args, device: str, dtype: str) -> list[dict]:
     results = []
-    print(f"\ndevice={device} dtype={dtype} threads={args.threads} repeats={args.repeats}")
+    print(f"\ndevice={device} dtype={dtype} threads={args.threads} repeats={args.repeats} heap={args.heap}")
     header = f"{'scan':24s} {'size':6s} {'backend':7s} {'voxels':>7s} {'params':>9s} {'median ms':>10s} {'p90 ms':>8s} {'peak MiB':>9s}"
     print(header)
     for scan in args.scans.split(","):
@@ -128,7 +132,7 @@ def run_section(args, device: str, dtype: str) -> list[dict]:
             for backend in args.backends.split(","):
                 cmd = [sys.executable, __file__, "--single", "--scan", scan, "--size", size, "--backend", backend,
                        "--device", device, "--dtype", dtype, "--threads", str(args.threads),
-                       "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+                       "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--heap", args.heap]
                 if args.voxel:
                     cmd += ["--voxel", str(args.voxel)]
                 proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -157,6 +161,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--heap", choices=["retain", "default"], default="retain",
+                    help="retain: keep freed memory in the heap between forwards, as the node does "
+                         "(ssl3d_ros.heap); default: glibc's defaults")
     ap.add_argument("--voxel", type=float, default=None, help="override the per-size voxel size (m)")
     ap.add_argument("--json", type=Path, default=None, help="also write all results here")
     ap.add_argument("--single", action="store_true", help=argparse.SUPPRESS)

@@ -27,6 +27,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .codec import CloudFormatError, decode_cloud, scan_from_cloud
 from .codec import xyz as cloud_xyz
 from .config import ConfigError, from_dict
+from .heap import retain_freed_memory
 from .models.heads import StreamingKMeans, segment_outputs
 from .models.sparse import spconv_available
 from .preprocessing import PreprocessConfig, collate, preprocess
@@ -153,6 +154,10 @@ class NodeConfig:
     cpu_threads: int = _doc(
         "torch CPU threads (0 = torch's default, one per core); on a CPU shared with other busy processes "
         "use fewer than the cores: oversubscribed threads ran 10-20x slower on a busy 2-core machine", 0)
+    retain_freed_memory: bool = _doc(
+        "keep memory freed between frames in the process heap (glibc malloc) instead of returning it to the "
+        "OS, so large frames do not page-fault every buffer again; resident memory stays at its high-water mark",
+        True)
     input: InputConfig = field(default_factory=InputConfig)
     preprocessing: PreprocessingOverrides = field(default_factory=PreprocessingOverrides)
     classes: ClassesConfig = field(default_factory=ClassesConfig)
@@ -615,6 +620,8 @@ class PerceptionPipeline:
     def from_config(cls, cfg: NodeConfig) -> "PerceptionPipeline":
         if cfg.cpu_threads > 0:
             torch.set_num_threads(cfg.cpu_threads)
+        if cfg.retain_freed_memory:
+            retain_freed_memory()
         return cls.from_checkpoint(cfg.checkpoint or None, cfg.device, cfg.precision, cfg)
 
     # -- per frame ------------------------------------------------------------------------------
