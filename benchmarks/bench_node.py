@@ -43,6 +43,8 @@ SHARED_DATA = Path(os.environ.get("SSL3D_SHARED_DATA", REPO.parent / "shared" / 
 INPUT_TOPIC = "/ssl3d_bench/points"
 SEGMENTATION = "/ssl3d_perception/output/segmentation"
 STAGE_TIME = "/ssl3d_perception/debug/stage_time_ms"
+PROCESSING_TIME = "/ssl3d_perception/debug/processing_time_ms"
+NODE_LATENCY = "/ssl3d_perception/debug/pipeline_latency_ms"
 STAGES = ("decode", "preprocess", "inference", "postprocess", "encode", "publish")
 
 # Fast DDS's default 512 kB shared-memory segment cannot carry a 2-4 MB scan, and best-effort UDP
@@ -143,7 +145,7 @@ class Bench:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import PointCloud2
-        from std_msgs.msg import Float64MultiArray
+        from std_msgs.msg import Float64, Float64MultiArray
 
         self.rclpy = rclpy
         self.context = rclpy.Context()
@@ -154,6 +156,8 @@ class Bench:
         self.received_stamps: set[int] = set()
         self.diagnostics: list[dict[str, str]] = []
         self.stage_times: list[list[float]] = []
+        self.node_totals_ms: list[float] = []
+        self.node_latencies_ms: list[float] = []
         reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         self.subs = [self.node.create_subscription(PointCloud2, SEGMENTATION, self._on_segmentation, reliable)]
         if all_outputs:
@@ -166,6 +170,8 @@ class Bench:
                 OccupancyGrid, "/ssl3d_perception/output/occupancy", lambda m: None, reliable))
         self.subs.append(self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10))
         self.subs.append(self.node.create_subscription(Float64MultiArray, STAGE_TIME, self._on_stages, 50))
+        self.subs.append(self.node.create_subscription(Float64MultiArray, PROCESSING_TIME, self._on_total, 50))
+        self.subs.append(self.node.create_subscription(Float64, NODE_LATENCY, self._on_node_latency, 50))
         self.pub = self.node.create_publisher(PointCloud2, INPUT_TOPIC, qos_profile_sensor_data)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -182,6 +188,14 @@ class Bench:
     def _on_stages(self, msg) -> None:
         with self.lock:
             self.stage_times.append(list(msg.data))
+
+    def _on_total(self, msg) -> None:
+        with self.lock:
+            self.node_totals_ms.append(float(msg.data[-1]))
+
+    def _on_node_latency(self, msg) -> None:
+        with self.lock:
+            self.node_latencies_ms.append(float(msg.data))
 
     def _on_diag(self, msg) -> None:
         for status in msg.status:
@@ -206,6 +220,8 @@ class Bench:
             self.latencies_ms.clear()
             self.received_stamps.clear()
             self.stage_times.clear()
+            self.node_totals_ms.clear()
+            self.node_latencies_ms.clear()
             diag_start = len(self.diagnostics)
         period = 1.0 / rate_hz
         sent = 0
@@ -225,6 +241,8 @@ class Bench:
             received = len(self.received_stamps)
             diags = self.diagnostics[diag_start:]
             stage_times = np.asarray(self.stage_times, float).reshape(-1, len(STAGES))
+            node_total = float(np.median(self.node_totals_ms)) if self.node_totals_ms else None
+            node_latency = float(np.median(self.node_latencies_ms)) if self.node_latencies_ms else None
         last = diags[-1] if diags else {}
         rss = [float(d["memory_rss_mb"]) for d in diags if "memory_rss_mb" in d]
         return {
@@ -241,6 +259,13 @@ class Bench:
             "node_stage_ms_median": {
                 s: round(float(np.median(stage_times[:, i])), 2) if len(stage_times) else None
                 for i, s in enumerate(STAGES)
+            },
+            # where the latency goes: stamp -> the node starts a frame (input transport and waiting),
+            # the node's own processing, and the node's publish -> received here (output transport)
+            "latency_split_ms_median": {
+                "before_node": round(node_latency - node_total, 1) if node_total is not None and node_latency else None,
+                "node_total": round(node_total, 1) if node_total is not None else None,
+                "after_node": round(float(np.median(lat)) - node_latency, 1) if lat.size and node_latency else None,
             },
             "node_frames_dropped_total": int(last.get("frames_dropped", 0)),
             "node_rss_mb": {"start": rss[0] if rss else None, "end": rss[-1] if rss else None,
