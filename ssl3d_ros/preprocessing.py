@@ -283,7 +283,8 @@ def _keep_mask(points: torch.Tensor, fields: dict[str, torch.Tensor], cfg: Prepr
     for values in fields.values():
         keep &= torch.isfinite(values).all(dim=1)
     if cfg.min_range > 0 or cfg.max_range is not None:
-        sq_range = (points.double() ** 2).sum(dim=1)  # double: 1e5 m squared loses no metres
+        # float32 is exact enough: coordinates are below 1e5 m, and a range limit is metres, not microns
+        sq_range = (points * points).sum(dim=1)
         if cfg.min_range > 0:
             keep &= sq_range >= cfg.min_range**2
         if cfg.max_range is not None:
@@ -317,6 +318,18 @@ def _first_per_voxel(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return voxel_of_row, first_row
 
 
+def low_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(values, q)`` (linear interpolation) for a 1-D tensor and q <= 0.5, by partial
+    selection of the lowest ranks: a full sort of a scan's heights cost ~4 ms, this ~0.2 ms."""
+    if not 0.0 <= q <= 0.5 or values.ndim != 1 or values.numel() == 0:
+        raise ValueError(f"low_quantile needs a non-empty 1-D tensor and 0 <= q <= 0.5, got q={q}")
+    position = q * (values.numel() - 1)
+    lo = math.floor(position)
+    hi = min(lo + 1, values.numel() - 1)
+    lowest = torch.topk(values, hi + 1, largest=False, sorted=True).values
+    return lowest[lo] + (lowest[hi] - lowest[lo]) * (position - lo)
+
+
 def _features(
     coord: torch.Tensor,
     grid_coord: torch.Tensor,
@@ -332,7 +345,7 @@ def _features(
             centre = coord.double().mean(dim=0).float() if (cfg.xyz_center == "mean" and m) else torch.zeros(3)
             parts.append((coord - centre) / cfg.coord_scale)
         elif name == "height":
-            ground = torch.quantile(coord[:, 2], GROUND_QUANTILE) if m else torch.zeros(())
+            ground = low_quantile(coord[:, 2], GROUND_QUANTILE) if m else torch.zeros(())
             parts.append(((coord[:, 2] - ground) / cfg.coord_scale).unsqueeze(1))
         elif name == "range":
             parts.append((coord.norm(dim=1) / cfg.coord_scale).unsqueeze(1))

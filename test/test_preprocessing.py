@@ -16,6 +16,7 @@ from ssl3d_ros.preprocessing import (
     collate,
     estimate_normals,
     feature_channels,
+    low_quantile,
     preprocess,
     resolve_intensity_scale,
     unpool,
@@ -303,3 +304,12 @@ def test_a_scan_without_points_gives_no_voxels(features):
     vox = preprocess(empty, PreprocessConfig(voxel_size=0.1, features=features, intensity_scale=1.0))
     assert vox.feat.shape == (0, feature_channels(PreprocessConfig(features=features)))
     assert vox.point_voxel.shape == (0,) and vox.point_valid.shape == (0,)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 101, 4097])
+@pytest.mark.parametrize("q", [0.0, 0.01, 0.25, 0.5])
+def test_low_quantile_equals_torch_quantile(n, q):
+    values = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    torch.testing.assert_close(low_quantile(values, q), torch.quantile(values, q))
+    with pytest.raises(ValueError):
+        low_quantile(values, 0.9)
