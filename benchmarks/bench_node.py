@@ -135,6 +135,24 @@ def benchmark_checkpoint(path: str | None, workdir: Path) -> Path:
     return out
 
 
+# --------------------------------------------------------------------------------------- baseline
+
+
+def in_process_ms(checkpoint: Path, msg, frames: int) -> float:
+    """Median wall time of the same pipeline on the same message in this process, without ROS (the
+    in-run baseline: node latency / this = what topics, the worker thread and DDS add)."""
+    from ssl3d_ros.pipeline import NodeConfig, PerceptionPipeline
+
+    pipeline = PerceptionPipeline.from_config(NodeConfig(checkpoint=str(checkpoint), device="cpu"))
+    pipeline.warm_up()
+    times = []
+    for _ in range(frames):
+        start = time.perf_counter()
+        pipeline.process_cloud(msg, segmentation=True, embeddings=False)
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))
+
+
 # ------------------------------------------------------------------------------------------ bench
 
 
@@ -288,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per run (two runs per scan type)")
     parser.add_argument("--all-outputs", action="store_true",
                         help="also subscribe to embeddings, visualization and occupancy (default: segmentation only)")
+    parser.add_argument("--baseline-frames", type=int, default=20,
+                        help="frames of the in-process baseline (same pipeline, no ROS) per scan")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
 
@@ -323,14 +343,20 @@ def main(argv: list[str] | None = None) -> int:
             msg, description = load_scan(name)
             latency = bench.run(msg, args.latency_rate, args.duration)
             sustained = bench.run(msg, args.rate, args.duration)
+            baseline = in_process_ms(checkpoint, msg, args.baseline_frames)
             results["scans"][name] = {"description": description, "points": latency["points"],
-                                      "latency_run": latency, "sustained_run": sustained}
+                                      "latency_run": latency, "sustained_run": sustained,
+                                      "in_process_ms_median": round(baseline, 1),
+                                      "latency_p50_over_in_process": round(latency["latency_ms"]["p50"] / baseline, 2)
+                                      if latency["latency_ms"]["p50"] else None}
             lat, stages = latency["latency_ms"], latency["node_stage_ms_median"]
             print(f"{name:8s} {latency['points']:7d} pts  latency p50 {lat['p50']} ms p90 {lat['p90']} ms "
                   f"(at {latency['input_rate_hz']} Hz)  sustained {sustained['output_rate_hz']}/"
                   f"{sustained['input_rate_hz']} Hz p50 {sustained['latency_ms']['p50']} ms  "
                   + " ".join(f"{s} {v}" for s, v in stages.items())
-                  + f"  rss {latency['node_rss_mb']['start']}->{sustained['node_rss_mb']['end']} MB", flush=True)
+                  + f"  rss {latency['node_rss_mb']['start']}->{sustained['node_rss_mb']['end']} MB"
+                  + f"  in-process baseline {baseline:.1f} ms (latency p50 / baseline = "
+                  f"{results['scans'][name]['latency_p50_over_in_process']})", flush=True)
     finally:
         bench.close()
         proc.send_signal(2)
