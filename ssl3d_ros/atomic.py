@@ -2,7 +2,8 @@
 
 A file is written under a temporary name in its destination folder, flushed to disk, then renamed
 over the destination, and the folder entry is flushed too: a crash, a SIGKILL or a full disk leaves
-either the complete old file or the complete new one, never a torn file.
+either the complete old file or the complete new one, never a torn file. The temporary left by a
+killed writer is removed by the next atomic write into the same folder.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -41,6 +43,37 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         raise
     fsync_directory(path.parent)
     return path
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete temporaries in ``directory`` left by writers that died mid-write (SIGKILL, power loss).
+
+    Temporary names carry the writer's PID (``.NAME.PID.XXXXXXXX.tmp``); one whose process no longer
+    exists on this host is removed. Files of live writers and other names are left alone."""
+    removed = []
+    for tmp in directory.glob(".*.tmp"):
+        parts = tmp.name[:-len(".tmp")].rsplit(".", 2)  # ['.NAME', 'PID', 'XXXXXXXX']
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # exists (another user's process) or not a PID we can judge: keep its file
+    return True
 
 
 def fsync_directory(directory: Path) -> None:

@@ -27,7 +27,7 @@ import torch
 from ssl3d_ros.checkpoint import load_checkpoint
 from ssl3d_ros.training import state as state_io
 
-from test_pipeline import make_checkpoint, sim_scan
+from builders import make_checkpoint, sim_scan
 
 REPO = Path(__file__).resolve().parents[1]
 IN_NETNS = os.environ.get("SSL3D_IN_NETNS") == "1"
@@ -78,11 +78,14 @@ def test_sigkill_during_checkpoint_writes_never_corrupts_the_latest(tmp_path):
     rng = random.Random(8)
     kills, mid_write = 0, 0
     last_seen = 0
+    leftovers: list[Path] = []
     for attempt in range(6):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=_env())
         first = proc.stdout.readline()  # one full round written: both files exist
         assert first.strip().isdigit(), proc.stderr.read()[-2000:]
+        # the previous writer's temporaries are gone: the next atomic write into a folder removes them
+        assert not [p for p in leftovers if p.exists()], leftovers
         time.sleep(rng.uniform(0.0, 0.8))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -93,7 +96,6 @@ def test_sigkill_during_checkpoint_writes_never_corrupts_the_latest(tmp_path):
         mid_write += bool(leftovers)
         for p in leftovers:  # what a crashed writer leaves is only ever a temporary name
             assert p.name.startswith((".model.safetensors.", ".state-")), p
-            p.unlink()
 
         ckpt = load_checkpoint(tmp_path / "model.safetensors")
         version = ckpt.extra_tensors["version"]
