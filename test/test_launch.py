@@ -111,7 +111,7 @@ def test_launch_starts_the_node(tmp_path):
     from launch.launch_description_sources import PythonLaunchDescriptionSource
     from rclpy.executors import SingleThreadedExecutor
 
-    from test_pipeline import make_checkpoint
+    from builders import make_checkpoint
 
     try:
         get_package_share_directory("ssl3d_ros")

@@ -29,7 +29,7 @@ from ssl3d_ros.codec import FLOAT32, UINT8, decode_cloud, encode_cloud, fill_clo
 from ssl3d_ros.node import LatestFrameSlot  # noqa: E402
 from ssl3d_ros.pipeline import INVALID_CLASS, PerceptionPipeline, load_node_config, occupancy_grid  # noqa: E402
 
-from test_pipeline import make_checkpoint, sim_scan  # noqa: E402
+from builders import make_checkpoint, sim_scan  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

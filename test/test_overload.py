@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("rclpy", reason="rclpy is not installed (pip install '.[ros]')")
 
-from test_pipeline import make_checkpoint  # noqa: E402
+from builders import make_checkpoint  # noqa: E402
 
 pytestmark = [
     pytest.mark.ros,

@@ -37,7 +37,7 @@ from ssl3d_ros.pipeline import INVALID_CLASS, PerceptionPipeline  # noqa: E402
 
 from test_node import OUT, Harness, _now_ns  # noqa: E402
 from test_node import harness, node_process, offline  # noqa: E402,F401  (fixtures, used by name)
-from test_pipeline import make_checkpoint, sim_scan  # noqa: E402
+from builders import make_checkpoint, sim_scan  # noqa: E402
 
 pytestmark = [
     pytest.mark.ros,
