@@ -143,6 +143,13 @@ def test_dds_replay_through_the_node_matches_the_bag(bag, checkpoint, expected_s
     assert first.width * first.height == inputs.message(0).width * inputs.message(0).height
     assert "class_id" in [f.name for f in first.fields]
 
+    # outputs are recorded in the order of their inputs, each with its input's stamp
+    def stamp(msg):
+        return msg.header.stamp.sec, msg.header.stamp.nanosec
+
+    good = [stamp(inputs.message(i)) for i in range(len(inputs)) if i != BAD_INDEX]
+    assert [stamp(outputs.message(i)) for i in range(len(outputs))] == good
+
 
 @pytest.mark.skipif(not _ros_available(), reason="needs rclpy and the private network namespace (scripts/netns-run)")
 def test_dds_replay_at_the_recorded_rate_accounts_for_every_frame(bag, checkpoint, tmp_path):
@@ -163,3 +170,32 @@ def test_dds_replay_at_the_recorded_rate_accounts_for_every_frame(bag, checkpoin
     assert report["dropped"] == node["dropped"] and report["rejected"] == node["rejected"] + node["errors"]
     assert report["input_rate_hz"] == pytest.approx(N_GOOD / 0.3, rel=0.3)  # bag spans 0.3 s
     assert report["segmentation"] is None  # no labels asked for
+
+
+def test_recording_keeps_outputs_in_input_order_when_a_latency_exceeds_the_frame_gap(tmp_path):
+    """Frame 0 took 250 ms, frame 1 (100 ms later in the bag) 20 ms: bag time + latency would log
+    frame 1's output first; the node answered them in order, so the recording must too."""
+    from ssl3d_ros.evaluation.replay import BagFrame, write_recording
+    from ssl3d_ros.evaluation.replay_stats import FrameRecord
+    from rosbags.typesys import Stores, get_typestore
+
+    from ssl3d_ros.io.rosbag import BagSource
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    Cloud, Header, Time = (store.types[n] for n in ("sensor_msgs/msg/PointCloud2", "std_msgs/msg/Header",
+                                                     "builtin_interfaces/msg/Time"))
+
+    def raw(stamp_ns: int) -> bytes:
+        msg = Cloud(header=Header(stamp=Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id="lidar"),
+                    height=1, width=0, fields=[], is_bigendian=False, point_step=0, row_step=0,
+                    data=np.zeros(0, np.uint8), is_dense=True)
+        return bytes(store.serialize_cdr(msg, Cloud.__msgtype__))
+
+    stamps = [10**9, 10**9 + 100_000_000]
+    frames = [BagFrame(i, s, s, raw(s), 0, None) for i, s in enumerate(stamps)]
+    records = [FrameRecord(i, s, 0, sent_s=0.0, received_s=lat, status="ok") for i, (s, lat) in enumerate(zip(stamps, (0.25, 0.02)))]
+    outputs = {s: (None, None, raw(s)) for s in stamps}
+    write_recording(str(tmp_path / "rec"), frames, records, outputs, "/points", "/seg")
+    recorded = BagSource(tmp_path / "rec", topics=["/seg"])
+    got = [recorded.message(i).header.stamp for i in range(len(recorded))]
+    assert [(t.sec, t.nanosec) for t in got] == [(s // 10**9, s % 10**9) for s in stamps]

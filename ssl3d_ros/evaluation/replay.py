@@ -423,15 +423,25 @@ def replay_dds(frames: Sequence[BagFrame], cfg: ReplayConfig, out_dir: Path, sco
 
 def write_recording(path: str, frames: Sequence[BagFrame], records: Sequence[FrameRecord],
                     outputs: dict, input_topic: str, output_topic: str) -> None:
-    """Inputs at their bag time, outputs at bag time + measured end-to-end latency."""
+    """Inputs at their bag time, outputs at bag time + measured end-to-end latency.
+
+    The node answers frames one at a time and in order, so outputs keep the order of their inputs: an
+    output's time is raised to just after the previous output's where a long latency (a loaded CPU, a
+    keep-up replay whose frames were sent faster than the bag's clock) would otherwise put it
+    before an output of a later frame."""
     from ..io.rosbag import POINTCLOUD2, BagWriter
 
+    last_output_ns = None
     with BagWriter(path) as writer:
         for frame, rec in zip(frames, records):
             writer.write_serialized(input_topic or "/points", POINTCLOUD2, frame.raw, frame.bag_ns)
             out = outputs.get(frame.stamp_ns)
             if out is not None and out[2] is not None and rec.latency_ms is not None:
-                writer.write_serialized(output_topic, POINTCLOUD2, out[2], frame.bag_ns + int(rec.latency_ms * 1e6))
+                output_ns = frame.bag_ns + int(rec.latency_ms * 1e6)
+                if last_output_ns is not None and output_ns <= last_output_ns:
+                    output_ns = last_output_ns + 1
+                writer.write_serialized(output_topic, POINTCLOUD2, out[2], output_ns)
+                last_output_ns = output_ns
 
 
 # --------------------------------------------------------------------------- offline replay
