@@ -206,6 +206,7 @@ def run_overload(checkpoint: str | Path | None = None, *, duration_s: float = 60
         with client.cond:
             first_output = len(client.outputs)
         rss_samples, stamps = [rss_start], []
+        rss_by_frames = [(0, rss_start)]  # (frames answered so far, RSS): memory flat over frames
         t_start = time.monotonic()
         next_send, next_sample = t_start, t_start + 1.0
         while (now := time.monotonic()) - t_start < duration_s:
@@ -213,6 +214,8 @@ def run_overload(checkpoint: str | Path | None = None, *, duration_s: float = 60
                 raise RuntimeError(f"the node died under overload:\n{log_path.read_text()[-3000:]}")
             if now >= next_sample:
                 rss_samples.append(node_rss_mb(proc.pid))
+                with client.cond:
+                    rss_by_frames.append((len(client.outputs) - first_output, rss_samples[-1]))
                 next_sample += 1.0
             stamps.append(client.publish(msg))
             next_send += 1.0 / publish_hz
@@ -228,6 +231,8 @@ def run_overload(checkpoint: str | Path | None = None, *, duration_s: float = 60
         end_diag = client.fresh_diagnostics()
         rss_end = node_rss_mb(proc.pid)
         rss_samples.append(rss_end)
+        with client.cond:
+            rss_by_frames.append((len(client.outputs) - first_output, rss_end))
         alive = proc.poll() is None
         with client.cond:
             outputs = client.outputs[first_output:]
@@ -271,6 +276,10 @@ def run_overload(checkpoint: str | Path | None = None, *, duration_s: float = 60
                        "calibration_period_ms": round(period * 1e3, 1)},
         rss_mb={"start": round(rss_start, 1), "end": round(rss_end, 1), "peak": round(max(rss_samples), 1),
                 "growth": round(rss_end - rss_start, 1)},
+        # the yardstick: RSS after N frames within 5 % of RSS after 100 frames
+        rss_after_100_frames_mb=round(next((r for n, r in rss_by_frames if n >= 100), rss_end), 1),
+        rss_change_after_100_frames_pct=round(
+            100.0 * (rss_end / next((r for n, r in rss_by_frames if n >= 100), rss_end) - 1.0), 2),
         cuda_mb={k: {"start": v[0], "end": v[1]} for k, v in cuda.items()} or None,
         node_log_tail=log_path.read_text()[-1500:],
     )
