@@ -52,7 +52,9 @@ def test_overload_keeps_latency_bounded_counts_drops_and_memory_flat(tmp_path):
     assert r["outputs_in_order"] and r["last_published_answered"], summary
     # Bounded latency: a frame waits at most one processing time in the one-slot mailbox, then its own
     # (a queue would grow it by about 2 processing times per second of overload at 3x).
-    processing = r["processing_ms"]["calibration_period_ms"]
+    # Processing time is the larger of the calibration period and the node's own recent maximum, so a
+    # CPU shared with other busy processes (slower frames, not a queue) does not count as queueing.
+    processing = max(r["processing_ms"]["calibration_period_ms"], r["processing_ms"]["max_recent"])
     assert r["latency_ms"]["max"] <= 3.0 * processing + 1000.0, summary
     # Flat memory over the run (frames are replaced, never accumulated).
     assert r["rss_mb"]["growth"] <= 40.0, summary
