@@ -1,6 +1,8 @@
 """Real test inputs shared by several test modules: checkpoints written to disk and simulated scans."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ssl3d_ros.scan import Scan
@@ -39,3 +41,15 @@ def sim_scan(seed: int = 0, index: int = 0, beams: int = 16, columns: int = 512)
 
     cfg = with_lidar(SimConfig(), beams=beams, columns=columns)
     return list(simulate_sequence(cfg, index + 1, seed=seed))[index]
+
+
+@contextlib.contextmanager
+def single_thread():
+    """spconv 2.3.8's CPU kernels race when torch runs several threads (outputs change from run to run,
+    see traveller59/spconv#679); comparisons against spconv run single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

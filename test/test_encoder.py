@@ -2,8 +2,6 @@
 decoder, batching and configuration."""
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
@@ -14,6 +12,8 @@ from ssl3d_ros.models.encoder import EncoderConfig, SparseEncoder
 from ssl3d_ros.models.kernel_maps import downsample_coords, pack_keys
 from ssl3d_ros.models.sparse import spconv_available
 from ssl3d_ros.models.structure import SparseTensor
+
+from builders import single_thread
 
 
 def voxelize(points: np.ndarray, voxel: float, batch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,17 +42,6 @@ def small_cfg(**overrides) -> EncoderConfig:
                 patch_size=32, backend="torch")
     base.update(overrides)
     return EncoderConfig.preset("nano", **base)
-
-
-@contextlib.contextmanager
-def single_thread():
-    """spconv's multi-threaded CPU kernels race (traveller59/spconv#679): compare single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 @pytest.mark.skipif(not spconv_available("cpu"), reason="spconv is not installed")

@@ -1,8 +1,6 @@
 """Sparse convolutions: exact math against dense conv3d, spconv equivalence, gradients, maps."""
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
@@ -15,19 +13,9 @@ from ssl3d_ros.models.sparse import (SparseDownConv3d, SparseInverseConv3d, SubM
                                      spconv_available)
 from ssl3d_ros.models.structure import SparseTensor
 
+from builders import single_thread
+
 needs_spconv = pytest.mark.skipif(not spconv_available("cpu"), reason="spconv is not installed")
-
-
-@contextlib.contextmanager
-def single_thread():
-    """spconv 2.3.8's CPU kernels race when torch runs several threads (outputs change from run to run,
-    see traveller59/spconv#679); comparisons against spconv run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def random_grid(seed: int, size: int = 7, batch: int = 2, density: float = 0.35, origin: int = -4):

@@ -181,6 +181,19 @@ def _offset_accumulate(out: torch.Tensor, src: torch.Tensor, w: torch.Tensor, m:
     return out
 
 
+def _offset_weight_grad(grad_w: torch.Tensor, feats: torch.Tensor, grad_out: torch.Tensor,
+                        m: SubmMap | DownMap) -> torch.Tensor:
+    """``grad_w[k] = in[i_k].T @ grad_out[o_k]`` for every kernel offset k with pairs, in place."""
+    fin = feats.index_select(0, m.in_idx)
+    gout = grad_out.index_select(0, m.out_idx)
+    start = 0
+    for k, n in enumerate(m.counts):
+        if n:
+            grad_w[k] = fin[start:start + n].t() @ gout[start:start + n]
+            start += n
+    return grad_w
+
+
 # Below this many gathered elements (voxels * kernel volume * channels) a conv gathers a dense
 # (M, K * C_in) neighbour matrix and runs one matmul; above it, it loops over kernel offsets. On CPU
 # the loop wins except on tiny levels (LiDAR voxels have 3-8 of 26 neighbours, the dense matmul pays
@@ -247,13 +260,7 @@ class _SubmConvFunction(torch.autograd.Function):
                 grad_w = torch.zeros_like(w)
                 grad_w[centre] = feats.t() @ grad_out
                 if m is not None:
-                    fin = feats.index_select(0, m.in_idx)
-                    gout = grad_out.index_select(0, m.out_idx)
-                    start = 0
-                    for k, n in enumerate(m.counts):
-                        if n:
-                            grad_w[k] = fin[start:start + n].t() @ gout[start:start + n]
-                            start += n
+                    _offset_weight_grad(grad_w, feats, grad_out, m)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum(0)
         return grad_feats, grad_w, grad_bias, None
@@ -282,14 +289,7 @@ class _DownConvFunction(torch.autograd.Function):
             grad_feats = torch.zeros_like(feats)
             _offset_accumulate(grad_feats, grad_out, w, dm, transpose=True)
         if ctx.needs_input_grad[1]:
-            grad_w = torch.zeros_like(w)
-            fin = feats.index_select(0, dm.in_idx)
-            gout = grad_out.index_select(0, dm.out_idx)
-            start = 0
-            for k, n in enumerate(dm.counts):
-                if n:
-                    grad_w[k] = fin[start:start + n].t() @ gout[start:start + n]
-                    start += n
+            grad_w = _offset_weight_grad(torch.zeros_like(w), feats, grad_out, dm)
         return grad_feats, grad_w, None
 
 
