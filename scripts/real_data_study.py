@@ -21,9 +21,9 @@ Budget flags (--steps, --batch-size, --crop-points, --supervised-steps, ...) mus
 call for one folder: the folder records its budget and refuses another one.
 
 Pretraining data: ``lidar/ouster`` (10 scans), ``lidar/kitti`` (2), ``lidar/nuscenes`` (1); never the
-probed SemanticKITTI / ScanNet scans. Input features are geometry only (``xyz``, ``height``): the
-SemanticKITTI ``.npy`` has no intensity and ScanNet has none either, so an intensity channel would be
-zeros at probe time on both (a domain shift), and rgb exists only indoors.
+probed SemanticKITTI / ScanNet scans. Input features are geometry only (``--features``, default ``xyz``
+``height``): the SemanticKITTI ``.npy`` has no intensity and ScanNet has none either, so an intensity
+channel would be zeros at probe time on both (a domain shift), and rgb exists only indoors.
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def pretrain_config(recipe: str, args, variant: str | None = None) -> dict:
     cfg = yaml.safe_load((REPO / "config" / "pretrain" / f"{recipe}.yaml").read_text())
     cfg["data"] = {"sources": [str(DATA / s) for s in PRETRAIN_SOURCES], "topics": []}
     pre = cfg["preprocessing"]
-    pre["features"] = ["xyz", "height"]
+    pre["features"] = list(args.features)
     pre["max_range"] = None  # SemanticKITTI 000700 is in a world frame: a range limit around the origin would cut it
     pre["xyz_center"] = "mean"  # translation invariant (sensor-frame pretraining scans, world-frame probe scan)
     # One crop size: every scene-level view holds at most args.crop_points points (sonata's local views
@@ -490,6 +490,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=300, help="pretraining steps (every recipe)")
     p.add_argument("--batch-size", type=int, default=2, help="pretraining scans per step (every recipe)")
     p.add_argument("--crop-points", type=int, default=6000, help="points per scene-level view (every recipe)")
+    p.add_argument("--features", nargs="+", default=["xyz", "height"],
+                   help="encoder input features (geometry only; part of the folder's budget), e.g. 'constant height'")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (pretraining and probes)")
     p.add_argument("--max-points", type=int, default=40_000, help="labelled points used per scan (seeded subset)")
     p.add_argument("--linear-iters", type=int, default=100)
@@ -533,10 +535,16 @@ def main(argv=None) -> int:
     # Cached pieces are only comparable under one budget: refuse to mix budgets in one folder.
     budget = {"steps": args.steps, "batch_size": args.batch_size, "crop_points": args.crop_points,
               "max_points": args.max_points, "linear_iters": args.linear_iters, "knn_k": args.knn_k,
-              "supervised_steps": args.supervised_steps}
+              "supervised_steps": args.supervised_steps, "features": list(args.features)}
     previous = load_json(args.out / "budget.json")
-    if previous is not None and previous != budget:
-        raise SystemExit(f"{args.out} holds results of another budget {previous}; use another --out")
+    if previous is not None:
+        previous.setdefault("features", ["xyz", "height"])  # folders written before --features existed
+        if previous != budget:
+            raise SystemExit(f"{args.out} holds results of another budget {previous}; use another --out")
+    if args.baselines_from is not None:
+        other = load_json(args.baselines_from / "budget.json") or {}
+        if other.get("features", ["xyz", "height"]) != budget["features"]:
+            raise SystemExit(f"--baselines-from {args.baselines_from}: its baselines use other input features")
     atomic_json(args.out / "budget.json", budget)
     if not args.report_only:
         datasets = {n: Dataset(n, args.max_points) for n in args.datasets}
@@ -556,7 +564,8 @@ def write_report(args, doc, md):
     atomic_json(args.out / "study.json", doc)
     header = ["# Real-data study", "",
               f"- pretraining: {', '.join(PRETRAIN_SOURCES)} (unlabelled), every variant {args.steps} steps x batch "
-              f"{args.batch_size} x {args.crop_points}-point crops, {args.threads} thread(s)",
+              f"{args.batch_size} x {args.crop_points}-point crops, {args.threads} thread(s); "
+              f"input features {' + '.join(args.features)}",
               f"- seeds: {args.seeds}; values mean ± sample std over seeds (n < 3 marked)",
               f"- split: {doc['split']}", f"- perturbations: {doc['perturbations']}", ""]
     (args.out / "study.md").write_text("\n".join(header) + md + "\n")

@@ -32,7 +32,8 @@ from ssl3d_ros.models.structure import SparseTensor
 from ssl3d_ros.scan import Scan
 
 #: feature name -> number of channels it adds, in the order given by ``PreprocessConfig.features``.
-FEATURE_CHANNELS: dict[str, int] = {"xyz": 3, "height": 1, "intensity": 1, "rgb": 3, "normal": 3, "range": 1}
+FEATURE_CHANNELS: dict[str, int] = {"xyz": 3, "height": 1, "intensity": 1, "rgb": 3, "normal": 3, "range": 1,
+                                    "constant": 1}
 
 #: points farther than this from the frame origin on any axis (metres) are not measurements
 #: (uninitialised driver buffers, 1e30 sentinels); dropping them also keeps voxel keys in int64.
@@ -57,7 +58,9 @@ class PreprocessConfig:
     features: per-voxel input channels, in this order, among ``xyz`` (coordinates / coord_scale, see
         xyz_center), ``height`` (z above a robust ground level, / coord_scale), ``intensity``
         (raw / intensity scale, clipped to 0..1), ``rgb`` (0..1), ``normal`` (unit, see ``normals``),
-        ``range`` (|p| / coord_scale).
+        ``range`` (|p| / coord_scale), ``constant`` (1 on every voxel: the occupancy itself; it gives
+        the stem's LayerNorm a fixed reference, without which a lone ``height`` channel would reach the
+        network as its sign only).
     intensity_scale: full-scale value of the raw intensity, or "auto": the scan's own
         ``intensity_scale`` if the source knows it, else inferred from the field (uint8 -> 255;
         otherwise max <= 1 -> 1, max <= 255 -> 255, else 65535). The chosen value is returned in
@@ -349,6 +352,8 @@ def _features(
             parts.append(((coord[:, 2] - ground) / cfg.coord_scale).unsqueeze(1))
         elif name == "range":
             parts.append((coord.norm(dim=1) / cfg.coord_scale).unsqueeze(1))
+        elif name == "constant":
+            parts.append(torch.ones(m, 1))
         elif name == "intensity":
             if "intensity" in fields:
                 parts.append((fields["intensity"].index_select(0, voxel_point) / intensity_scale).clamp(0.0, 1.0))

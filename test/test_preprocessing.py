@@ -313,3 +313,29 @@ def test_low_quantile_equals_torch_quantile(n, q):
     torch.testing.assert_close(low_quantile(values, q), torch.quantile(values, q))
     with pytest.raises(ValueError):
         low_quantile(values, 0.9)
+
+
+def test_constant_feature_keeps_height_magnitude_through_the_layernorm_stem():
+    """A lone ``height`` channel reaches the nano stem (1x1 conv without bias, then LayerNorm) as its
+    sign only; with the ``constant`` channel beside it, different heights give different stem outputs."""
+    from ssl3d_ros.models.encoder import EncoderConfig, SparseEncoder
+    from ssl3d_ros.preprocessing import collate
+
+    pts = np.array([[1, 0, 0.0], [5, 0, 0.5], [10, 0, 2.0], [15, 0, 4.0]], dtype=np.float32)  # (0,0,0) is no return
+    scan = Scan(points=pts, fields={}, source="heights")
+
+    def stem_output(features):
+        cfg = PreprocessConfig(voxel_size=0.1, features=features, coord_scale=1.0)
+        vox = preprocess(scan, cfg)
+        torch.manual_seed(0)
+        enc = SparseEncoder(EncoderConfig(size="nano", in_channels=len(features))).eval()
+        with torch.no_grad():
+            out = enc(collate([vox])).levels[0].feats
+        return vox, out[vox.point_voxel[1:]]  # the three points above the ground level
+
+    vox, only_height = stem_output(("height",))
+    assert torch.allclose(only_height[0], only_height[2], atol=1e-3)  # 0.5 m and 4 m: the same (LayerNorm's eps aside)
+    vox, with_constant = stem_output(("constant", "height"))
+    assert torch.equal(vox.feat[:, 0], torch.ones(len(vox)))
+    assert torch.allclose(vox.feat[vox.point_voxel, 1], torch.tensor([0.0, 0.5, 2.0, 4.0]), atol=0.05)
+    assert float((with_constant[0] - with_constant[2]).abs().max()) > 0.05
