@@ -68,6 +68,7 @@ def test_recipe_loss_decreases(recipe, tmp_path):
         assert final["mask_ratio"] > rows[0]["mask_ratio"]  # the mask ratio rises over training
     if recipe == "jepa":
         assert final["target_std"] > 0 and "pred_std" in final  # collapse monitors are reported
+        assert final["loss"] == pytest.approx(final["prediction"], rel=1e-5)  # spread_weight 0: plain L2
     if recipe == "mae":
         assert final["chamfer_position_only_m"] > 0
     if recipe == "acl":
@@ -75,3 +76,31 @@ def test_recipe_loss_decreases(recipe, tmp_path):
     # the exported encoder is what the node loads
     ckpt = load_checkpoint(result.encoder_path)
     assert ckpt.recipe.name == recipe and ckpt.training_data["scans_seen"] == steps * 2
+
+
+def test_jepa_spread_term_is_zero_for_spread_predictions_and_lifts_collapsed_ones():
+    import torch
+
+    from ssl3d_ros.training.recipes.jepa import spread_shortfall
+
+    torch.manual_seed(0)
+    target = torch.randn(64, 8)
+    assert float(spread_shortfall(target * 1.5, target)) == 0.0
+    collapsed = (target.mean(0, keepdim=True) + 0.01 * torch.randn(64, 8)).requires_grad_()
+    shortfall = spread_shortfall(collapsed, target)
+    assert float(shortfall) > 0.9  # targets' std ~1, predictions' ~0.01
+    shortfall.backward()
+    stepped = collapsed - 0.5 * collapsed.grad * collapsed.shape[0]
+    assert float(spread_shortfall(stepped, target)) < float(shortfall)  # the gradient spreads them out
+
+
+def test_jepa_with_spread_weight_trains_and_logs_the_term(tmp_path):
+    from ssl3d_ros.training.loop import train
+
+    cfg = tiny_config("jepa", tmp_path, steps=4, checkpoint_every=4)
+    cfg.recipe.spread_weight = 1.0
+    assert train(cfg, progress=False).completed
+    rows = read_metrics(tmp_path)
+    for row in rows:
+        assert row["loss"] == pytest.approx(row["prediction"] + row["spread_shortfall"], rel=1e-4, abs=1e-6)
+    assert any(row["spread_shortfall"] > 0 for row in rows)
