@@ -12,6 +12,7 @@ exactly what a user runs.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -53,6 +54,14 @@ def _run(step: str, args: list[str], log_dir: Path, *, show_output: bool = False
     print(f"   done in {time.monotonic() - started:.0f} s (log: {log})", flush=True)
 
 
+def pretrain_folder(out: Path, recipe: str, config: Path, steps: int, seed: int, train_scans: int) -> Path:
+    """The pretraining run's folder, named after everything that shapes it, so that a re-run resumes
+    its own run and a changed recipe, config or budget starts a new one beside it (the pretraining
+    CLI refuses to resume a run of another model)."""
+    key = hashlib.sha1(config.read_bytes() + f"|{steps}|{seed}|{train_scans}".encode()).hexdigest()[:8]
+    return out / "pretrain" / f"{recipe}-{key}"
+
+
 def _module(name: str) -> list[str]:
     return [sys.executable, "-m", name]
 
@@ -72,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     train_bag, eval_bag = out / "sim_train_bag", out / "sim_eval_bag"
-    pretrain_dir, probe_dir = out / "pretrain", out / "probe"
+    config = _config_dir() / "pretrain" / f"{args.recipe}.yaml"
+    pretrain_dir = pretrain_folder(out, args.recipe, config, args.steps, args.seed, args.train_scans)
+    probe_dir = out / "probe"
     model = out / "model.safetensors"
     started = time.monotonic()
 
@@ -83,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             ], logs)
 
     _run("pretrain", _module("ssl3d_ros.training.pretrain") + [
-        "--config", str(_config_dir() / "pretrain" / f"{args.recipe}.yaml"),
+        "--config", str(config),
         "--data", str(train_bag), "--steps", str(args.steps), "--out", str(pretrain_dir), "--seed", str(args.seed),
     ] + (["--resume"] if (pretrain_dir / "checkpoints").exists() else []), logs, show_output=True)
 

@@ -8,9 +8,23 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.ros
 
 
+def test_demo_pretrain_folder_changes_with_recipe_config_and_budget(tmp_path):
+    from ssl3d_ros.demo import pretrain_folder
+
+    config = tmp_path / "sonata.yaml"
+    config.write_text("recipe: {name: sonata}\n")
+    base = pretrain_folder(tmp_path, "sonata", config, 800, 0, 120)
+    assert base == pretrain_folder(tmp_path, "sonata", config, 800, 0, 120)  # a re-run resumes its own run
+    others = {pretrain_folder(tmp_path, "msm", config, 800, 0, 120), pretrain_folder(tmp_path, "sonata", config, 400, 0, 120),
+              pretrain_folder(tmp_path, "sonata", config, 800, 1, 120), pretrain_folder(tmp_path, "sonata", config, 800, 0, 60)}
+    config.write_text("recipe: {name: sonata}\npreprocessing: {features: [xyz, constant]}\n")
+    others.add(pretrain_folder(tmp_path, "sonata", config, 800, 0, 120))
+    assert base not in others and len(others) == 5
+
+
+@pytest.mark.ros
 @pytest.mark.skipif(os.environ.get("SSL3D_IN_NETNS") != "1", reason="starts ROS participants: run via scripts/netns-run")
 def test_demo_runs_every_step_and_writes_its_report(tmp_path):
     out = tmp_path / "demo"

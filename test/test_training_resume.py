@@ -142,5 +142,14 @@ def test_bad_scans_are_skipped_and_counted(tmp_path):
 
     with pytest.raises(ConfigError, match="--resume"):
         train(cfg, progress=False)
-    with pytest.raises(ConfigError, match="written by recipe 'mae'"):
+    with pytest.raises(ConfigError, match="another model: .*recipe.name: 'mae' -> 'jepa'"):
         train(tiny_config("jepa", tmp_path / "run", steps=4, sources=[str(data)]), resume=True, progress=False)
+    # another input (a different stem) is named, not reported as a state-dict size mismatch
+    more_features = tiny_config("mae", tmp_path / "run", steps=4, sources=[str(data)])
+    more_features.preprocessing.features = (*more_features.preprocessing.features, "constant")
+    with pytest.raises(ConfigError, match=r"preprocessing.features: \[.*\] -> \[.*'constant'\]"):
+        train(more_features, resume=True, progress=False)
+    # what may change on resume: the data, the optimiser, the run length
+    longer = tiny_config("mae", tmp_path / "run", steps=6, sources=[str(data)])
+    longer.optim.lr = 1e-3
+    assert train(longer, resume=True, progress=False).step == 6

@@ -8,6 +8,7 @@ uninterrupted one (on the same hardware and worker count-independent).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import signal
@@ -146,6 +147,28 @@ def export_encoder(path: Path, recipe: Recipe, cfg: PretrainConfig, step: int, c
     return path
 
 
+#: config sections that shape the weights: a resumed run must keep them (data, optim and run may change)
+MODEL_SECTIONS = ("preprocessing", "encoder", "recipe")
+
+
+def model_config_changes(saved: dict[str, Any], cfg: PretrainConfig) -> list[str]:
+    """``KEY: saved -> now`` for every entry of the model-shaping sections that differs from the
+    config a training state was written with."""
+    now = json.loads(json.dumps(cfg.to_dict()))  # the saved config went through JSON (tuples -> lists)
+    changes: list[str] = []
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{key}.{k}")
+        elif a != b:
+            changes.append(f"{key}: {a!r} -> {b!r}")
+
+    for section in MODEL_SECTIONS:
+        walk(saved.get(section), now.get(section), section)
+    return changes
+
+
 def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> TrainResult:
     """Run (or, with ``resume``, continue) pretraining up to ``cfg.run.steps``.
 
@@ -173,10 +196,10 @@ def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop
         if saved is None:
             log.warning("--resume: no training state in %s; starting from step 0", ckpt_dir)
         else:
-            saved_recipe = saved.extra.get("config", {}).get("recipe", {}).get("name")
-            if saved_recipe != cfg.recipe_name:
-                raise ConfigError(f"{saved.path} was written by recipe {saved_recipe!r}, not {cfg.recipe_name!r}: "
-                                  "resume with the config that started the run")
+            changed = model_config_changes(saved.extra.get("config", {}), cfg)
+            if changed:
+                raise ConfigError(f"{saved.path} was written with another model: {'; '.join(changed)}. Resume with "
+                                  "the config that started the run, or choose another --out")
             recipe.load_state_dict(saved.model)
             optimizer.load_state_dict(saved.optimizer)
             start_step = saved.step
