@@ -1,4 +1,4 @@
-"""``make demo``: the whole job on the built-in default, on a 2-core CPU in about six minutes.
+"""``make demo``: the whole job on the built-in default, on a 2-core CPU in 4 to 8 minutes.
 
 1. simulate two labelled LiDAR sequences (different street layouts) and write them as rosbag2;
 2. pretrain the nano encoder on the first one with a self-supervised recipe (labels unused);
