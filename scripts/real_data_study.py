@@ -51,6 +51,8 @@ DATASETS = {
     "scannet": dict(path="indoor/scannet/scene0000_00_vert_all.npy", class_map="scannet20",
                     block_size=1.5, lidar=False, title="ScanNet scene0000_00 (RGB-D mesh, indoor)"),
 }
+#: input features of study folders written before --features existed (and the default)
+XYZ_FEATURES = ["xyz", "height"]
 TEST_FRACTION = 0.3
 SPLIT_SEED = 0  # one fixed split: every row and seed is scored on the same test points
 LIDAR_BEAMS = 64  # HDL-64E
@@ -90,6 +92,8 @@ def pretrain_config(recipe: str, args, variant: str | None = None) -> dict:
     """The recipe's shipped config with the study's data, features and budget."""
     import yaml
 
+    from ssl3d_ros.config import set_dotted
+
     cfg = yaml.safe_load((REPO / "config" / "pretrain" / f"{recipe}.yaml").read_text())
     cfg["data"] = {"sources": [str(DATA / s) for s in PRETRAIN_SOURCES], "topics": []}
     pre = cfg["preprocessing"]
@@ -102,12 +106,8 @@ def pretrain_config(recipe: str, args, variant: str | None = None) -> dict:
     for name, view in views.items():
         if name != "local":
             view["crop_points"] = args.crop_points
-    for key, value in (args.recipe_override or {}).get(variant or recipe, {}).items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    for assignment in args.recipe_override.get(variant or recipe, []):
+        set_dotted(cfg, assignment)
     cfg["run"].update(steps=args.steps, batch_size=args.batch_size, threads=args.threads, workers=0,
                       checkpoint_every=max(50, args.steps // 4), tensorboard=False)
     return cfg
@@ -490,7 +490,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=300, help="pretraining steps (every recipe)")
     p.add_argument("--batch-size", type=int, default=2, help="pretraining scans per step (every recipe)")
     p.add_argument("--crop-points", type=int, default=6000, help="points per scene-level view (every recipe)")
-    p.add_argument("--features", nargs="+", default=["xyz", "height"],
+    p.add_argument("--features", nargs="+", default=XYZ_FEATURES,
                    help="encoder input features (geometry only; part of the folder's budget), e.g. 'constant height'")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (pretraining and probes)")
     p.add_argument("--max-points", type=int, default=40_000, help="labelled points used per scan (seeded subset)")
@@ -505,21 +505,23 @@ def parse_args(argv=None):
     p.add_argument("--report-only", action="store_true", help="only rebuild study.json / study.md from the cache")
     args = p.parse_args(argv)
     args.out = args.out.resolve()
-    import yaml
+    from ssl3d_ros.config import ConfigError, set_dotted
 
     args.variants = {r: r for r in args.recipes}
-    args.recipe_override = {}
+    args.recipe_override = {}  # variant name -> its SECTION.KEY=VALUE assignments
     for spec in args.variant:
         name, _, rest = spec.partition("=")
         recipe, _, overrides = rest.partition(":")
         if recipe not in RECIPES or not name:
-            p.error(f"--variant {spec!r}: expected NAME=RECIPE[:KEY=VALUE,...]")
+            p.error(f"--variant {spec!r}: expected NAME=RECIPE[:KEY=VALUE;...]")
         args.variants[name] = recipe
-        ov = {}
-        for item in filter(None, overrides.split(";")):
-            key, _, value = item.partition("=")
-            ov[key.strip()] = yaml.safe_load(value)
-        args.recipe_override[name] = ov
+        assignments = [item.strip() for item in overrides.split(";") if item.strip()]
+        try:
+            for assignment in assignments:
+                set_dotted({}, assignment)  # malformed assignments fail here, not after hours of other runs
+        except ConfigError as exc:
+            p.error(f"--variant {spec!r}: {exc}")
+        args.recipe_override[name] = assignments
     args.variant_names = list(args.variants)
     return args
 
@@ -538,12 +540,12 @@ def main(argv=None) -> int:
               "supervised_steps": args.supervised_steps, "features": list(args.features)}
     previous = load_json(args.out / "budget.json")
     if previous is not None:
-        previous.setdefault("features", ["xyz", "height"])  # folders written before --features existed
+        previous.setdefault("features", XYZ_FEATURES)
         if previous != budget:
             raise SystemExit(f"{args.out} holds results of another budget {previous}; use another --out")
     if args.baselines_from is not None:
         other = load_json(args.baselines_from / "budget.json") or {}
-        if other.get("features", ["xyz", "height"]) != budget["features"]:
+        if other.get("features", XYZ_FEATURES) != budget["features"]:
             raise SystemExit(f"--baselines-from {args.baselines_from}: its baselines use other input features")
     atomic_json(args.out / "budget.json", budget)
     if not args.report_only:
