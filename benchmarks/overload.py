@@ -258,6 +258,7 @@ def run_overload(checkpoint: str | Path | None = None, *, duration_s: float = 60
     def pct(q: float) -> float | None:
         return round(float(np.percentile(latency, q)), 1) if latency.size else None
 
+    rss_after_100 = next((rss for frames, rss in rss_by_frames if frames >= 100), rss_end)
     cuda = {k: (start_diag.get(f"memory_cuda_{k}_mb"), end_diag.get(f"memory_cuda_{k}_mb"))
             for k in ("allocated", "reserved") if f"memory_cuda_{k}_mb" in end_diag}
     result.update(
@@ -277,9 +278,8 @@ def run_overload(checkpoint: str | Path | None = None, *, duration_s: float = 60
         rss_mb={"start": round(rss_start, 1), "end": round(rss_end, 1), "peak": round(max(rss_samples), 1),
                 "growth": round(rss_end - rss_start, 1)},
         # the yardstick: RSS after N frames within 5 % of RSS after 100 frames
-        rss_after_100_frames_mb=round(next((r for n, r in rss_by_frames if n >= 100), rss_end), 1),
-        rss_change_after_100_frames_pct=round(
-            100.0 * (rss_end / next((r for n, r in rss_by_frames if n >= 100), rss_end) - 1.0), 2),
+        rss_after_100_frames_mb=round(rss_after_100, 1),
+        rss_change_after_100_frames_pct=round(100.0 * (rss_end / rss_after_100 - 1.0), 2),
         cuda_mb={k: {"start": v[0], "end": v[1]} for k, v in cuda.items()} or None,
         node_log_tail=log_path.read_text()[-1500:],
     )
