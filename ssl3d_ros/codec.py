@@ -42,6 +42,7 @@ _NUMPY_TO_DATATYPE = {(dt.kind, dt.itemsize): code for code, dt in _DATATYPE_TO_
 
 UNNAMED_FIELD_PREFIX = "unnamed_field"  # sensor_msgs_py's name for fields whose name is ''
 _UINT32_MAX = 0xFFFFFFFF
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 XYZ = ("x", "y", "z")
 
 
@@ -108,6 +109,17 @@ def _check_fields(specs: Sequence[FieldSpec], point_step: int) -> None:
             raise CloudFormatError(
                 f"field {spec.name!r} ({DATATYPE_NAMES[spec.datatype]} x{spec.count} at offset "
                 f"{spec.offset}) ends at byte {end}, past point_step {point_step}"
+            )
+
+
+def _check_no_overlap(specs: Sequence[FieldSpec]) -> None:
+    """Two fields sharing bytes would decode one of them as garbage (e.g. intensity inside x)."""
+    ordered = sorted(specs, key=lambda s: s.offset)
+    for before, after in zip(ordered, ordered[1:]):
+        if after.offset < before.offset + before.size:
+            raise CloudFormatError(
+                f"fields {before.name!r} (bytes {before.offset}..{before.offset + before.size - 1}) and "
+                f"{after.name!r} (from byte {after.offset}) overlap"
             )
 
 
@@ -258,13 +270,15 @@ def _cloud_geometry(msg: Any) -> tuple[int, int, int, int]:
     for name, value in (("height", height), ("width", width), ("point_step", point_step), ("row_step", row_step)):
         if not 0 <= value <= _UINT32_MAX:
             raise CloudFormatError(f"{name} is {value}; PointCloud2 stores it as uint32")
+    if height == 0 and width != 0:
+        raise CloudFormatError(f"height is 0 but width is {width}; an empty cloud has width 0")
     if width * height > _UINT32_MAX:
         raise CloudFormatError(f"width*height = {width}*{height} = {width * height} overflows uint32")
     return height, width, point_step, row_step
 
 
 def _finite_mask(decoded: DecodedCloud) -> np.ndarray:
-    """(height*width,) bool, True where x, y and z are all finite.
+    """(height*width,) bool, True where x, y and z are all finite (as the float32 coordinates they become).
 
     Column by column: numpy's 1-D strided loops beat one isfinite over an (N, 3) block, whose inner
     loop of length 3 costs a call per point.
@@ -274,7 +288,11 @@ def _finite_mask(decoded: DecodedCloud) -> np.ndarray:
         view = decoded.field_view(name)
         if view.dtype.kind != "f":
             continue  # integer coordinates are always finite
-        finite = np.isfinite(view)
+        if view.dtype.itemsize > 4:  # float64 beyond float32's range becomes +-Inf in the Scan: not finite
+            with np.errstate(invalid="ignore"):
+                finite = np.abs(view) <= _FLOAT32_MAX
+        else:
+            finite = np.isfinite(view)
         mask = finite if mask is None else np.logical_and(mask, finite, out=mask)
     if mask is None:
         return np.ones(decoded.height * decoded.width, dtype=bool)
@@ -303,6 +321,7 @@ def decode_cloud(msg: Any, skip_nans: bool = False, *, require_xyz: bool = True)
             spec = next(s for s in specs if s.name == n)
             if spec.count != 1:
                 raise CloudFormatError(f"field {n!r} has count {spec.count}; coordinates need count 1")
+    _check_no_overlap(specs)  # after the checks that name a more specific problem
     if row_step < width * point_step:
         raise CloudFormatError(
             f"row_step {row_step} is smaller than width*point_step = {width}*{point_step} = {width * point_step}"
@@ -337,8 +356,9 @@ def xyz(decoded: DecodedCloud) -> np.ndarray:
         # the usual layout: move 12 bytes per point in one gather, already the output type
         return _gather_items(decoded, x.offset, 12).view(np.float32).reshape(-1, 3)
     out = np.empty((len(decoded), 3), dtype=np.float32)
-    for i, name in enumerate(XYZ):
-        out[:, i] = decoded.field_values(name)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes +-Inf: an invalid point
+        for i, name in enumerate(XYZ):
+            out[:, i] = decoded.field_values(name)
     return out
 
 
@@ -585,14 +605,19 @@ def scan_from_cloud(
     stamp_ns: int | None = None,
     label_field: str | None = None,
     source: str = "",
+    keep_invalid: bool = False,
 ) -> tuple[Scan, np.ndarray]:
     """A Scan from a PointCloud2, and the row-major index of each of its points in the message.
 
-    Points with a non-finite x, y or z are dropped. Every field other than x, y, z and ``label_field``
+    Points with a non-finite x, y or z are dropped, unless ``keep_invalid``: then every one of the
+    ``height*width`` points is kept in message order (the index is ``arange``), non-finite and
+    float64 coordinates beyond float32's range (which become ±Inf) included, for a caller whose
+    preprocessing decides validity (the inference pipeline). ``is_dense`` is not trusted either way:
+    the coordinates are checked. Every field other than x, y, z and ``label_field``
     goes into ``Scan.fields`` in native byte order (``count > 1`` fields as (N, count)); a packed ``rgb``
     float32/uint32 field is unpacked to (N, 3) uint8. ``frame_id``/``stamp_ns`` override the header's.
     """
-    decoded = decode_cloud(msg, skip_nans=True)
+    decoded = decode_cloud(msg, skip_nans=not keep_invalid)
     header_frame, header_stamp = _header_frame_and_stamp(msg)
     labels = None
     if label_field is not None:

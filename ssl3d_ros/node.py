@@ -1,9 +1,12 @@
-"""The live perception node: a thin rclpy shell over :mod:`ssl3d_ros.pipeline`.
+"""The live perception node: a thin rclpy shell over the library.
 
-Subscribes ``~/input/points`` (sensor_msgs/PointCloud2), keeps only the newest scan in a one-slot
-mailbox, and runs inference on a worker thread so executor callbacks never block. Every output
-carries the input's header (never restamped) and, for per-point clouds, the input's point order
-(height/width kept; filtered points have class_id 255 rather than being removed).
+It wires topics, parameters, QoS, timers and one worker thread to library functions: parameters are
+:mod:`ssl3d_ros.params`, inference :mod:`ssl3d_ros.pipeline`, what is published
+:mod:`ssl3d_ros.outputs`, statistics and diagnostics :mod:`ssl3d_ros.health`. Subscribes
+``~/input/points`` (sensor_msgs/PointCloud2), keeps only the newest scan in a one-slot mailbox, and
+runs inference on the worker thread so executor callbacks never block. Every output carries the
+input's header (never restamped) and, for per-point clouds, the input's point order (height/width
+kept; filtered points have class_id 255 rather than being removed).
 
 Run without a ROS distribution::
 
@@ -14,18 +17,11 @@ This is the only module of the package that imports rclpy.
 from __future__ import annotations
 
 import array
-import collections
-import dataclasses
-import os
-import re
 import sys
 import threading
 import time
-import typing
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -38,174 +34,54 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension
 
+from .codec import CloudFormatError, fill_cloud_message
 from .config import ConfigError
-from .pipeline import (
-    NodeConfig,
-    PerceptionPipeline,
-    colorize,
-    node_config_from_params,
-    occupancy_grid,
-)
+from .device import apply_process_settings
+from .health import FINE_STAGES, STAGES, DiagnosticsPolicy, NodeStats, WarningThrottle, frame_timings, why_no_valid_point
+from .outputs import OutputEncoder, OutputSelection
+from .params import NodeConfig, is_list_parameter, leaf_parameters, node_config_from_params, parameter_help, unknown_parameters
+from .pipeline import PerceptionPipeline
+from .worker import LatestFrameSlot
 
 NODE_NAME = "ssl3d_perception"
-STAGES = ("pre", "inference", "post", "total")  # order of ~/debug/processing_time_ms
-# order of ~/debug/stage_time_ms: the finer split (pre = decode + preprocess, post = the rest)
-FINE_STAGES = ("decode", "preprocess", "inference", "postprocess", "encode", "publish")
-# Rate limit of warnings about bad frames, per kind of problem (see PerceptionNode._warn_throttled).
-WARN_PERIOD_S = 10.0
-# Parameters rclpy itself declares or reads; not ours to reject.
-_FOREIGN_PARAMETERS = ("use_sim_time", "start_type_description_service")
-
-
-# --------------------------------------------------------------------------------------------------
-# Parameters: declared from the NodeConfig dataclass tree (descriptions from its field metadata)
-# --------------------------------------------------------------------------------------------------
-
-
-def _leaf_parameters(cls: type, prefix: str = "") -> list[tuple[str, Any, str, Any]]:
-    """(dotted name, default, description, type) of every scalar/list field of a config tree."""
-    hints = typing.get_type_hints(cls)
-    leaves = []
-    for f in dataclasses.fields(cls):
-        name = f"{prefix}{f.name}"
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            leaves += _leaf_parameters(tp, name + ".")
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        else:
-            default = f.default_factory()  # type: ignore[misc]
-        doc = f.metadata.get("doc", "")
-        if typing.get_origin(tp) is typing.Literal:
-            doc += f" (one of {', '.join(map(str, typing.get_args(tp)))})"
-        leaves.append((name, default, doc, tp))
-    return leaves
+# Outputs: reliable keep-last-1 (the newest result matters), which best-effort and reliable
+# subscribers (RViz, planners) both accept.
+OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def declare_node_parameters(node: Node) -> NodeConfig:
-    """Declare every parameter with a descriptor, read them and validate them into a NodeConfig.
+    """Declare every parameter with its description, read them and validate them into a NodeConfig.
 
-    Raises ConfigError naming the parameter for wrong types, bad values and unknown parameter names
-    (a typo in a parameter file must not be silently ignored).
+    The node is created with ``automatically_declare_parameters_from_overrides``, so every name the
+    parameter file or ``-p`` gave is a declared parameter; a name that is not one of ours is a typo
+    and stops the node (ConfigError naming it), never silently ignored.
     """
     values: dict[str, Any] = {}
-    for name, default, doc, tp in _leaf_parameters(NodeConfig):
-        if typing.get_origin(tp) is list:
+    for name, default, doc, tp in leaf_parameters(NodeConfig):
+        descriptor = ParameterDescriptor(description=doc, read_only=True, dynamic_typing=not is_list_parameter(tp))
+        if node.has_parameter(name):  # given as an override: keep its value, attach our description
+            value = node.get_parameter(name).value
+            node.set_descriptor(name, descriptor)
+        elif is_list_parameter(tp):
             # Typed without a default: rcl cannot parse an empty YAML list, so "unset" means the default.
-            descriptor = ParameterDescriptor(description=doc, read_only=True)
-            try:
-                param = node.declare_parameter(name, Parameter.Type.STRING_ARRAY, descriptor)
-            except Exception as exc:  # InvalidParameterTypeException and friends
-                raise ConfigError(f"parameter '{name}': expected a list of strings ({exc})") from None
-            values[name] = list(param.value) if param.value is not None else list(default)
+            value = node.declare_parameter(name, Parameter.Type.STRING_ARRAY, descriptor).value
         else:
             # Dynamically typed so that `voxel_size: 1` is accepted as 1.0; types are checked by
             # node_config_from_params with the key named in the error.
-            descriptor = ParameterDescriptor(description=doc, read_only=True, dynamic_typing=True)
-            values[name] = node.declare_parameter(name, default, descriptor).value
-    overrides = getattr(node, "_parameter_overrides", {}) or {}
-    unknown = sorted(
-        n for n in overrides
-        if n not in values and n not in _FOREIGN_PARAMETERS and not n.startswith("qos_overrides.")
-    )
+            value = node.declare_parameter(name, default, descriptor).value
+        if is_list_parameter(tp):  # a non-list override stays as given: the typed config names the key
+            value = list(default) if value is None else list(value) if isinstance(value, (list, tuple)) else value
+        values[name] = value
+    unknown = unknown_parameters(node.list_parameters([], 0).names)
     if unknown:
         raise ConfigError(f"unknown parameter(s) {unknown}; known: {sorted(values)}")
     return node_config_from_params(values)
 
 
 def input_qos(cfg: NodeConfig) -> QoSProfile:
-    reliability = {
-        "best_effort": ReliabilityPolicy.BEST_EFFORT,
-        "reliable": ReliabilityPolicy.RELIABLE,
-    }[cfg.input.qos.reliability]
-    return QoSProfile(
-        history=HistoryPolicy.KEEP_LAST,
-        depth=cfg.input.qos.depth,
-        reliability=reliability,
-        durability=DurabilityPolicy.VOLATILE,
-    )
-
-
-# Outputs: reliable keep-last-1 (the newest result matters), which best-effort and reliable
-# subscribers (RViz, planners) both accept.
-OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
-
-
-# --------------------------------------------------------------------------------------------------
-# Latest-frame mailbox and statistics (plain Python, shared between executor and worker threads)
-# --------------------------------------------------------------------------------------------------
-
-
-class LatestFrameSlot:
-    """One-slot mailbox: a new frame replaces a waiting one (the replaced one counts as dropped)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: Any = None
-        self._closed = False
-
-    def put(self, item: Any) -> bool:
-        """Store ``item``; True when it replaced a frame that was still waiting."""
-        with self._cond:
-            replaced = self._item is not None
-            self._item = item
-            self._cond.notify()
-            return replaced
-
-    def take(self, timeout: float | None = None) -> Any:
-        """The waiting frame (removing it), or None after ``timeout`` or when closed."""
-        with self._cond:
-            if self._item is None and not self._closed:
-                self._cond.wait(timeout)
-            item, self._item = self._item, None
-            return item
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-
-@dataclass
-class NodeStats:
-    """Counters and recent timings; everything guarded by ``lock``."""
-
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    received: int = 0
-    processed: int = 0
-    dropped: int = 0  # replaced in the slot before the worker took them
-    rejected: int = 0  # malformed clouds (CloudFormatError)
-    errors: int = 0  # any other failure while processing a frame
-    skipped: int = 0  # no subscriber on any output
-    out_of_memory: int = 0  # frames skipped because the device ran out of memory (also in ``errors``)
-    no_valid_points: int = 0  # processed frames in which no point survived (empty, all NaN, out of range)
-    points_invalid: int = 0  # points marked invalid (class_id 255) over all processed frames
-    last_error: str = ""
-    last_receive_mono: float | None = None
-    receive_times: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=200))
-    totals_ms: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=100))
-    latency_ms: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=100))
-    stage_ms: dict = dataclasses.field(default_factory=dict)  # stage -> deque
-
-    def add_stages(self, stages: dict[str, float]) -> None:
-        for k, v in stages.items():
-            self.stage_ms.setdefault(k, collections.deque(maxlen=100)).append(v)
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-# --------------------------------------------------------------------------------------------------
-# The node
-# --------------------------------------------------------------------------------------------------
+    reliability = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=cfg.input.qos.depth,
+                      reliability=reliability[cfg.input.qos.reliability], durability=DurabilityPolicy.VOLATILE)
 
 
 class PerceptionNode(Node):
@@ -214,35 +90,35 @@ class PerceptionNode(Node):
     debug topic and /diagnostics."""
 
     def __init__(self, **node_kwargs: Any) -> None:
+        node_kwargs.setdefault("automatically_declare_parameters_from_overrides", True)
         super().__init__(NODE_NAME, **node_kwargs)
-        self._start_mono = time.monotonic()
         self.stats = NodeStats()
         self._slot = LatestFrameSlot()
         self._stop = threading.Event()
-        self._last_diag_rejected = 0
-        self._last_diag_errors = 0
-        # Rate-limited warnings, one period per kind of problem (see _warn_throttled).
-        self._warned: collections.OrderedDict[str, list] = collections.OrderedDict()
-        self._warn_lock = threading.Lock()
+        self._throttle = WarningThrottle()
         try:
             self.config = declare_node_parameters(self)
+            apply_process_settings(self.config.cpu_threads, self.config.retain_freed_memory)
             warm_ms = self._start_worker()
+            self.outputs = OutputEncoder.for_classes(self.pipeline.class_names, self.pipeline.class_colors,
+                                                     self.config)
         except Exception:
             self.destroy_node()
             raise
-        log = self.get_logger()
-        for warning in self.pipeline.warnings:
+        self._health = DiagnosticsPolicy(self.config.diagnostics, time.monotonic())
+        pipe, log = self.pipeline, self.get_logger()
+        for warning in pipe.warnings:
             log.warning(warning)
         log.info(
-            f"loaded {self.pipeline.source} on {self.pipeline.device} ({str(self.pipeline.dtype).removeprefix('torch.')}), "
-            f"{len(self.pipeline.class_names)} classes, embedding D={self.pipeline.embedding_channels}; "
-            f"warm-up {warm_ms:.0f} ms"
+            f"loaded {pipe.source} on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')}), "
+            f"{len(pipe.class_names)} classes, embedding D={pipe.embedding_channels}; warm-up {warm_ms:.0f} ms"
         )
-
-        self.pub_segmentation = self.create_publisher(PointCloud2, "~/output/segmentation", OUTPUT_QOS)
-        self.pub_embeddings = self.create_publisher(PointCloud2, "~/output/embeddings", OUTPUT_QOS)
-        self.pub_visualization = self.create_publisher(PointCloud2, "~/output/visualization", OUTPUT_QOS)
-        self.pub_occupancy = self.create_publisher(OccupancyGrid, "~/output/occupancy", OUTPUT_QOS)
+        self.publishers_by_output = {
+            "segmentation": self.create_publisher(PointCloud2, "~/output/segmentation", OUTPUT_QOS),
+            "embeddings": self.create_publisher(PointCloud2, "~/output/embeddings", OUTPUT_QOS),
+            "visualization": self.create_publisher(PointCloud2, "~/output/visualization", OUTPUT_QOS),
+            "occupancy": self.create_publisher(OccupancyGrid, "~/output/occupancy", OUTPUT_QOS),
+        }
         self.pub_processing_time = self.create_publisher(Float64MultiArray, "~/debug/processing_time_ms", 10)
         self.pub_latency = self.create_publisher(Float64, "~/debug/pipeline_latency_ms", 10)
         self.pub_stage_time = self.create_publisher(Float64MultiArray, "~/debug/stage_time_ms", 10)
@@ -252,22 +128,15 @@ class PerceptionNode(Node):
         )
         self.diagnostics_timer = self.create_timer(self.config.diagnostics.period_s, self._publish_diagnostics)
         self._publish_diagnostics()  # "waiting for first scan" right away
-        log.info(
-            f"listening on {self.subscription.topic_name} "
-            f"({self.config.input.qos.reliability}, depth {self.config.input.qos.depth})"
-        )
+        log.info(f"listening on {self.subscription.topic_name} "
+                 f"({self.config.input.qos.reliability}, depth {self.config.input.qos.depth})")
 
     # -- executor thread: only stores the message ---------------------------------------------------
 
     def _on_cloud(self, msg: PointCloud2) -> None:
-        now = time.monotonic()
-        with self.stats.lock:
-            self.stats.received += 1
-            self.stats.last_receive_mono = now
-            self.stats.receive_times.append(now)
+        self.stats.received_at(time.monotonic())
         if self._slot.put(msg):
-            with self.stats.lock:
-                self.stats.dropped += 1
+            self.stats.count("dropped")
 
     # -- worker thread ------------------------------------------------------------------------------
 
@@ -308,9 +177,11 @@ class PerceptionNode(Node):
                 continue
             try:
                 self.process_message(msg)
+            except CloudFormatError as exc:
+                self._count_failure("rejected", f"rejected malformed PointCloud2 (frame {msg.header.frame_id!r}): {exc}",
+                                    kind=f"rejected:{exc}")
             except torch.OutOfMemoryError as exc:  # CUDA OOM on a (huge) frame: skip it, free the cache
-                with self.stats.lock:
-                    self.stats.out_of_memory += 1
+                self.stats.count("out_of_memory")
                 if self.pipeline.device.type == "cuda":
                     torch.cuda.empty_cache()
                 self._count_failure("errors", f"out of memory on {self.pipeline.device}: {str(exc).splitlines()[0]}",
@@ -319,220 +190,72 @@ class PerceptionNode(Node):
                 self._count_failure("errors", f"processing failed: {type(exc).__name__}: {exc}")
 
     def _count_failure(self, counter: str, message: str, kind: str | None = None) -> None:
-        with self.stats.lock:
-            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
-            self.stats.last_error = message
+        self.stats.count(counter, message)
         self._warn_throttled(kind or f"{counter}:{message}", f"{message} (frame skipped; see /diagnostics for counts)")
 
     def _warn_throttled(self, kind: str, message: str) -> None:
-        """Log ``message`` at most once per ``WARN_PERIOD_S`` per kind of problem.
+        line = self._throttle.admit(kind, message)
+        if line is not None:
+            self.get_logger().warning(line)
 
-        The kind is the message with its numbers blanked out, so a burst of the same bad cloud logs
-        one line per period while a different problem is still reported at once. The first line after
-        a quiet period says how many were suppressed. Bounded: at most 128 kinds are remembered.
-        """
-        key = re.sub(r"\d+", "#", kind)[:200]
-        now = time.monotonic()
-        with self._warn_lock:
-            entry = self._warned.get(key)
-            if entry is not None and now - entry[0] < WARN_PERIOD_S:
-                entry[1] += 1
-                return
-            suppressed = entry[1] if entry is not None else 0
-            self._warned[key] = [now, 0]
-            self._warned.move_to_end(key)
-            while len(self._warned) > 128:
-                self._warned.popitem(last=False)
-        more = f" [{suppressed} more like this in the last {WARN_PERIOD_S:.0f} s]" if suppressed else ""
-        self.get_logger().warning(message + more)
-
-    def _wanted(self) -> dict[str, bool]:
-        return {
-            "segmentation": self.pub_segmentation.get_subscription_count() > 0,
-            "embeddings": self.pub_embeddings.get_subscription_count() > 0,
-            "visualization": self.pub_visualization.get_subscription_count() > 0,
-            "occupancy": self.pub_occupancy.get_subscription_count() > 0,
-        }
+    def _selection(self) -> OutputSelection:
+        return OutputSelection(**{name: pub.get_subscription_count() > 0
+                                  for name, pub in self.publishers_by_output.items()})
 
     def process_message(self, msg: PointCloud2) -> None:
         """Decode, infer, encode and publish one cloud (worker thread)."""
-        from .codec import CloudFormatError, encode_cloud, fill_cloud_message
-
         t_start = time.perf_counter()
-        wanted = self._wanted()
-        if not any(wanted.values()):
-            with self.stats.lock:
-                self.stats.skipped += 1
+        selection = self._selection()
+        if not selection.any:
+            self.stats.count("skipped")
             return
-        need_classes = wanted["segmentation"] or wanted["visualization"] or wanted["occupancy"]
-        try:
-            cloud = self.pipeline.process_cloud(msg, segmentation=need_classes, embeddings=wanted["embeddings"])
-        except CloudFormatError as exc:
-            self._count_failure("rejected", f"rejected malformed PointCloud2 (frame {msg.header.frame_id!r}): {exc}",
-                                kind=f"rejected:{exc}")
-            return
-        result, xyz, height = cloud.result, cloud.xyz, cloud.height
-        header = msg.header  # same stamp and frame on every output: never restamped
-        invalid = int(result.valid.size - np.count_nonzero(result.valid))
-        with self.stats.lock:
-            self.stats.points_invalid += invalid
-            if invalid == result.valid.size:
-                self.stats.no_valid_points += 1
-        if invalid == result.valid.size:  # processed and published anyway (all class_id 255)
-            if xyz.size == 0:
-                why = "it is empty"
-            elif np.isnan(xyz).any(axis=1).all():
-                why = "every point has a NaN coordinate"
-            elif not np.isfinite(xyz).all(axis=1).any():
-                why = "every point has a NaN or Inf coordinate"
-            else:
-                why = "every point is outside the range limits or has non-finite features"
-            self._warn_throttled(
-                f"no_valid_points:{why}",
-                f"cloud in frame {header.frame_id!r} has no usable point ({result.valid.size} points; {why}); "
-                "published with every point invalid (class_id 255)")
+        cloud = self.pipeline.process_cloud(msg, segmentation=selection.needs_classes,
+                                            embeddings=selection.embeddings)
+        result, header = cloud.result, msg.header  # same stamp and frame on every output: never restamped
+        total = result.valid.size
+        invalid = total - result.num_valid
+        self.stats.add_points(invalid, total, result.points_over_budget)
+        if result.points_over_budget:
+            self._warn_throttled("over_budget", f"cloud in frame {header.frame_id!r}: {result.points_over_budget} of "
+                                 f"{total} points left out by the voxel budget preprocessing.max_points = "
+                                 f"{self.pipeline.preprocess_cfg.max_points} (marked invalid)")
+        if invalid == total:  # processed and published anyway (all class_id 255)
+            why = why_no_valid_point(cloud.xyz)
+            self._warn_throttled(f"no_valid_points:{why}", f"cloud in frame {header.frame_id!r} has no usable point "
+                                 f"({total} points; {why}); published with every point invalid (class_id 255)")
         encode_ms = publish_ms = 0.0
-
-        def publish(pub, encoded) -> None:
-            nonlocal publish_ms
-            out = fill_cloud_message(PointCloud2(), encoded, PointField)
-            out.header = header
-            t = time.perf_counter()
-            pub.publish(out)
-            publish_ms += (time.perf_counter() - t) * 1e3
-
-        if wanted["segmentation"]:
-            t = time.perf_counter()
-            encoded = encode_cloud(
-                xyz,
-                {"class_id": result.class_id, "probability": result.probability, "entropy": result.entropy},
-                height=height,
-                align=True,  # x y z class_id(+3 pad) probability entropy = 24 bytes, Autoware's layout
-            )
-            encode_ms += (time.perf_counter() - t) * 1e3
-            publish(self.pub_segmentation, encoded)
-        if wanted["visualization"]:
-            t = time.perf_counter()
-            rgb = colorize(result.class_id, self.pipeline.color_table)
-            encoded = encode_cloud(xyz, {"rgb": rgb}, height=height, align=True)
-            encode_ms += (time.perf_counter() - t) * 1e3
-            publish(self.pub_visualization, encoded)
-        if wanted["embeddings"]:
-            t = time.perf_counter()
-            if self.config.embeddings.per_voxel:
-                encoded = encode_cloud(result.voxel_coord, {"embedding": result.voxel_embedding}, align=True)
+        for name, payload, ms in self.outputs.encode(cloud, selection):
+            encode_ms += ms
+            if name == "occupancy":
+                out = occupancy_message(payload, header)
             else:
-                encoded = encode_cloud(xyz, {"embedding": result.embedding}, height=height, align=True)
-            encode_ms += (time.perf_counter() - t) * 1e3
-            publish(self.pub_embeddings, encoded)
-        if wanted["occupancy"]:
+                out = fill_cloud_message(PointCloud2(), payload, PointField)
+                out.header = header
             t = time.perf_counter()
-            grid = occupancy_grid(xyz, result.class_id, result.valid, self.pipeline.obstacle, self.config.occupancy)
-            out = occupancy_message(grid, header)
-            encode_ms += (time.perf_counter() - t) * 1e3
-            t = time.perf_counter()
-            self.pub_occupancy.publish(out)
+            self.publishers_by_output[name].publish(out)
             publish_ms += (time.perf_counter() - t) * 1e3
-        t_end = time.perf_counter()
-
-        stages = {
-            "decode": cloud.decode_ms,
-            "preprocess": result.timings_ms.get("preprocess", 0.0),
-            "inference": result.timings_ms.get("inference", 0.0),
-            "postprocess": result.timings_ms.get("postprocess", 0.0),
-            "encode": encode_ms,
-            "publish": publish_ms,
-        }
-        pre = stages["decode"] + stages["preprocess"]
-        total_ms = (t_end - t_start) * 1e3
-        post = max(total_ms - pre - stages["inference"], 0.0)
+        total_ms = (time.perf_counter() - t_start) * 1e3
+        stages, coarse = frame_timings(cloud.decode_ms, result.timings_ms, encode_ms, publish_ms, total_ms)
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
         latency_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
-
-        timing = Float64MultiArray()
-        timing.layout.dim = [MultiArrayDimension(label=",".join(STAGES), size=len(STAGES), stride=len(STAGES))]
-        timing.data = [pre, stages["inference"], post, total_ms]
-        self.pub_processing_time.publish(timing)
-        fine = Float64MultiArray()
-        fine.layout.dim = [MultiArrayDimension(label=",".join(FINE_STAGES), size=len(FINE_STAGES), stride=len(FINE_STAGES))]
-        fine.data = [stages[k] for k in FINE_STAGES]
-        self.pub_stage_time.publish(fine)
+        self.pub_processing_time.publish(_float_array(STAGES, coarse))
+        self.pub_stage_time.publish(_float_array(FINE_STAGES, [stages[k] for k in FINE_STAGES]))
         self.pub_latency.publish(Float64(data=latency_ms))
-        with self.stats.lock:
-            self.stats.processed += 1
-            self.stats.totals_ms.append(total_ms)
-            self.stats.latency_ms.append(latency_ms)
-            self.stats.add_stages(stages)
+        self.stats.add_frame(stages, total_ms, latency_ms)
 
     # -- diagnostics --------------------------------------------------------------------------------
 
     def diagnostic_status(self) -> DiagnosticStatus:
-        cfg = self.config.diagnostics
-        now = time.monotonic()
-        with self.stats.lock:
-            s = self.stats
-            recent = [t for t in s.receive_times if now - t <= 5.0]
-            rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) >= 2 and recent[-1] > recent[0] else 0.0
-            totals = np.asarray(s.totals_ms, float)
-            latency = np.asarray(s.latency_ms, float)
-            stage_means = {k: float(np.mean(v)) for k, v in s.stage_ms.items() if v}
-            counts = dict(received=s.received, processed=s.processed, dropped=s.dropped, rejected=s.rejected,
-                          errors=s.errors, skipped_no_subscribers=s.skipped, out_of_memory=s.out_of_memory,
-                          without_valid_points=s.no_valid_points)
-            points_invalid = s.points_invalid
-            last_receive, last_error = s.last_receive_mono, s.last_error
-        level, messages = DiagnosticStatus.OK, []
-
-        def raise_to(new_level: bytes, text: str) -> None:
-            nonlocal level
-            level = max(level, new_level)
-            messages.append(text)
-
-        if last_receive is None:
-            waited = now - self._start_mono
-            if waited > cfg.stale_after_s:
-                raise_to(DiagnosticStatus.WARN, f"waiting for first scan ({waited:.0f} s)")
-            else:
-                messages.append("waiting for first scan")
-        elif now - last_receive > cfg.stale_after_s:
-            raise_to(DiagnosticStatus.WARN, f"no scan for {now - last_receive:.1f} s")
-        median = float(np.median(totals)) if totals.size else 0.0
-        if totals.size:
-            if median > cfg.error_budget_ms:
-                raise_to(DiagnosticStatus.ERROR, f"processing {median:.0f} ms over the error budget {cfg.error_budget_ms:.0f} ms")
-            elif median > cfg.budget_ms:
-                raise_to(DiagnosticStatus.WARN, f"processing {median:.0f} ms over the budget {cfg.budget_ms:.0f} ms")
-        if counts["rejected"] > self._last_diag_rejected:
-            raise_to(DiagnosticStatus.WARN, f"{counts['rejected'] - self._last_diag_rejected} malformed cloud(s) rejected")
-        if counts["errors"] > self._last_diag_errors:
-            raise_to(DiagnosticStatus.WARN, f"{counts['errors'] - self._last_diag_errors} frame(s) failed")
-        self._last_diag_rejected, self._last_diag_errors = counts["rejected"], counts["errors"]
-        if not messages:
-            messages.append("ok")
-
-        values = {
-            "input_rate_hz": f"{rate:.2f}",
-            "processing_time_ms_median": f"{median:.2f}",
-            "processing_time_ms_max": f"{float(totals.max()) if totals.size else 0.0:.2f}",
-            "pipeline_latency_ms_median": f"{float(np.median(latency)) if latency.size else 0.0:.2f}",
-            "budget_ms": f"{cfg.budget_ms:.1f}",
-            "error_budget_ms": f"{cfg.error_budget_ms:.1f}",
-            **{f"frames_{k}": str(v) for k, v in counts.items()},
-            "points_invalid_total": str(points_invalid),
-            **{f"stage_{k}_ms_mean": f"{v:.2f}" for k, v in stage_means.items()},
-            "last_error": last_error,
-            "device": str(self.pipeline.device),
-            "precision": str(self.pipeline.dtype).removeprefix("torch."),
-            "checkpoint": self.pipeline.source,
-            "memory_rss_mb": f"{_rss_bytes() / 2**20:.1f}",
-            **{f"memory_{k}_mb": f"{v / 2**20:.1f}" for k, v in self.pipeline.memory_bytes().items()},
-        }
+        pipe = self.pipeline
+        report = self._health.report(
+            self.stats, time.monotonic(),
+            {"device": str(pipe.device), "precision": str(pipe.dtype).removeprefix("torch."),
+             "checkpoint": pipe.source},
+            pipe.memory_bytes(),
+        )
         return DiagnosticStatus(
-            level=level,
-            name=f"{self.get_name()}: pipeline",
-            message="; ".join(messages),
-            hardware_id=str(self.pipeline.device),
-            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+            level=bytes([report.level]), name=f"{self.get_name()}: pipeline", message=report.message,
+            hardware_id=str(pipe.device), values=[KeyValue(key=k, value=v) for k, v in report.values.items()],
         )
 
     def _publish_diagnostics(self) -> None:
@@ -554,8 +277,15 @@ class PerceptionNode(Node):
         super().destroy_node()
 
 
+def _float_array(labels: tuple[str, ...], values: list[float]) -> Float64MultiArray:
+    msg = Float64MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label=",".join(labels), size=len(labels), stride=len(labels))]
+    msg.data = [float(v) for v in values]
+    return msg
+
+
 def occupancy_message(grid, header) -> OccupancyGrid:
-    """nav_msgs/OccupancyGrid of a pipeline grid, in the input's frame and stamp."""
+    """nav_msgs/OccupancyGrid of an :class:`ssl3d_ros.outputs.OccupancyGrid`, in the input's frame and stamp."""
     out = OccupancyGrid()
     out.header = header
     out.info.map_load_time = header.stamp
@@ -575,14 +305,14 @@ The ssl3d_ros perception node: subscribes ~/input/points (sensor_msgs/PointCloud
 ~/debug/processing_time_ms, ~/debug/pipeline_latency_ms, ~/debug/stage_time_ms and /diagnostics.
 Example: ssl3d-perception --ros-args --params-file config/perception.yaml -r ~/input/points:=/points
 
+exit status: 0 after a normal shutdown, 2 when the configuration or checkpoint is refused at start-up
+(one line on stderr names the parameter or file).
+
 parameters (config/perception.yaml documents the same):"""
 
 
 def usage() -> str:
-    lines = [USAGE]
-    for name, default, doc, _ in _leaf_parameters(NodeConfig):
-        lines.append(f"  {name} (default {default!r}): {doc}")
-    return "\n".join(lines)
+    return USAGE + "\n" + parameter_help()
 
 
 def main(args: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ssl3d_ros.config import ConfigError
+from ssl3d_ros.models.kernel_maps import COORD_OFFSET
 from ssl3d_ros.models.structure import SparseTensor
 from ssl3d_ros.scan import Scan
 
@@ -38,6 +39,10 @@ FEATURE_CHANNELS: dict[str, int] = {"xyz": 3, "height": 1, "intensity": 1, "rgb"
 #: points farther than this from the frame origin on any axis (metres) are not measurements
 #: (uninitialised driver buffers, 1e30 sentinels); dropping them also keeps voxel keys in int64.
 MAX_ABS_COORD = 1.0e5
+# Voxel indices either side of the origin the sparse kernels can address: ``collate`` shifts a scan's
+# grid to start at 0, and the kernel-map keys hold an extent below COORD_OFFSET - 2 per axis, so a
+# point farther than this many voxels from the origin is dropped (per point, never the whole frame).
+GRID_HALF_EXTENT = (COORD_OFFSET - 2) // 2 - 1
 
 #: quantile of kept-point z used as the ground level for the ``height`` feature; a low quantile rather
 #: than the minimum so that one multipath return below the road does not shift every height.
@@ -116,6 +121,11 @@ class PreprocessConfig:
             raise ConfigError(f"preprocessing.min_range must be >= 0, got {self.min_range}")
         if self.max_range is not None and self.max_range <= self.min_range:
             raise ConfigError(f"preprocessing.max_range ({self.max_range}) must exceed min_range ({self.min_range})")
+        if self.max_range is not None and self.max_range > self.addressable_range:
+            raise ConfigError(
+                f"preprocessing.max_range ({self.max_range} m) exceeds the {self.addressable_range:.0f} m the sparse "
+                f"kernels address at voxel_size {self.voxel_size} m ({GRID_HALF_EXTENT} voxels either side of the "
+                "origin); lower max_range or raise voxel_size")
         if self.intensity_scale != "auto":
             scale = self.intensity_scale
             if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
@@ -127,6 +137,12 @@ class PreprocessConfig:
             raise ConfigError(f"preprocessing.coord_scale must be positive, got {self.coord_scale}")
         if self.normal_radius < 1:
             raise ConfigError(f"preprocessing.normal_radius must be >= 1, got {self.normal_radius}")
+
+
+    @property
+    def addressable_range(self) -> float:
+        """Largest |coordinate| (metres) a kept point may have: the coordinate limit and the voxel grid's."""
+        return min(MAX_ABS_COORD, self.voxel_size * GRID_HALF_EXTENT)
 
 
 def feature_channels(cfg: PreprocessConfig) -> int:
@@ -146,6 +162,7 @@ class VoxelizedScan:
     point_valid: (N,) bool, point_voxel >= 0.
     voxel_point: (M,) int64 input index of each voxel's kept point (labels: ``scan.labels[voxel_point]``).
     intensity_scale: the intensity full scale used (None when no intensity feature).
+    points_over_budget: valid points dropped because their voxel was left out under ``max_points``.
     """
 
     grid_coord: torch.Tensor
@@ -156,6 +173,7 @@ class VoxelizedScan:
     voxel_point: torch.Tensor
     intensity_scale: float | None = None
     source: str = ""
+    points_over_budget: int = 0
 
     def __len__(self) -> int:
         return self.grid_coord.shape[0]
@@ -214,6 +232,7 @@ def preprocess(
     voxel_of_candidate, kept_candidate = _first_per_voxel(grid)
     num_voxels = kept_candidate.numel()
 
+    over_budget = 0
     if cfg.max_points is not None and num_voxels > cfg.max_points:
         subset_generator = generator if training else torch.Generator().manual_seed(INFERENCE_SUBSET_SEED)
         chosen = torch.randperm(num_voxels, generator=subset_generator)[: cfg.max_points]
@@ -222,6 +241,7 @@ def preprocess(
         remap[chosen] = torch.arange(chosen.numel())
         voxel_of_candidate = remap.index_select(0, voxel_of_candidate)
         kept_candidate = kept_candidate.index_select(0, chosen)
+        over_budget = int((voxel_of_candidate < 0).sum())
 
     point_voxel = torch.full((n,), -1, dtype=torch.int64)
     point_voxel.index_copy_(0, candidates, voxel_of_candidate)
@@ -240,6 +260,7 @@ def preprocess(
         voxel_point=voxel_point,
         intensity_scale=scale,
         source=scan.source,
+        points_over_budget=over_budget,
     )
 
 
@@ -279,8 +300,9 @@ def _rgb_unit(rgb: np.ndarray) -> np.ndarray:
 
 
 def _keep_mask(points: torch.Tensor, fields: dict[str, torch.Tensor], cfg: PreprocessConfig) -> torch.Tensor:
-    # One comparison drops NaN (compares false), +-Inf and absurd coordinates alike.
-    keep = (points.abs() <= MAX_ABS_COORD).all(dim=1)
+    # One comparison drops NaN (compares false), +-Inf, absurd coordinates and points beyond what the
+    # voxel grid can address alike.
+    keep = (points.abs() <= cfg.addressable_range).all(dim=1)
     # Exactly (0, 0, 0) is the no-return placeholder of organised clouds (Ouster, depth cameras).
     keep &= (points != 0).any(dim=1)
     for values in fields.values():
@@ -481,15 +503,27 @@ def batch_point_voxel(scans: Sequence[VoxelizedScan]) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
 
 
-def unpool(voxel_feats: torch.Tensor | Any, point_voxel: torch.Tensor) -> torch.Tensor:
-    """Per-point features (N, C) in the input order from level-0 voxel features (M0, C).
+def unpool(voxel_feats: torch.Tensor | np.ndarray | Any, point_voxel: torch.Tensor | np.ndarray,
+           fill: float = 0.0) -> torch.Tensor | np.ndarray:
+    """Per-point values (N, ...) in the input order from level-0 voxel values (M0, ...): every point
+    takes its voxel's row; dropped points (``point_voxel`` -1) get ``fill``.
 
-    ``voxel_feats`` is either a tensor, typically ``encoder.hypercolumn(output)``, or the encoder
-    output itself (anything with ``levels`` and ``parents``), whose levels are then all concatenated
-    at level-0 resolution (the hypercolumn, as Sonata and MSM probe). ``point_voxel`` is
-    ``VoxelizedScan.point_voxel`` (one scan) or ``batch_point_voxel`` (a batch). Dropped points (-1)
-    get zeros.
+    The one voxel->point unpooling of the project (training, probes, the node). ``voxel_feats`` is a
+    tensor (typically ``encoder.hypercolumn(output)``), a numpy array (the pipeline's host-side
+    outputs; ``point_voxel`` then numpy too), or the encoder output itself (anything with ``levels``
+    and ``parents``), whose levels are then all concatenated at level-0 resolution (the hypercolumn,
+    as Sonata and MSM probe). ``point_voxel`` is ``VoxelizedScan.point_voxel`` (one scan) or
+    ``batch_point_voxel`` (a batch).
     """
+    if isinstance(voxel_feats, np.ndarray):
+        point_voxel = np.asarray(point_voxel)
+        if voxel_feats.shape[0] == 0:
+            return np.full(point_voxel.shape[:1] + voxel_feats.shape[1:], fill, voxel_feats.dtype)
+        per_point = voxel_feats[np.maximum(point_voxel, 0)]
+        dropped = point_voxel < 0
+        if dropped.any():
+            per_point[dropped] = fill
+        return per_point
     if not isinstance(voxel_feats, torch.Tensor):
         voxel_feats = torch.cat(
             [level.feats.index_select(0, parent) for level, parent in zip(voxel_feats.levels, voxel_feats.parents)],
@@ -497,11 +531,11 @@ def unpool(voxel_feats: torch.Tensor | Any, point_voxel: torch.Tensor) -> torch.
         )
     point_voxel = point_voxel.to(voxel_feats.device)
     if voxel_feats.shape[0] == 0:
-        return voxel_feats.new_zeros(point_voxel.shape[0], voxel_feats.shape[1])
+        return voxel_feats.new_full((point_voxel.shape[0],) + tuple(voxel_feats.shape[1:]), fill)
     per_point = voxel_feats.index_select(0, point_voxel.clamp_min(0))
     dropped = (point_voxel < 0).nonzero().squeeze(1)
     if dropped.numel():  # touch only the dropped rows: the output is the big tensor of a frame
-        per_point.index_fill_(0, dropped, 0.0)
+        per_point.index_fill_(0, dropped, fill)
     return per_point
 
 

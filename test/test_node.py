@@ -27,7 +27,9 @@ from std_msgs.msg import Float64, Float64MultiArray  # noqa: E402
 
 from ssl3d_ros.codec import FLOAT32, UINT8, decode_cloud, encode_cloud, fill_cloud_message, unpack_rgb, xyz  # noqa: E402
 from ssl3d_ros.node import LatestFrameSlot  # noqa: E402
-from ssl3d_ros.pipeline import INVALID_CLASS, PerceptionPipeline, load_node_config, occupancy_grid  # noqa: E402
+from ssl3d_ros.outputs import INVALID_CLASS, OutputEncoder, occupancy_grid  # noqa: E402
+from ssl3d_ros.params import load_node_config  # noqa: E402
+from ssl3d_ros.pipeline import PerceptionPipeline  # noqa: E402
 
 from builders import make_checkpoint, sim_scan  # noqa: E402
 
@@ -329,10 +331,11 @@ def _check_against_offline(outputs: dict, msg: PointCloud2, offline: PerceptionP
 
     assert _fields(vis) == [("x", 0, FLOAT32, 1), ("y", 4, FLOAT32, 1), ("z", 8, FLOAT32, 1), ("rgb", 12, FLOAT32, 1)]
     rgb = unpack_rgb(decode_cloud(vis).field_values("rgb"))
-    np.testing.assert_array_equal(rgb, offline.color_table[class_id])
-
     cfg = load_node_config_cached()
-    grid = occupancy_grid(input_xyz, class_id, class_id != INVALID_CLASS, offline.obstacle, cfg.occupancy)
+    outputs = OutputEncoder.for_classes(offline.class_names, offline.class_colors, cfg)
+    np.testing.assert_array_equal(rgb, outputs.color_table[class_id])
+
+    grid = occupancy_grid(input_xyz, class_id, class_id != INVALID_CLASS, outputs.obstacle, cfg.occupancy)
     assert (occ.info.width, occ.info.height, occ.info.resolution) == (grid.width, grid.height, 1.0)
     assert (occ.info.origin.position.x, occ.info.origin.position.y) == (-40.0, -40.0)
     np.testing.assert_array_equal(np.asarray(occ.data, np.int8), grid.data.ravel())
@@ -344,7 +347,7 @@ _PARAMS_CACHE: dict = {}
 
 def load_node_config_cached():
     if "cfg" not in _PARAMS_CACHE:
-        from ssl3d_ros.pipeline import node_config_from_params
+        from ssl3d_ros.params import node_config_from_params
         import yaml
 
         _PARAMS_CACHE["cfg"] = node_config_from_params(yaml.safe_load(PARAMS)["/**"]["ros__parameters"])

@@ -10,25 +10,21 @@ import torch
 
 from ssl3d_ros.codec import FieldSpec, encode_cloud, fill_cloud_message
 from ssl3d_ros.config import ConfigError
-from ssl3d_ros.pipeline import (
-    CPU_BACKEND,
+from ssl3d_ros.device import resolve_device, resolve_precision
+from ssl3d_ros.outputs import (
+    FREE,
     INVALID_CLASS,
     OCCUPIED,
-    FREE,
     UNKNOWN,
-    FrameResult,
-    NodeConfig,
-    OccupancyConfig,
-    PerceptionPipeline,
+    OutputEncoder,
     class_color_table,
-    load_node_config,
-    node_config_from_params,
     obstacle_lookup,
     occupancy_grid,
     parse_colors,
-    resolve_device,
-    resolve_precision,
 )
+from ssl3d_ros.params import NodeConfig, OccupancyConfig, load_node_config, node_config_from_params
+from ssl3d_ros.pipeline import CPU_BACKEND, PerceptionPipeline
+from ssl3d_ros.preprocessing import unpool
 from ssl3d_ros.scan import Scan
 
 from builders import CLASS_NAMES, make_checkpoint, sim_scan  # noqa: E402
@@ -135,23 +131,20 @@ def test_color_table_uses_given_colours_then_palette_and_black_for_invalid():
     assert table[INVALID_CLASS].tolist() == [0, 0, 0]
 
 
-def test_scatter_puts_results_back_at_message_positions():
-    result = FrameResult(
-        valid=np.array([True, False, True]),
-        point_voxel=np.array([0, -1, 1]),
-        class_id=np.array([3, INVALID_CLASS, 4], np.uint8),
-        probability=np.array([0.5, 0.0, 0.9], np.float32),
-        entropy=np.array([0.2, 1.0, 0.1], np.float32),
-        embedding=np.arange(6, dtype=np.float32).reshape(3, 2),
-    )
-    full = result.scatter(np.array([0, 2, 5]), total=6)
-    assert full.class_id.tolist() == [3, 255, 255, 255, 255, 4]
-    assert full.valid.tolist() == [True, False, False, False, False, True]
-    assert full.point_voxel.tolist() == [0, -1, -1, -1, -1, 1]
-    np.testing.assert_array_equal(full.embedding[[0, 2, 5]], result.embedding)
-    assert not full.embedding[[1, 3, 4]].any()
-    assert full.entropy[3] == 1.0 and full.probability[3] == 0.0
-    assert result.scatter(np.arange(3), total=3) is result
+def test_unpooling_puts_voxel_results_back_at_message_positions():
+    # The pipeline keeps every message point (NaN ones too) and unpools per-voxel outputs through the
+    # one index map preprocessing made: dropped points (-1) get the invalid fill values.
+    point_voxel = np.array([0, -1, -1, -1, -1, 1])
+    class_id = unpool(np.array([3, 4], np.uint8), point_voxel, fill=INVALID_CLASS)
+    probability = unpool(np.array([0.5, 0.9], np.float32), point_voxel, fill=0.0)
+    entropy = unpool(np.array([0.2, 0.1], np.float32), point_voxel, fill=1.0)
+    voxel_embedding = np.arange(4, dtype=np.float32).reshape(2, 2)
+    embedding = unpool(voxel_embedding, point_voxel, fill=0.0)
+    assert class_id.tolist() == [3, 255, 255, 255, 255, 4] and class_id.dtype == np.uint8
+    np.testing.assert_array_equal(embedding[[0, 5]], voxel_embedding)
+    assert not embedding[[1, 2, 3, 4]].any()
+    assert entropy[3] == 1.0 and probability[3] == 0.0
+    assert unpool(np.zeros(0, np.uint8), point_voxel, fill=INVALID_CLASS).tolist() == [255] * 6
 
 
 # ------------------------------------------------------------------------- with a real checkpoint
@@ -268,8 +261,9 @@ def test_parameters_that_do_not_fit_the_checkpoint_fail_clearly(checkpoint_path,
         PerceptionPipeline.from_checkpoint(
             checkpoint_path, device="cpu", overrides=node_config_from_params({"classes.names": ["a", "b"]}))
     with pytest.raises(ConfigError, match="obstacle_classes"):
-        PerceptionPipeline.from_checkpoint(
-            checkpoint_path, device="cpu", overrides=node_config_from_params({"occupancy.obstacle_classes": ["bus"]}))
+        cfg = node_config_from_params({"occupancy.obstacle_classes": ["bus"]})
+        pipe = PerceptionPipeline.from_checkpoint(checkpoint_path, device="cpu", overrides=cfg)
+        OutputEncoder.for_classes(pipe.class_names, pipe.class_colors, cfg)
     no_pca = make_checkpoint(tmp_path / "no_pca.safetensors", with_head=True, with_pca=False)
     with pytest.raises(ConfigError, match="embeddings.dims"):
         PerceptionPipeline.from_checkpoint(no_pca, device="cpu", overrides=node_config_from_params({"embeddings.dims": 2}))
@@ -311,7 +305,7 @@ def test_empty_and_all_invalid_scans(pipeline):
 
 
 def test_empty_checkpoint_parameter_means_the_packaged_default():
-    from ssl3d_ros.pipeline import PACKAGED_CHECKPOINT, packaged_checkpoint
+    from ssl3d_ros.device import PACKAGED_CHECKPOINT, packaged_checkpoint
 
     try:
         path = packaged_checkpoint()

@@ -33,7 +33,8 @@ from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from ssl3d_ros.codec import (  # noqa: E402
     FLOAT32, FLOAT64, INT16, UINT8, UINT16, CloudFormatError, decode_cloud, encode_cloud, fill_cloud_message,
 )
-from ssl3d_ros.pipeline import INVALID_CLASS, PerceptionPipeline  # noqa: E402
+from ssl3d_ros.outputs import INVALID_CLASS  # noqa: E402
+from ssl3d_ros.pipeline import PerceptionPipeline  # noqa: E402
 
 from test_node import OUT, Harness, _now_ns  # noqa: E402
 from test_node import harness, node_process, offline  # noqa: E402,F401  (fixtures, used by name)
@@ -423,7 +424,7 @@ def test_a_five_million_point_cloud(checkpoint):
     """5 M points (80 MB) do not fit the 64 MB shared-memory segment of config/fastdds_large_data.xml,
     so they cannot reach the node over DDS here (measured: not delivered); the guard that protects the
     node is tested over DDS above (too_many_points) and here, in-process, on the same code path."""
-    from ssl3d_ros.pipeline import NodeConfig, node_config_from_params
+    from ssl3d_ros.params import NodeConfig, node_config_from_params
 
     n = 5_000_000
     rng = np.random.default_rng(5)

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ..outputs import class_color_table  # noqa: E402
 from .class_maps import ClassMap, default_palette  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -281,7 +282,7 @@ def scene_outputs(pipeline, scan, truth_map: ClassMap | None = None) -> SceneOut
     result = pipeline.process(scan, segmentation=True, embeddings=True, update_clusters=True)
     truth = truth_map.apply(scan.labels) if (truth_map is not None and scan.labels is not None) else None
     return SceneOutputs(points=scan.points, valid=result.valid, embedding=result.embedding,
-                        class_id=result.class_id, class_table=pipeline.color_table, truth=truth, truth_map=truth_map)
+                        class_id=result.class_id, class_table=class_color_table(pipeline.class_colors, len(pipeline.class_names)), truth=truth, truth_map=truth_map)
 
 
 def build_parser() -> argparse.ArgumentParser:

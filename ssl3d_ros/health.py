@@ -1,0 +1,223 @@
+"""The node's statistics and its diagnostics policy, without ROS.
+
+:class:`NodeStats` is what the executor and worker threads count; :func:`diagnostic_report` turns a
+snapshot of it into the level, message and key/values of the node's ``/diagnostics`` status;
+:class:`WarningThrottle` decides which warnings reach the log; :func:`frame_timings` splits one
+frame's time into the stages the debug topics publish. The node only converts these to messages.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+import numpy as np
+
+from .params import DiagnosticsConfig
+
+OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
+STAGES = ("pre", "inference", "post", "total")  # order of ~/debug/processing_time_ms
+# order of ~/debug/stage_time_ms: the finer split (pre = decode + preprocess, post = the rest)
+FINE_STAGES = ("decode", "preprocess", "inference", "postprocess", "encode", "publish")
+WARN_PERIOD_S = 10.0  # rate limit of warnings about bad frames, per kind of problem
+RATE_WINDOW_S = 5.0  # input rate over the receptions of the last few seconds
+
+
+@dataclass
+class NodeStats:
+    """Counters and recent timings; everything guarded by ``lock``."""
+
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0  # replaced in the slot before the worker took them
+    rejected: int = 0  # malformed clouds (CloudFormatError)
+    errors: int = 0  # any other failure while processing a frame
+    skipped: int = 0  # no subscriber on any output
+    out_of_memory: int = 0  # frames skipped because the device ran out of memory (also in ``errors``)
+    no_valid_points: int = 0  # processed frames in which no point survived (empty, all NaN, out of range)
+    points_invalid: int = 0  # points marked invalid (class_id 255) over all processed frames
+    points_subsampled: int = 0  # valid points left out by the per-frame voxel budget (preprocessing.max_points)
+    last_error: str = ""
+    last_receive_mono: float | None = None
+    receive_times: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=200))
+    totals_ms: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=100))
+    latency_ms: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=100))
+    stage_ms: dict = dataclasses.field(default_factory=dict)  # stage -> deque
+
+    def count(self, counter: str, message: str | None = None) -> None:
+        with self.lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+            if message is not None:
+                self.last_error = message
+
+    def received_at(self, now: float) -> None:
+        with self.lock:
+            self.received += 1
+            self.last_receive_mono = now
+            self.receive_times.append(now)
+
+    def add_frame(self, stages: dict[str, float], total_ms: float, latency_ms: float) -> None:
+        with self.lock:
+            self.processed += 1
+            self.totals_ms.append(total_ms)
+            self.latency_ms.append(latency_ms)
+            for k, v in stages.items():
+                self.stage_ms.setdefault(k, collections.deque(maxlen=100)).append(v)
+
+    def add_points(self, invalid: int, total: int, subsampled: int = 0) -> None:
+        with self.lock:
+            self.points_invalid += invalid
+            self.points_subsampled += subsampled
+            if invalid == total:
+                self.no_valid_points += 1
+
+
+def frame_timings(decode_ms: float, pipeline_ms: dict[str, float], encode_ms: float, publish_ms: float,
+                  total_ms: float) -> tuple[dict[str, float], list[float]]:
+    """The fine stages (``FINE_STAGES``) and the coarse ``STAGES`` split of one frame's time."""
+    stages = {
+        "decode": decode_ms,
+        "preprocess": pipeline_ms.get("preprocess", 0.0),
+        "inference": pipeline_ms.get("inference", 0.0),
+        "postprocess": pipeline_ms.get("postprocess", 0.0),
+        "encode": encode_ms,
+        "publish": publish_ms,
+    }
+    pre = stages["decode"] + stages["preprocess"]
+    post = max(total_ms - pre - stages["inference"], 0.0)
+    return stages, [pre, stages["inference"], post, total_ms]
+
+
+def why_no_valid_point(xyz: np.ndarray) -> str:
+    """Why preprocessing kept no point of a cloud, for the log line."""
+    if xyz.size == 0:
+        return "it is empty"
+    if np.isnan(xyz).any(axis=1).all():
+        return "every point has a NaN coordinate"
+    if not np.isfinite(xyz).all(axis=1).any():
+        return "every point has a NaN or Inf coordinate"
+    return "every point is outside the range limits or has non-finite features"
+
+
+class WarningThrottle:
+    """At most one log line per ``period_s`` per kind of problem.
+
+    The kind is the message with its numbers blanked out, so a burst of the same bad cloud logs one
+    line per period while a different problem is still reported at once. The first line after a
+    quiet period says how many were suppressed. Bounded: at most ``max_kinds`` kinds are remembered.
+    """
+
+    def __init__(self, period_s: float = WARN_PERIOD_S, max_kinds: int = 128, clock=time.monotonic) -> None:
+        self.period_s, self.max_kinds, self._clock = period_s, max_kinds, clock
+        self._seen: collections.OrderedDict[str, list] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def admit(self, kind: str, message: str) -> str | None:
+        """The line to log for ``message`` now, or None when it is suppressed."""
+        key = re.sub(r"\d+", "#", kind)[:200]
+        now = self._clock()
+        with self._lock:
+            entry = self._seen.get(key)
+            if entry is not None and now - entry[0] < self.period_s:
+                entry[1] += 1
+                return None
+            suppressed = entry[1] if entry is not None else 0
+            self._seen[key] = [now, 0]
+            self._seen.move_to_end(key)
+            while len(self._seen) > self.max_kinds:
+                self._seen.popitem(last=False)
+        more = f" [{suppressed} more like this in the last {self.period_s:.0f} s]" if suppressed else ""
+        return message + more
+
+
+@dataclass
+class DiagnosticReport:
+    level: int
+    message: str
+    values: dict[str, str]
+
+
+class DiagnosticsPolicy:
+    """The node's health from its statistics: stale input, processing time against the budgets,
+    rejected and failed frames since the previous report."""
+
+    def __init__(self, cfg: DiagnosticsConfig, start_mono: float) -> None:
+        self.cfg, self.start_mono = cfg, start_mono
+        self._last_rejected = self._last_errors = 0
+
+    def report(self, stats: NodeStats, now: float, context: dict[str, str],
+               device_memory: dict[str, int] | None = None) -> DiagnosticReport:
+        """``context``: constant key/values appended (device, precision, checkpoint); ``device_memory``:
+        the accelerator's allocator figures in bytes (empty on CPU)."""
+        cfg = self.cfg
+        with stats.lock:
+            recent = [t for t in stats.receive_times if now - t <= RATE_WINDOW_S]
+            totals = np.asarray(stats.totals_ms, float)
+            latency = np.asarray(stats.latency_ms, float)
+            stage_means = {k: float(np.mean(v)) for k, v in stats.stage_ms.items() if v}
+            counts = dict(received=stats.received, processed=stats.processed, dropped=stats.dropped,
+                          rejected=stats.rejected, errors=stats.errors, skipped_no_subscribers=stats.skipped,
+                          out_of_memory=stats.out_of_memory, without_valid_points=stats.no_valid_points)
+            points_invalid, points_subsampled = stats.points_invalid, stats.points_subsampled
+            last_receive, last_error = stats.last_receive_mono, stats.last_error
+        rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) >= 2 and recent[-1] > recent[0] else 0.0
+        level, messages = OK, []
+
+        def raise_to(new_level: int, text: str) -> None:
+            nonlocal level
+            level = max(level, new_level)
+            messages.append(text)
+
+        if last_receive is None:
+            waited = now - self.start_mono
+            if waited > cfg.stale_after_s:
+                raise_to(WARN, f"waiting for first scan ({waited:.0f} s)")
+            else:
+                messages.append("waiting for first scan")
+        elif now - last_receive > cfg.stale_after_s:
+            raise_to(WARN, f"no scan for {now - last_receive:.1f} s")
+        median = float(np.median(totals)) if totals.size else 0.0
+        if totals.size:
+            if median > cfg.error_budget_ms:
+                raise_to(ERROR, f"processing {median:.0f} ms over the error budget {cfg.error_budget_ms:.0f} ms")
+            elif median > cfg.budget_ms:
+                raise_to(WARN, f"processing {median:.0f} ms over the budget {cfg.budget_ms:.0f} ms")
+        if counts["rejected"] > self._last_rejected:
+            raise_to(WARN, f"{counts['rejected'] - self._last_rejected} malformed cloud(s) rejected")
+        if counts["errors"] > self._last_errors:
+            raise_to(WARN, f"{counts['errors'] - self._last_errors} frame(s) failed")
+        self._last_rejected, self._last_errors = counts["rejected"], counts["errors"]
+        if not messages:
+            messages.append("ok")
+        values = {
+            "input_rate_hz": f"{rate:.2f}",
+            "processing_time_ms_median": f"{median:.2f}",
+            "processing_time_ms_max": f"{float(totals.max()) if totals.size else 0.0:.2f}",
+            "pipeline_latency_ms_median": f"{float(np.median(latency)) if latency.size else 0.0:.2f}",
+            "budget_ms": f"{cfg.budget_ms:.1f}",
+            "error_budget_ms": f"{cfg.error_budget_ms:.1f}",
+            **{f"frames_{k}": str(v) for k, v in counts.items()},
+            "points_invalid_total": str(points_invalid),
+            "points_subsampled_total": str(points_subsampled),
+            **{f"stage_{k}_ms_mean": f"{v:.2f}" for k, v in stage_means.items()},
+            "last_error": last_error,
+            **context,
+            "memory_rss_mb": f"{rss_bytes() / 2**20:.1f}",
+            **{f"memory_{k}_mb": f"{v / 2**20:.1f}" for k, v in (device_memory or {}).items()},
+        }
+        return DiagnosticReport(level, "; ".join(messages), values)
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,0 +1,254 @@
+"""The perception node's parameter tree (``config/perception.yaml``), usable without ROS.
+
+:class:`NodeConfig` is the one schema: the node declares a ROS parameter for every leaf (with the
+field's description, see :func:`leaf_parameters`), offline tools read the same YAML file with
+:func:`load_node_config`, so replay and evaluation run with the node's settings. Range checks live
+in :func:`validate_node_config`; every error names the parameter.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .config import ConfigError, from_dict
+
+_HEX_COLOR = re.compile(r"^#?[0-9a-fA-F]{6}$")
+#: Parameters rclpy itself declares or reads; not the node's to reject.
+FOREIGN_PARAMETERS = ("use_sim_time", "start_type_description_service")
+
+
+def _doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
+    """A dataclass field carrying its parameter description (the node declares it with this text)."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameters (one tree, read from ROS parameters by the node and from YAML by offline tools)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QosConfig:
+    reliability: Literal["best_effort", "reliable"] = _doc(
+        "input subscription reliability; best_effort accepts both best-effort and reliable publishers",
+        "best_effort")
+    depth: int = _doc("input queue depth (keep-last); the node keeps only the newest scan anyway", 1)
+
+
+@dataclass
+class InputConfig:
+    intensity_field: str = _doc("PointCloud2 field used as intensity ('' = none, zeros fed to the model)",
+                                "intensity")
+    intensity_scale: float = _doc("full-scale value of the intensity field (0 = auto: checkpoint's setting)",
+                                  0.0)
+    max_points: int = _doc("largest cloud accepted (height*width points); a larger one is rejected before it is "
+                           "decoded, so a hostile or misconfigured sender cannot stall the node (0 = no limit)",
+                           4_000_000)
+    qos: QosConfig = field(default_factory=QosConfig)
+
+
+@dataclass
+class PreprocessingOverrides:
+    voxel_size: float = _doc("voxel size in metres (0 = the checkpoint's)", 0.0)
+    min_range: float = _doc("drop points closer than this, metres (negative = the checkpoint's)", -1.0)
+    max_range: float = _doc("drop points farther than this, metres (0 = the checkpoint's)", 0.0)
+    max_points: int = _doc("largest number of points fed to the model per scan (0 = the checkpoint's)", 0)
+
+
+@dataclass
+class ClassesConfig:
+    names: list[str] = _doc("class names by class id (empty = the checkpoint's; k-means: segment_<i>)",
+                            factory=list)
+    colors: list[str] = _doc("'#rrggbb' colour by class id (empty = the checkpoint's or a palette)",
+                             factory=list)
+
+
+@dataclass
+class KMeansConfig:
+    clusters: int = _doc("number of unsupervised segments when the checkpoint has no segmentation head", 12)
+
+
+@dataclass
+class EmbeddingsConfig:
+    dims: int = _doc("embedding channels published (0 = all D of the checkpoint; k > 0 = first k PCA "
+                     "components of the checkpoint's PCA basis)", 0)
+    per_voxel: bool = _doc("publish one embedding per voxel instead of one per input point", False)
+
+
+@dataclass
+class OccupancyConfig:
+    resolution: float = _doc("cell size in metres", 0.5)
+    size_x: float = _doc("grid extent along x in metres", 100.0)
+    size_y: float = _doc("grid extent along y in metres", 100.0)
+    origin_x: float = _doc("x of the grid's lower-left corner in the input frame", -50.0)
+    origin_y: float = _doc("y of the grid's lower-left corner in the input frame", -50.0)
+    z_min: float = _doc("ignore points below this height (input frame), metres", -3.0)
+    z_max: float = _doc("ignore points above this height (input frame), metres", 3.0)
+    obstacle_classes: list[str] = _doc(
+        "class names marked occupied (empty = every class that is not ground-like)", factory=list)
+
+
+@dataclass
+class DiagnosticsConfig:
+    budget_ms: float = _doc("processing time budget per scan; median above it -> WARN", 100.0)
+    error_budget_ms: float = _doc("median processing time above this -> ERROR", 250.0)
+    period_s: float = _doc("diagnostics publication period", 1.0)
+    stale_after_s: float = _doc("no scan for this long -> WARN", 3.0)
+
+
+@dataclass
+class NodeConfig:
+    """The perception node's parameters (``config/perception.yaml``), usable offline."""
+
+    checkpoint: str = _doc("checkpoint .safetensors path ('' = the default checkpoint shipped with the package)",
+                           "")
+    device: Literal["auto", "cuda", "cpu"] = _doc("inference device; auto = CUDA when available", "auto")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = _doc(
+        "inference precision; auto = fp16 on CUDA, fp32 on CPU", "auto")
+    cpu_threads: int = _doc(
+        "torch CPU threads (0 = torch's default, one per core); on a CPU shared with other busy processes "
+        "use fewer than the cores: oversubscribed threads ran 10-20x slower on a busy 2-core machine", 0)
+    retain_freed_memory: bool = _doc(
+        "keep memory freed between frames in the process heap (glibc malloc) instead of returning it to the "
+        "OS, so large frames do not page-fault every buffer again; resident memory stays at its high-water mark",
+        True)
+    input: InputConfig = field(default_factory=InputConfig)
+    preprocessing: PreprocessingOverrides = field(default_factory=PreprocessingOverrides)
+    classes: ClassesConfig = field(default_factory=ClassesConfig)
+    kmeans: KMeansConfig = field(default_factory=KMeansConfig)
+    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
+    occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+
+
+def validate_node_config(cfg: NodeConfig) -> NodeConfig:
+    """Range checks beyond types; raises ConfigError naming the parameter."""
+
+    def need(ok: bool, name: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"parameter '{name}': {what}")
+
+    p, o, d = cfg.preprocessing, cfg.occupancy, cfg.diagnostics
+    need(cfg.cpu_threads >= 0, "cpu_threads", f"must be >= 0 (0 = torch's default), got {cfg.cpu_threads}")
+    need(cfg.input.qos.depth >= 1, "input.qos.depth", f"must be >= 1, got {cfg.input.qos.depth}")
+    need(cfg.input.intensity_scale >= 0, "input.intensity_scale", "must be >= 0 (0 = auto)")
+    need(cfg.input.max_points >= 0, "input.max_points", f"must be >= 0 (0 = no limit), got {cfg.input.max_points}")
+    need(p.voxel_size >= 0, "preprocessing.voxel_size", f"must be >= 0 (0 = checkpoint's), got {p.voxel_size}")
+    need(p.max_range >= 0, "preprocessing.max_range", f"must be >= 0 (0 = checkpoint's), got {p.max_range}")
+    need(p.max_range == 0 or p.min_range < p.max_range, "preprocessing.min_range",
+         f"{p.min_range} is not below max_range {p.max_range}")
+    need(p.max_points >= 0, "preprocessing.max_points", f"must be >= 0 (0 = checkpoint's), got {p.max_points}")
+    need(cfg.kmeans.clusters >= 2, "kmeans.clusters", f"must be >= 2, got {cfg.kmeans.clusters}")
+    need(cfg.kmeans.clusters <= 254, "kmeans.clusters", "must be <= 254 (class_id 255 marks invalid points)")
+    need(cfg.embeddings.dims >= 0, "embeddings.dims", f"must be >= 0 (0 = all), got {cfg.embeddings.dims}")
+    for i, c in enumerate(cfg.classes.colors):
+        need(bool(_HEX_COLOR.match(c)), f"classes.colors[{i}]", f"{c!r} is not '#rrggbb'")
+    need(o.resolution > 0, "occupancy.resolution", f"must be > 0, got {o.resolution}")
+    need(o.size_x > 0 and o.size_y > 0, "occupancy.size_x/size_y", "must be > 0")
+    cells = math.ceil(o.size_x / o.resolution) * math.ceil(o.size_y / o.resolution) if o.resolution > 0 else 0
+    need(cells <= 16_000_000, "occupancy.resolution", f"grid of {cells} cells is too large (max 16M)")
+    need(o.z_min < o.z_max, "occupancy.z_min", f"{o.z_min} is not below z_max {o.z_max}")
+    need(d.budget_ms > 0, "diagnostics.budget_ms", "must be > 0")
+    need(d.error_budget_ms >= d.budget_ms, "diagnostics.error_budget_ms", "must be >= budget_ms")
+    need(d.period_s > 0, "diagnostics.period_s", "must be > 0")
+    need(d.stale_after_s > 0, "diagnostics.stale_after_s", "must be > 0")
+    return cfg
+
+
+def node_config_from_params(params: dict[str, Any]) -> NodeConfig:
+    """NodeConfig from ROS-style parameters: nested mappings and/or dotted keys (``input.qos.depth``)."""
+    nested: dict[str, Any] = {}
+    for key, value in params.items():
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"parameter '{key}': '{part}' is both a value and a group")
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(value)
+        else:
+            node[parts[-1]] = value
+    return validate_node_config(from_dict(NodeConfig, nested))
+
+
+def load_node_config(path: str | Path, node_name: str = "ssl3d_perception") -> NodeConfig:
+    """NodeConfig from a ROS 2 parameter file (``/**:`` or ``<node_name>:`` with ``ros__parameters``)."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"parameter file not found: {path}") from None
+    params: dict[str, Any] = {}
+    for key in ("/**", node_name, f"/{node_name}"):
+        section = doc.get(key)
+        if isinstance(section, dict):
+            params.update(section.get("ros__parameters") or {})
+    params.pop("use_sim_time", None)
+    try:
+        return node_config_from_params(params)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def leaf_parameters(cls: type = NodeConfig, prefix: str = "") -> list[tuple[str, Any, str, Any]]:
+    """(dotted name, default, description, type) of every scalar/list field of a config tree."""
+    hints = typing.get_type_hints(cls)
+    leaves = []
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            leaves += leaf_parameters(tp, name + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        doc = f.metadata.get("doc", "")
+        if typing.get_origin(tp) is typing.Literal:
+            doc += f" (one of {', '.join(map(str, typing.get_args(tp)))})"
+        leaves.append((name, default, doc, tp))
+    return leaves
+
+
+def is_list_parameter(tp: Any) -> bool:
+    return typing.get_origin(tp) is list
+
+
+def unknown_parameters(given: typing.Iterable[str]) -> list[str]:
+    """Names in ``given`` that are neither node parameters nor rclpy's own (a typo must not pass)."""
+    known = {name for name, *_ in leaf_parameters()}
+    return sorted(
+        n for n in given
+        if n not in known and n not in FOREIGN_PARAMETERS and not n.startswith("qos_overrides.")
+    )
+
+
+def parameter_help() -> str:
+    """One line per parameter: name, default and description (``ssl3d-perception --help``)."""
+    return "\n".join(f"  {name} (default {default!r}): {doc}" for name, default, doc, _ in leaf_parameters())
+
+
+def apply_preprocessing_overrides(pre: Any, cfg: NodeConfig) -> Any:
+    """The checkpoint's PreprocessConfig ``pre`` with the node's non-default overrides applied
+    (0 / negative = keep the checkpoint's value); the replacement re-validates the combination."""
+    o = cfg.preprocessing
+    changes: dict[str, Any] = {}
+    if o.voxel_size > 0:
+        changes["voxel_size"] = float(o.voxel_size)
+    if o.min_range >= 0:
+        changes["min_range"] = float(o.min_range)
+    if o.max_range > 0:
+        changes["max_range"] = float(o.max_range)
+    if o.max_points > 0:
+        changes["max_points"] = int(o.max_points)
+    if cfg.input.intensity_scale > 0:
+        changes["intensity_scale"] = float(cfg.input.intensity_scale)
+    return dataclasses.replace(pre, **changes) if changes else pre
