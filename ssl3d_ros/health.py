@@ -39,6 +39,7 @@ class NodeStats:
     skipped: int = 0  # no subscriber on any output
     out_of_memory: int = 0  # frames skipped because the device ran out of memory (also in ``errors``)
     no_valid_points: int = 0  # processed frames in which no point survived (empty, all NaN, out of range)
+    without_intensity: int = 0  # processed frames whose intensity was fed as zeros (input.missing_intensity)
     points_invalid: int = 0  # points marked invalid (class_id 255) over all processed frames
     points_subsampled: int = 0  # valid points left out by the per-frame voxel budget (preprocessing.max_points)
     last_error: str = ""
@@ -161,7 +162,8 @@ class DiagnosticsPolicy:
             stage_means = {k: float(np.mean(v)) for k, v in stats.stage_ms.items() if v}
             counts = dict(received=stats.received, processed=stats.processed, dropped=stats.dropped,
                           rejected=stats.rejected, errors=stats.errors, skipped_no_subscribers=stats.skipped,
-                          out_of_memory=stats.out_of_memory, without_valid_points=stats.no_valid_points)
+                          out_of_memory=stats.out_of_memory, without_valid_points=stats.no_valid_points,
+                          without_intensity=stats.without_intensity)
             points_invalid, points_subsampled = stats.points_invalid, stats.points_subsampled
             last_receive, last_error = stats.last_receive_mono, stats.last_error
         rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) >= 2 and recent[-1] > recent[0] else 0.0

@@ -38,8 +38,9 @@ from .codec import CloudFormatError, fill_cloud_message
 from .config import ConfigError
 from .device import apply_process_settings
 from .health import FINE_STAGES, STAGES, DiagnosticsPolicy, NodeStats, WarningThrottle, frame_timings, why_no_valid_point
-from .outputs import OutputEncoder, OutputSelection
-from .params import NodeConfig, is_list_parameter, leaf_parameters, node_config_from_params, parameter_help, unknown_parameters
+from .outputs import (TYPICAL_SCAN_POINTS, OutputEncoder, OutputSelection, embedding_cloud_bytes,
+                      shared_memory_segment, transport_warning)
+from .params import NodeConfig, is_list_parameter, leaf_parameters, node_config_from_params, node_usage, unknown_parameters
 from .pipeline import PerceptionPipeline
 from .worker import LatestFrameSlot
 
@@ -107,6 +108,13 @@ class PerceptionNode(Node):
             raise
         self._health = DiagnosticsPolicy(self.config.diagnostics, time.monotonic())
         pipe, log = self.pipeline, self.get_logger()
+        self._segment = shared_memory_segment()
+        if not self.config.embeddings.per_voxel:  # the usual trap: full per-point embeddings of a real scan
+            estimate = embedding_cloud_bytes(TYPICAL_SCAN_POINTS, pipe.embedding_channels)
+            too_big = transport_warning("embeddings", estimate, self._segment)
+            if too_big:
+                pipe.warnings.append(f"{too_big} (estimate for a {TYPICAL_SCAN_POINTS}-point scan, D = "
+                                     f"{pipe.embedding_channels})")
         for warning in pipe.warnings:
             log.warning(warning)
         log.info(
@@ -209,12 +217,17 @@ class PerceptionNode(Node):
         if not selection.any:
             self.stats.count("skipped")
             return
-        cloud = self.pipeline.process_cloud(msg, segmentation=selection.needs_classes,
-                                            embeddings=selection.embeddings)
+        cloud = self.pipeline.process_cloud(msg, segmentation=selection.needs_classes, embeddings=selection.embeddings,
+                                            point_embeddings=not self.config.embeddings.per_voxel)
         result, header = cloud.result, msg.header  # same stamp and frame on every output: never restamped
         total = result.valid.size
         invalid = total - result.num_valid
         self.stats.add_points(invalid, total, result.points_over_budget)
+        if cloud.intensity_missing:
+            self.stats.count("without_intensity")
+            self._warn_throttled("no_intensity", f"cloud in frame {header.frame_id!r} has no field "
+                                 f"{self.config.input.intensity_field!r}: the model's intensity is fed as zeros "
+                                 "(parameters input.intensity_field, input.missing_intensity)")
         if result.points_over_budget:
             self._warn_throttled("over_budget", f"cloud in frame {header.frame_id!r}: {result.points_over_budget} of "
                                  f"{total} points left out by the voxel budget preprocessing.max_points = "
@@ -229,6 +242,9 @@ class PerceptionNode(Node):
             if name == "occupancy":
                 out = occupancy_message(payload, header)
             else:
+                too_big = transport_warning(name, len(payload.data), self._segment)
+                if too_big:
+                    self._warn_throttled(f"transport:{name}", too_big)
                 out = fill_cloud_message(PointCloud2(), payload, PointField)
                 out.header = header
             t = time.perf_counter()
@@ -298,28 +314,11 @@ def occupancy_message(grid, header) -> OccupancyGrid:
     return out
 
 
-USAGE = """usage: ssl3d-perception [--help] --ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r ~/input/points:=TOPIC]
-
-The ssl3d_ros perception node: subscribes ~/input/points (sensor_msgs/PointCloud2) and publishes
-~/output/segmentation, ~/output/embeddings, ~/output/visualization, ~/output/occupancy,
-~/debug/processing_time_ms, ~/debug/pipeline_latency_ms, ~/debug/stage_time_ms and /diagnostics.
-Example: ssl3d-perception --ros-args --params-file config/perception.yaml -r ~/input/points:=/points
-
-exit status: 0 after a normal shutdown, 2 when the configuration or checkpoint is refused at start-up
-(one line on stderr names the parameter or file).
-
-parameters (config/perception.yaml documents the same):"""
-
-
-def usage() -> str:
-    return USAGE + "\n" + parameter_help()
-
-
 def main(args: list[str] | None = None) -> int:
     argv = list(args if args is not None else sys.argv)
     user_args = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
     if "--help" in user_args or "-h" in user_args:
-        print(usage())
+        print(node_usage())
         return 0
     rclpy.init(args=argv)
     try:

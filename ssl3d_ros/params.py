@@ -20,6 +20,7 @@ import yaml
 from .config import ConfigError, from_dict
 
 _HEX_COLOR = re.compile(r"^#?[0-9a-fA-F]{6}$")
+AUTO_EMBEDDING_DIMS = 32  # embeddings.dims -1: PCA components published when the checkpoint has a basis
 #: Parameters rclpy itself declares or reads; not the node's to reject.
 FOREIGN_PARAMETERS = ("use_sim_time", "start_type_description_service")
 
@@ -46,8 +47,12 @@ class QosConfig:
 
 @dataclass
 class InputConfig:
-    intensity_field: str = _doc("PointCloud2 field used as intensity ('' = none, zeros fed to the model)",
-                                "intensity")
+    intensity_field: str = _doc("PointCloud2 field used as intensity ('' = none: zeros fed to a model that "
+                                "reads intensity)", "intensity")
+    missing_intensity: Literal["zero", "reject"] = _doc(
+        "a cloud without the intensity field (xyz-only drivers, depth cameras, meshes): 'zero' feeds zeros "
+        "(the packaged model is trained with intensity dropped from some scans, so this is in its distribution; "
+        "counted in /diagnostics), 'reject' rejects the frame", "zero")
     intensity_scale: float = _doc("full-scale value of the intensity field (0 = auto: checkpoint's setting)",
                                   0.0)
     max_points: int = _doc("largest cloud accepted (height*width points); a larger one is rejected before it is "
@@ -61,7 +66,11 @@ class PreprocessingOverrides:
     voxel_size: float = _doc("voxel size in metres (0 = the checkpoint's)", 0.0)
     min_range: float = _doc("drop points closer than this, metres (negative = the checkpoint's)", -1.0)
     max_range: float = _doc("drop points farther than this, metres (0 = the checkpoint's)", 0.0)
-    max_points: int = _doc("largest number of points fed to the model per scan (0 = the checkpoint's)", 0)
+    max_points: int = _doc(
+        "voxel budget: largest number of voxels fed to the model per scan; a larger scan keeps a fixed-seed "
+        "subset of its voxels, the points of the others are marked invalid and counted (diagnostics "
+        "points_subsampled_total). Bounds one frame's work and memory: a normal HDL-64 scan has ~50k voxels "
+        "at 0.15 m (0 = the checkpoint's, usually none)", 150_000)
 
 
 @dataclass
@@ -79,9 +88,11 @@ class KMeansConfig:
 
 @dataclass
 class EmbeddingsConfig:
-    dims: int = _doc("embedding channels published (0 = all D of the checkpoint; k > 0 = first k PCA "
-                     "components of the checkpoint's PCA basis)", 0)
-    per_voxel: bool = _doc("publish one embedding per voxel instead of one per input point", False)
+    dims: int = _doc("embedding channels published: -1 = auto (the first 32 components of the checkpoint's PCA "
+                     "basis when it has one, else all D); 0 = all D; k > 0 = the first k PCA components. Full "
+                     "embeddings of a 120k-point scan are ~120 MB at D = 256, too large for the sensor rate", -1)
+    per_voxel: bool = _doc("publish one embedding per voxel (at its kept point) instead of one per input point: "
+                           "bounded by the voxel budget, a few MB a frame instead of tens to thousands", True)
 
 
 @dataclass
@@ -149,7 +160,7 @@ def validate_node_config(cfg: NodeConfig) -> NodeConfig:
     need(p.max_points >= 0, "preprocessing.max_points", f"must be >= 0 (0 = checkpoint's), got {p.max_points}")
     need(cfg.kmeans.clusters >= 2, "kmeans.clusters", f"must be >= 2, got {cfg.kmeans.clusters}")
     need(cfg.kmeans.clusters <= 254, "kmeans.clusters", "must be <= 254 (class_id 255 marks invalid points)")
-    need(cfg.embeddings.dims >= 0, "embeddings.dims", f"must be >= 0 (0 = all), got {cfg.embeddings.dims}")
+    need(cfg.embeddings.dims >= -1, "embeddings.dims", f"must be >= -1 (-1 = auto, 0 = all), got {cfg.embeddings.dims}")
     for i, c in enumerate(cfg.classes.colors):
         need(bool(_HEX_COLOR.match(c)), f"classes.colors[{i}]", f"{c!r} is not '#rrggbb'")
     need(o.resolution > 0, "occupancy.resolution", f"must be > 0, got {o.resolution}")
@@ -231,9 +242,23 @@ def unknown_parameters(given: typing.Iterable[str]) -> list[str]:
     )
 
 
-def parameter_help() -> str:
-    """One line per parameter: name, default and description (``ssl3d-perception --help``)."""
-    return "\n".join(f"  {name} (default {default!r}): {doc}" for name, default, doc, _ in leaf_parameters())
+USAGE = """usage: ssl3d-perception [--help] --ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r ~/input/points:=TOPIC]
+
+The ssl3d_ros perception node: subscribes ~/input/points (sensor_msgs/PointCloud2) and publishes
+~/output/segmentation, ~/output/embeddings, ~/output/visualization, ~/output/occupancy,
+~/debug/processing_time_ms, ~/debug/pipeline_latency_ms, ~/debug/stage_time_ms and /diagnostics.
+Example: ssl3d-perception --ros-args --params-file config/perception.yaml -r ~/input/points:=/points
+
+exit status: 0 after a normal shutdown, 2 when the configuration or checkpoint is refused at start-up
+(one line on stderr names the parameter or file).
+
+parameters (config/perception.yaml documents the same):"""
+
+
+def node_usage() -> str:
+    """``ssl3d-perception --help``: usage, topics, exit status and one line per parameter."""
+    lines = [USAGE] + [f"  {name} (default {default!r}): {doc}" for name, default, doc, _ in leaf_parameters()]
+    return "\n".join(lines)
 
 
 def apply_preprocessing_overrides(pre: Any, cfg: NodeConfig) -> Any:

@@ -29,7 +29,7 @@ from .models.heads import StreamingKMeans, segment_outputs
 from .device import DeviceStaging, packaged_checkpoint, resolve_device, resolve_precision, warm_up_scan
 from .models.sparse import spconv_available
 from .outputs import INVALID_CLASS
-from .params import NodeConfig, apply_preprocessing_overrides
+from .params import AUTO_EMBEDDING_DIMS, NodeConfig, apply_preprocessing_overrides
 from .preprocessing import PreprocessConfig, collate, preprocess, unpool
 from .scan import Scan
 
@@ -78,6 +78,7 @@ class CloudResult:
     height: int
     width: int
     decode_ms: float
+    intensity_missing: bool = False  # the model's intensity was fed as zeros (parameter input.missing_intensity)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,6 +102,7 @@ class PerceptionPipeline:
         kmeans_clusters: int = 12,
         kmeans_input: str = "hypercolumn",
         intensity_field: str = "intensity",
+        missing_intensity: str = "zero",
         source: str = "",
         warnings: list[str] | None = None,
         max_input_points: int = 0,
@@ -115,6 +117,7 @@ class PerceptionPipeline:
         self.seg_head = None
         self.kmeans = None
         self.intensity_field = intensity_field
+        self.missing_intensity = missing_intensity
         self.max_input_points = int(max_input_points)  # 0 = no limit
         self.kmeans_input = kmeans_input
         if checkpoint.seg_head is not None:
@@ -180,6 +183,8 @@ class PerceptionPipeline:
             )
 
         dims = cfg.embeddings.dims
+        if dims < 0:  # auto: reduced when the checkpoint can reduce, else everything
+            dims = min(AUTO_EMBEDDING_DIMS, int(ckpt.pca.out_channels)) if ckpt.pca is not None else 0
         if dims > 0:
             if ckpt.pca is None:
                 raise ConfigError(
@@ -202,6 +207,7 @@ class PerceptionPipeline:
             kmeans_clusters=num_classes,
             kmeans_input=kmeans_input,
             intensity_field=cfg.input.intensity_field,
+            missing_intensity=cfg.input.missing_intensity,
             source=str(path),
             warnings=warnings,
             max_input_points=cfg.input.max_points,
@@ -260,8 +266,12 @@ class PerceptionPipeline:
         segmentation: bool = True,
         embeddings: bool = True,
         update_clusters: bool = True,
+        point_embeddings: bool = True,
     ) -> FrameResult:
         """Segmentation and/or embeddings of every point of ``scan``, in its order.
+
+        ``point_embeddings`` False leaves ``embedding`` None and keeps only ``voxel_embedding`` (the
+        node's ``embeddings.per_voxel``): the (N, D) per-point array is a frame's largest by far.
 
         ``update_clusters`` (k-means segmentation only) lets this frame nudge the cluster centres;
         ids stay stable across frames because the centres are carried over, never re-initialised.
@@ -295,7 +305,8 @@ class PerceptionPipeline:
             result.entropy = unpool(voxel_entropy, point_voxel, fill=1.0)  # maximal uncertainty
         if voxel_embedding is not None:
             result.voxel_embedding = voxel_embedding
-            result.embedding = unpool(voxel_embedding, point_voxel, fill=0.0)
+            if point_embeddings:
+                result.embedding = unpool(voxel_embedding, point_voxel, fill=0.0)
         t3 = time.perf_counter()
         self.frames += 1
         result.timings_ms = {
@@ -337,14 +348,15 @@ class PerceptionPipeline:
             voxel_embedding = voxel_embedding.cpu().numpy().astype(np.float32, copy=False)
         return voxel_class, voxel_prob, voxel_entropy, voxel_embedding
 
-    def scan_from_message(self, msg: Any) -> Scan:
+    def scan_from_message(self, msg: Any) -> tuple[Scan, bool]:
         """Decode a PointCloud2 (rclpy or rosbags) once into the Scan the model reads: every one of
         its ``height*width`` points in row-major order, non-finite ones included (preprocessing marks
         them invalid).
 
-        The configured intensity field becomes ``fields['intensity']``. Raises CloudFormatError for
-        malformed clouds, including one that lacks the intensity field the model needs or whose
-        intensity is not one value per point.
+        The configured intensity field becomes ``fields['intensity']``; without it (or with
+        ``input.intensity_field`` empty) a model that reads intensity gets zeros, unless
+        ``input.missing_intensity`` is ``reject``. Returns the scan and whether intensity was missing.
+        Raises CloudFormatError for malformed clouds, including an intensity that is not one value per point.
         """
         total = int(getattr(msg, "height", 0)) * int(getattr(msg, "width", 0))
         if 0 < self.max_input_points < total <= 0xFFFFFFFF:  # larger totals: the decoder names the overflow
@@ -355,34 +367,37 @@ class PerceptionPipeline:
         scan, _ = scan_from_cloud(msg, keep_invalid=True)
         name = self.intensity_field
         fields = dict(scan.fields)
-        if name:
-            if name in fields:
-                fields["intensity"] = fields.pop(name)
-                if fields["intensity"].ndim != 1:
-                    raise CloudFormatError(
-                        f"field {name!r} (parameter input.intensity_field) has count "
-                        f"{fields['intensity'].shape[1]}; intensity needs count 1")
-            elif self.uses_intensity:
-                raise CloudFormatError(
-                    f"no field {name!r} (parameter input.intensity_field) in the cloud; "
-                    f"its fields are {[f.name for f in msg.fields]}"
-                )
-        else:
-            fields.pop("intensity", None)
-        return dataclasses.replace(scan, fields=fields)
+        intensity = fields.pop(name, None) if name else None
+        fields.pop("intensity", None)  # only the configured field is the model's intensity
+        if intensity is not None and intensity.ndim != 1:
+            raise CloudFormatError(f"field {name!r} (parameter input.intensity_field) has count "
+                                   f"{intensity.shape[1]}; intensity needs count 1")
+        missing = intensity is None and self.uses_intensity
+        if missing and name and self.missing_intensity == "reject":
+            raise CloudFormatError(
+                f"no field {name!r} (parameter input.intensity_field) in the cloud; its fields are "
+                f"{[f.name for f in msg.fields]} (parameter input.missing_intensity: zero feeds zeros instead)")
+        if missing:
+            intensity = np.zeros(len(scan), np.float32)
+        if intensity is not None:
+            fields["intensity"] = intensity
+        scan = dataclasses.replace(scan, fields=fields, intensity_scale=1.0 if missing else scan.intensity_scale)
+        return scan, missing
 
     @property
     def uses_intensity(self) -> bool:
         return "intensity" in tuple(self.preprocess_cfg.features)
 
-    def process_cloud(self, msg: Any, *, segmentation: bool = True, embeddings: bool = True) -> CloudResult:
+    def process_cloud(self, msg: Any, *, segmentation: bool = True, embeddings: bool = True,
+                      point_embeddings: bool = True) -> CloudResult:
         """``process`` on a PointCloud2, results in the message's point order (all height*width points)."""
         t0 = time.perf_counter()
-        scan = self.scan_from_message(msg)
+        scan, intensity_missing = self.scan_from_message(msg)
         decode_ms = (time.perf_counter() - t0) * 1e3
-        result = self.process(scan, segmentation=segmentation, embeddings=embeddings)
+        result = self.process(scan, segmentation=segmentation, embeddings=embeddings,
+                              point_embeddings=point_embeddings)
         return CloudResult(result=result, xyz=scan.points, height=int(msg.height), width=int(msg.width),
-                           decode_ms=decode_ms)
+                           decode_ms=decode_ms, intensity_missing=intensity_missing)
 
     def _cluster(self, hyper: torch.Tensor, update_clusters: bool):
         """Unsupervised segments: k-means on the embeddings with ids carried across frames."""

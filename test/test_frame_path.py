@@ -10,7 +10,8 @@ import pytest
 from ssl3d_ros.codec import FLOAT32, FLOAT64, CloudFormatError, FieldSpec, encode_cloud, fill_cloud_message, scan_from_cloud
 from ssl3d_ros.config import ConfigError
 from ssl3d_ros.health import ERROR, OK, WARN, DiagnosticsPolicy, NodeStats, WarningThrottle, frame_timings
-from ssl3d_ros.outputs import INVALID_CLASS, OutputEncoder, OutputSelection, encode_outputs
+from ssl3d_ros.outputs import (INVALID_CLASS, OutputEncoder, OutputSelection, embedding_cloud_bytes, encode_outputs,
+                               shared_memory_segment, transport_warning)
 from ssl3d_ros.params import DiagnosticsConfig, NodeConfig, leaf_parameters, node_config_from_params, unknown_parameters
 from ssl3d_ros.pipeline import PerceptionPipeline
 from ssl3d_ros.preprocessing import GRID_HALF_EXTENT, PreprocessConfig, preprocess
@@ -193,3 +194,26 @@ def test_frame_timings_split():
     stages, coarse = frame_timings(2.0, {"preprocess": 8.0, "inference": 50.0, "postprocess": 3.0}, 4.0, 1.0, 70.0)
     assert stages["decode"] == 2.0 and stages["publish"] == 1.0
     assert coarse == [10.0, 50.0, 10.0, 70.0]
+
+
+def test_embedding_dims_auto_reduces_when_the_checkpoint_can(tmp_path):
+    with_pca = make_checkpoint(tmp_path / "pca.safetensors", with_pca=True)  # an 8-component basis
+    without = make_checkpoint(tmp_path / "no_pca.safetensors", with_pca=False)
+    assert PerceptionPipeline.from_checkpoint(with_pca, device="cpu").embedding_channels == 8
+    full = PerceptionPipeline.from_checkpoint(without, device="cpu")
+    assert full.embedding_channels == full.encoder.hypercolumn_channels
+
+
+def test_transport_warning_names_the_segment_and_the_way_out(tmp_path):
+    profile = tmp_path / "profile.xml"
+    profile.write_text("<profiles><transport_descriptor><segment_size>67108864</segment_size>"
+                       "</transport_descriptor></profiles>")
+    segment = shared_memory_segment({"FASTDDS_DEFAULT_PROFILES_FILE": str(profile)})
+    assert segment == (67108864, str(profile))
+    assert shared_memory_segment({}) == (512 * 1024, "Fast DDS's default (no FASTDDS_DEFAULT_PROFILES_FILE)")
+    assert shared_memory_segment({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) is None
+    full = embedding_cloud_bytes(120_000, 256)
+    assert full == 120_000 * 1036
+    warning = transport_warning("embeddings", full, segment)
+    assert "124.3 MB message exceeds the 64 MiB shared-memory segment" in warning and "embeddings.per_voxel" in warning
+    assert transport_warning("embeddings", embedding_cloud_bytes(50_000, 32), segment) is None

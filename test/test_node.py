@@ -61,6 +61,8 @@ PARAMS = """\
     input:
       qos:
         reliability: best_effort
+    embeddings:
+      per_voxel: false      # per-point embeddings: every input point's row is compared with offline inference
     occupancy:
       resolution: 1.0
       size_x: 80.0

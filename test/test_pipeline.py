@@ -157,7 +157,9 @@ def checkpoint_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipeline(checkpoint_path):
-    pipe = PerceptionPipeline.from_checkpoint(checkpoint_path, device="cpu")
+    # the full hypercolumn (embeddings.dims 0), compared below with the model spelled out by hand
+    full = node_config_from_params({"embeddings.dims": 0})
+    pipe = PerceptionPipeline.from_checkpoint(checkpoint_path, device="cpu", overrides=full)
     pipe.warm_up(points=3000, iterations=1)
     return pipe
 
@@ -235,13 +237,29 @@ def test_process_cloud_keeps_the_message_order_with_nan_points(pipeline, scan):
     np.testing.assert_allclose(cloud.result.embedding, direct.embedding, atol=1e-6)
 
 
-def test_missing_intensity_field_is_a_cloud_format_error(pipeline, scan):
+def test_missing_intensity_field_is_a_cloud_format_error_when_asked_to_reject(pipeline, scan):
     from ssl3d_ros.codec import CloudFormatError
 
     encoded = encode_cloud(scan.points, {"reflectivity": scan.fields["intensity"]})
     msg = fill_cloud_message(SimpleNamespace(), encoded, lambda **kw: FieldSpec(**kw))
+    strict = PerceptionPipeline.from_checkpoint(
+        pipeline.source, device="cpu", overrides=node_config_from_params({"input.missing_intensity": "reject"}))
     with pytest.raises(CloudFormatError, match="input.intensity_field"):
-        pipeline.process_cloud(msg)
+        strict.process_cloud(msg)
+
+
+def test_a_cloud_without_intensity_is_fed_zeros_by_default(pipeline, scan):
+    xyz_only = fill_cloud_message(SimpleNamespace(), encode_cloud(scan.points), lambda **kw: FieldSpec(**kw))
+    cloud = pipeline.process_cloud(xyz_only)
+    assert cloud.intensity_missing and cloud.result.num_valid > 0.9 * len(scan)
+    zeros = pipeline.process(Scan(points=scan.points, fields={"intensity": np.zeros(len(scan), np.float32)},
+                                  intensity_scale=1.0))
+    np.testing.assert_array_equal(cloud.result.class_id, zeros.class_id)
+    none = PerceptionPipeline.from_checkpoint(  # '' = no intensity field: zeros as its description says
+        pipeline.source, device="cpu", overrides=node_config_from_params({"input.intensity_field": ""}))
+    with_field = fill_cloud_message(SimpleNamespace(), encode_cloud(scan.points, {"intensity": scan.fields["intensity"]}),
+                                    lambda **kw: FieldSpec(**kw))
+    np.testing.assert_array_equal(none.process_cloud(with_field).result.class_id, zeros.class_id)
 
 
 def test_intensity_field_mapping_and_pca_reduced_embeddings(checkpoint_path, scan):
