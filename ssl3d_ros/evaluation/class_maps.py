@@ -14,7 +14,6 @@ ids), ``scannet20`` (NYU40 ids), or a simulator map built from its class list.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import yaml
 
 from ..config import ConfigError, from_dict
+from ..locations import data_dirs, searched
 from .metrics import IGNORE
 
 
@@ -131,10 +131,13 @@ def default_palette(n: int) -> np.ndarray:
     return (hsv * 255).round().astype(np.uint8)
 
 
+CLASS_MAP_SUBDIR = "config/classes"
+
+
 def class_map_dirs() -> list[Path]:
-    """Where named maps live: the source tree's ``config/classes`` and the installed share dir."""
-    here = Path(__file__).resolve()
-    return [here.parents[2] / "config" / "classes", Path(sys.prefix) / "share" / "ssl3d_ros" / "config" / "classes"]
+    """Where named maps live: ``config/classes`` of the source checkout, the ament share dir (colcon)
+    and the data files of a pip install (see ssl3d_ros.locations)."""
+    return data_dirs(CLASS_MAP_SUBDIR)
 
 
 def available_class_maps() -> list[str]:
@@ -166,7 +169,8 @@ def load_class_map(name_or_path: str | Path) -> ClassMap:
                 path = folder / f"{name_or_path}.yaml"
                 break
         else:
-            raise ConfigError(f"unknown class map {str(name_or_path)!r}; named maps: {available_class_maps()}")
+            raise ConfigError(f"unknown class map {str(name_or_path)!r}; named maps: {available_class_maps()}; "
+                              f"searched: {searched(CLASS_MAP_SUBDIR)}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
