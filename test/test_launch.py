@@ -116,6 +116,24 @@ def test_ament_prefix_refuses_a_prefix_it_cannot_write(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
 
+def test_a_colcon_install_finds_its_class_maps_and_recipes(colcon_prefix, tmp_path):
+    """Its data files live only in the ament share dir (no source tree beside the module, none under
+    sys.prefix): the shared lookup finds them there, for replay's class maps and demo's recipes."""
+    probe = ("import ssl3d_ros, sys\n"
+             "from ssl3d_ros.evaluation.class_maps import available_class_maps, load_class_map\n"
+             "from ssl3d_ros.demo import _pretrain_config\n"
+             "assert ssl3d_ros.__file__.startswith(sys.argv[1]), ssl3d_ros.__file__\n"
+             "print(load_class_map('semantickitti').num_classes, sorted(available_class_maps()))\n"
+             "print(_pretrain_config('sonata'))\n")
+    env = {**os.environ, "PYTHONPATH": str(site_packages(colcon_prefix)), "AMENT_PREFIX_PATH": str(colcon_prefix)}
+    done = subprocess.run([sys.executable, "-c", probe, str(site_packages(colcon_prefix))], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    classes, recipe = done.stdout.splitlines()
+    assert classes == "19 ['scannet20', 'semantickitti', 'semantickitti-learning', 'sim-indoor', 'sim-outdoor']"
+    assert recipe == str(colcon_prefix / "share/ssl3d_ros/config/pretrain/sonata.yaml")
+
+
 # ------------------------------------------------------------------------------- real `ros2 launch`
 
 

@@ -21,8 +21,13 @@ import numpy as np
 import yaml
 
 from ..config import ConfigError, from_dict
+from ..io.readers import semantickitti_semantic_ids
 from ..locations import data_dirs, searched
 from .metrics import IGNORE
+
+# The label space of maps over raw SemanticKITTI ids: their labels may carry instance ids in the upper
+# 16 bits (a .label file's words, or a PointCloud2 label field written from them), which apply() masks.
+SEMANTICKITTI_RAW = "semantickitti-raw"
 
 
 @dataclass
@@ -55,8 +60,12 @@ class ClassMap:
         return len(self.class_names)
 
     def apply(self, labels: np.ndarray) -> np.ndarray:
-        """(N,) int64 class indices; ids outside the map (negative, too large, unlisted) -> IGNORE."""
-        labels = np.asarray(labels).reshape(-1).astype(np.int64)
+        """(N,) int64 class indices; ids outside the map (negative, too large, unlisted) -> IGNORE. Maps
+        over raw SemanticKITTI ids first drop the instance bits, wherever the labels were read from."""
+        labels = np.asarray(labels).reshape(-1)
+        if self.label_space == SEMANTICKITTI_RAW:
+            labels = semantickitti_semantic_ids(labels)
+        labels = labels.astype(np.int64)
         inside = (labels >= 0) & (labels < len(self.table))
         out = np.full(labels.shape, IGNORE, dtype=np.int64)
         out[inside] = self.table[labels[inside]]
@@ -198,7 +207,7 @@ def class_map_from_semantickitti_yaml(data: dict, name: str = "semantickitti") -
             ids=sorted(r for r, v in learning_map.items() if v == lid),
             color=tuple(int(c) for c in data["color_map"][raw]),
         ))
-    return class_map_from_config(ClassMapConfig(name=name, classes=specs, label_space="semantickitti-raw"))
+    return class_map_from_config(ClassMapConfig(name=name, classes=specs, label_space=SEMANTICKITTI_RAW))
 
 
 __all__ = [
