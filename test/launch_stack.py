@@ -149,3 +149,17 @@ def assert_every_output_answers(harness, msg, timeout: float = 180.0) -> dict:
     harness.latest_diagnostics(lambda v: int(v["frames_processed"]) >= 1 and v["frames_errors"] == "0", 30,
                                "diagnostics counting the scan as processed")
     return outputs
+
+
+def upstream_point_cloud2():
+    """sensor_msgs_py.point_cloud2 from the launch stack's site/ (it needs rclpy's sensor_msgs); only that
+    package is imported, so nothing else of the stack lands in this process."""
+    package = ROS2_LAUNCH / "site" / "sensor_msgs_py"
+    if not (package / "point_cloud2.py").is_file():
+        pytest.skip(f"upstream sensor_msgs_py is absent from {package.parent} (see ../shared/ros2_launch/README.md)")
+    sys.path.insert(0, str(package.parent))
+    try:
+        from sensor_msgs_py import point_cloud2
+    finally:
+        sys.path.remove(str(package.parent))
+    return point_cloud2
