@@ -77,6 +77,8 @@ setup(
             "ssl3d-audit = ssl3d_ros.evaluation.audit:main",
             "ssl3d-simulate = ssl3d_ros.sim.cli:main",
             "ssl3d-demo = ssl3d_ros.demo:main",
+            # pip users: lay a colcon-style prefix so `ros2 launch ssl3d_ros ...` finds the package.
+            "ssl3d-ament-prefix = ssl3d_ros.ament:main",
         ],
     },
 )

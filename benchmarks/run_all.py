@@ -12,7 +12,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RUNS = [
     ("codec", ["bench_codec.py", "--points", "120000", "--dims", "64", "--repeats", "15"]),
-    ("codec_aligned", ["bench_codec.py", "--points", "120000", "--dims", "64", "--repeats", "15", "--align"]),
     ("preprocessing", ["bench_preprocessing.py", "--voxel", "0.1", "--repeats", "20"]),
     ("encoder", ["bench_encoder.py", "--repeats", "5", "--warmup", "2"]),
     ("training", ["bench_training.py", "--steps", "8", "--threads", "1"]),

@@ -4,37 +4,68 @@
     ros2 launch ssl3d_ros perception.launch.py checkpoint:=/path/model.safetensors device:=cpu
 
 Arguments: input_topic (remapped onto ~/input/points), params_file (default: the package's
-config/perception.yaml), checkpoint ('' = the params file's / the packaged default), device
-('' = the params file's), use_sim_time. Outputs stay under the node's private names
+config/perception.yaml; a path that is not a file stops the launch), checkpoint ('' = the params
+file's / the packaged default), device ('' = the params file's), use_sim_time (true/false, 1/0,
+yes/no, on/off; anything else stops the launch). Outputs stay under the node's private names
 (/ssl3d_perception/output/...), which rviz/ssl3d_ros.rviz displays.
+
+A bad argument, or the node exiting with an error (e.g. refusing its configuration, exit 2), ends the
+launch with one "Caught exception in launch ...: <why>" line and a non-zero exit status; upstream
+launch would otherwise only log a warning for a missing params file and return 0.
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, SetEnvironmentVariable
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+class LaunchArgumentError(ValueError):
+    """A launch argument that would otherwise be silently misread."""
+
+
+def parse_bool(name, value):
+    try:
+        return BOOLEANS[value.strip().lower()]
+    except KeyError:
+        raise LaunchArgumentError(f"launch argument {name}:={value!r} is not a boolean; "
+                                  "use true/false (or 1/0, yes/no, on/off)") from None
+
+
+def _fail_on_error_exit(event, context):
+    # Upstream `ros2 launch` returns 0 whatever its processes return; an exception raised while the
+    # launch runs makes it log one line and return 1. A node stopped by the launch's own shutdown
+    # (SIGINT, or SIGTERM after the grace period) is not an error.
+    if event.returncode != 0 and not context.is_shutdown:
+        raise RuntimeError(f"{event.process_name} exited with code {event.returncode}"
+                           + (" (it refused its configuration; its log line above says why)" if event.returncode == 2 else ""))
+
 
 def _node(context, *args, **kwargs):
+    params_file = LaunchConfiguration("params_file").perform(context)
+    if not os.path.isfile(params_file):
+        raise LaunchArgumentError(f"launch argument params_file:={params_file!r} is not a file")
     # Only non-empty overrides are passed, so an empty argument keeps the params file's value.
-    overrides = {"use_sim_time": LaunchConfiguration("use_sim_time").perform(context).lower() in ("true", "1")}
+    overrides = {"use_sim_time": parse_bool("use_sim_time", LaunchConfiguration("use_sim_time").perform(context))}
     for name in ("checkpoint", "device"):
         value = LaunchConfiguration(name).perform(context)
         if value:
             overrides[name] = value
-    return [
-        Node(
-            package="ssl3d_ros",
-            executable="perception_node",
-            name="ssl3d_perception",
-            output="screen",
-            emulate_tty=True,
-            parameters=[LaunchConfiguration("params_file"), overrides],
-            remappings=[("~/input/points", LaunchConfiguration("input_topic"))],
-        )
-    ]
+    node = Node(
+        package="ssl3d_ros",
+        executable="perception_node",
+        name="ssl3d_perception",
+        output="screen",
+        emulate_tty=True,
+        parameters=[params_file, overrides],
+        remappings=[("~/input/points", LaunchConfiguration("input_topic"))],
+    )
+    return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_fail_on_error_exit))]
 
 
 def generate_launch_description():
@@ -49,7 +80,7 @@ def generate_launch_description():
         DeclareLaunchArgument("device", default_value="",
                               description="auto | cuda | cpu ('' = params file)"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
-                              description="use /clock (bag replay)"),
+                              description="use /clock (bag replay): true/false, 1/0, yes/no, on/off"),
         # Large clouds need a larger Fast DDS shared-memory segment (see the profile's comment);
         # a profile already named in the environment wins.
         SetEnvironmentVariable(

@@ -143,8 +143,12 @@ def cloud_dtype(fields: Sequence[Any], point_step: int, is_bigendian: bool = Fal
     """Structured dtype of one point: read_points' column names, the given offsets, itemsize point_step."""
     specs = field_specs(fields)
     _check_fields(specs, int(point_step))
+    return _structured_dtype(specs, _column_names(specs), int(point_step), is_bigendian)
+
+
+def _structured_dtype(specs: Sequence[FieldSpec], columns: list[tuple[str, int, FieldSpec, int]], point_step: int,
+                      is_bigendian: bool) -> np.dtype:
     order = ">" if is_bigendian else "<"
-    columns = _column_names(specs)
     return np.dtype({
         "names": [c[0] for c in columns],
         "formats": [c[2].element.newbyteorder(order) for c in columns],
@@ -172,26 +176,44 @@ class DecodedCloud:
     ``index`` (int64) holds the row-major position of each kept point. ``points`` is the structured
     ``(N,)`` array of the kept points: the view itself when nothing was dropped and rows are not
     padded, otherwise built on first access (the only copy decoding can make, and only if asked for).
+    ``dtype`` and, while every point is kept, ``index`` are built on first use: a caller that only
+    wants a few fields pays for neither (numpy builds a structured dtype of many columns slowly, and
+    an index of a large cloud is megabytes).
     """
 
-    def __init__(self, *, buffer: np.ndarray, dtype: np.dtype, fields: tuple[FieldSpec, ...],
+    def __init__(self, *, buffer: np.ndarray, dtype: np.dtype | None, fields: tuple[FieldSpec, ...],
                  height: int, width: int, point_step: int, row_step: int, is_bigendian: bool,
-                 index: np.ndarray, all_kept: bool) -> None:
+                 index: np.ndarray | None, all_kept: bool) -> None:
         self.buffer = buffer
-        self.dtype = dtype
+        if dtype is not None:
+            self.dtype = dtype
+        self._index = index
         self.fields = fields
         self.height = height
         self.width = width
         self.point_step = point_step
         self.row_step = row_step
         self.is_bigendian = is_bigendian
-        self.index = index
         self.all_kept = all_kept
         self.rows_padded = height > 1 and row_step != width * point_step
         self._by_name = {(f.name or f"{UNNAMED_FIELD_PREFIX}_{i}"): f for i, f in enumerate(fields)}
 
     def __len__(self) -> int:
-        return len(self.index)
+        return self.height * self.width if self._index is None else len(self._index)
+
+    @property
+    def index(self) -> np.ndarray:
+        if self._index is None:
+            self._index = np.arange(self.height * self.width, dtype=np.int64)
+        return self._index
+
+    @index.setter
+    def index(self, value: np.ndarray) -> None:
+        self._index = value
+
+    @cached_property
+    def dtype(self) -> np.dtype:
+        return _structured_dtype(self.fields, _column_names(self.fields), self.point_step, self.is_bigendian)
 
     @property
     def field_names(self) -> list[str]:
@@ -309,7 +331,8 @@ def decode_cloud(msg: Any, skip_nans: bool = False, *, require_xyz: bool = True)
     height, width, point_step, row_step = _cloud_geometry(msg)
     specs = field_specs(msg.fields)
     is_bigendian = bool(msg.is_bigendian)
-    dtype = cloud_dtype(specs, point_step, is_bigendian)
+    _check_fields(specs, point_step)
+    _column_names(specs)  # refuses duplicate column names now; the structured dtype is built when used
     names = {s.name for s in specs}
     if require_xyz:
         missing = [n for n in XYZ if n not in names]
@@ -335,8 +358,8 @@ def decode_cloud(msg: Any, skip_nans: bool = False, *, require_xyz: bool = True)
         )
     count = height * width
     decoded = DecodedCloud(
-        buffer=buffer, dtype=dtype, fields=specs, height=height, width=width, point_step=point_step,
-        row_step=row_step, is_bigendian=is_bigendian, index=np.arange(count, dtype=np.int64), all_kept=True,
+        buffer=buffer, dtype=None, fields=specs, height=height, width=width, point_step=point_step,
+        row_step=row_step, is_bigendian=is_bigendian, index=None, all_kept=True,
     )
     if skip_nans and count:
         if not require_xyz and not all(n in names for n in XYZ):
@@ -349,11 +372,20 @@ def decode_cloud(msg: Any, skip_nans: bool = False, *, require_xyz: bool = True)
 
 
 def xyz(decoded: DecodedCloud) -> np.ndarray:
-    """(N, 3) float32 coordinates of the kept points (any numeric x/y/z type, any byte order)."""
+    """(N, 3) float32 coordinates of the kept points (any numeric x/y/z type, any byte order).
+
+    For the usual layout (little-endian float32 x, y, z side by side) with every point kept and rows
+    not padded, a read-only strided view of the message (as sensor_msgs_py's read_points_numpy
+    returns); otherwise a new array. Copy it to keep it beyond the message or to write into it.
+    """
     x, y, z = (decoded.spec(n) for n in XYZ)
     if (x.datatype == y.datatype == z.datatype == FLOAT32 and y.offset == x.offset + 4
             and z.offset == x.offset + 8 and not decoded.is_bigendian and sys.byteorder == "little"):
-        # the usual layout: move 12 bytes per point in one gather, already the output type
+        if decoded.all_kept and not decoded.rows_padded:
+            view = decoded._view(x.offset, np.dtype("<f4"), 3)
+            view.flags.writeable = False
+            return view
+        # move 12 bytes per point in one gather, already the output type
         return _gather_items(decoded, x.offset, 12).view(np.float32).reshape(-1, 3)
     out = np.empty((len(decoded), 3), dtype=np.float32)
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes +-Inf: an invalid point
@@ -638,8 +670,11 @@ def scan_from_cloud(
             # owned copies: a Scan must not alias message memory, which rclpy and rosbags may reuse,
             # and contiguous arrays keep every later pass fast
             extra[name] = _native(decoded.field_values(name, copy=True))
+    points = xyz(decoded)
+    if np.may_share_memory(points, decoded.buffer):  # a Scan owns its arrays (see above)
+        points = np.array(points)
     scan = Scan(
-        points=xyz(decoded),
+        points=points,
         fields=extra,
         frame_id=frame_id if frame_id is not None else (header_frame or ""),
         stamp_ns=stamp_ns if stamp_ns is not None else (header_stamp or 0),

@@ -21,14 +21,16 @@ import time
 from pathlib import Path
 
 RECIPES = ("sonata", "msm", "jepa", "mae", "acl")
-REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
 
 
-def _config_dir() -> Path:
-    """config/ of a source checkout, else the installed share/ssl3d_ros/config."""
-    if REPO_CONFIG.is_dir():
-        return REPO_CONFIG
-    return Path(sys.prefix) / "share" / "ssl3d_ros" / "config"
+def _pretrain_config(recipe: str) -> Path:
+    """config/pretrain/RECIPE.yaml wherever the package's data files are (ssl3d_ros.locations)."""
+    from .locations import data_dirs, searched
+
+    for folder in data_dirs("config/pretrain"):
+        if (folder / f"{recipe}.yaml").is_file():
+            return folder / f"{recipe}.yaml"
+    raise SystemExit(f"ssl3d-demo: recipe config {recipe}.yaml not found; searched: {searched('config/pretrain')}")
 
 
 def _run(step: str, args: list[str], log_dir: Path, *, show_output: bool = False) -> None:
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     train_bag, eval_bag = out / "sim_train_bag", out / "sim_eval_bag"
-    config = _config_dir() / "pretrain" / f"{args.recipe}.yaml"
+    config = _pretrain_config(args.recipe)
     pretrain_dir = pretrain_folder(out, args.recipe, config, args.steps, args.seed, args.train_scans)
     probe_dir = out / "probe"
     model = out / "model.safetensors"

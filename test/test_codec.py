@@ -161,8 +161,12 @@ def test_decoding_shares_the_message_buffer():
     assert decode_cloud(msg).field_values("intensity")[2] == 7.0
     owned = decoded.field_values("intensity", copy=True)
     assert not np.shares_memory(owned, buffer) and owned.flags.c_contiguous and owned[2] == 7.0
+    coords = xyz(decoded)  # every point kept: a read-only strided view, like read_points_numpy's
+    assert np.shares_memory(coords, buffer) and not coords.flags.writeable
+    np.testing.assert_array_equal(coords, np.arange(12, dtype=np.float32).reshape(4, 3))
     scan, _ = scan_from_cloud(msg)
     assert not np.shares_memory(scan.points, buffer) and not np.shares_memory(scan.fields["intensity"], buffer)
+    assert scan.points.flags.writeable and scan.points.flags.c_contiguous
 
 
 def test_row_padded_organized_cloud_keeps_row_major_index():

@@ -1,11 +1,24 @@
-"""The launch file: statically (always) and through launch_ros (when a ROS distribution provides it)."""
+"""The launch file and the two ways `ros2 launch ssl3d_ros perception.launch.py` finds this package: a
+colcon-style install (built as colcon's ament_python task builds it) and `ssl3d-ament-prefix` for pip
+installs. Statically always; with the real upstream launch stack (../shared/ros2_launch) the launches
+run for real, as subprocesses, inside scripts/netns-run (as `make test` runs the suite).
+"""
 from __future__ import annotations
 
 import ast
+import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from launch_stack import (INPUT_TOPIC, ROS2_LAUNCH, assert_every_output_answers, colcon_style_install, open_harness,
+                          pip_route_prefix, require_launch_stack, scan_to_publish, site_packages, stack_pythonpath,
+                          wait_until_matched)
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "perception.launch.py"
@@ -66,86 +79,167 @@ def test_rviz_config_shows_the_node_outputs():
     assert topics["/ssl3d_perception/output/occupancy"] == "rviz_default_plugins/Map"
 
 
-def test_launch_description_through_launch_ros():
-    """Runs where a ROS distribution provides launch/launch_ros (skips in a plain venv)."""
-    pytest.importorskip("launch_ros", reason="launch_ros is not installed (no ROS distribution)")
-    import importlib.util
+# ------------------------------------------------------------------------ the two install prefixes
 
-    from launch import LaunchContext
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
 
-    spec = importlib.util.spec_from_file_location("perception_launch", LAUNCH_FILE)
-    module = importlib.util.module_from_spec(spec)
+@pytest.fixture(scope="module")
+def colcon_prefix(tmp_path_factory) -> Path:
+    return colcon_style_install(tmp_path_factory.mktemp("colcon"))
+
+
+@pytest.fixture(scope="module")
+def pip_prefix(tmp_path_factory) -> Path:
+    return pip_route_prefix(tmp_path_factory.mktemp("pip_route"))
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_ament_prefix_lays_what_a_colcon_install_holds(colcon_prefix, pip_prefix):
+    marker = Path("share/ament_index/resource_index/packages/ssl3d_ros")
+    assert (colcon_prefix / marker).is_file() and (pip_prefix / marker).is_file()
+    assert _tree(pip_prefix / "share" / "ssl3d_ros") == _tree(colcon_prefix / "share" / "ssl3d_ros")
+    for prefix in (colcon_prefix, pip_prefix):
+        node = prefix / "lib" / "ssl3d_ros" / "perception_node"
+        assert node.is_file() and os.access(node, os.X_OK)
+        assert node.read_text().startswith(f"#!{sys.executable}\n")
+
+
+def test_ament_prefix_refuses_a_prefix_it_cannot_write(tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    done = subprocess.run([sys.executable, "-m", "ssl3d_ros.ament", str(blocker)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"ssl3d-ament-prefix: cannot write the prefix {blocker}")
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_a_colcon_install_finds_its_class_maps_and_recipes(colcon_prefix, tmp_path):
+    """Its data files live only in the ament share dir (no source tree beside the module, none under
+    sys.prefix): the shared lookup finds them there, for replay's class maps and demo's recipes."""
+    probe = ("import ssl3d_ros, sys\n"
+             "from ssl3d_ros.evaluation.class_maps import available_class_maps, load_class_map\n"
+             "from ssl3d_ros.demo import _pretrain_config\n"
+             "assert ssl3d_ros.__file__.startswith(sys.argv[1]), ssl3d_ros.__file__\n"
+             "print(load_class_map('semantickitti').num_classes, sorted(available_class_maps()))\n"
+             "print(_pretrain_config('sonata'))\n")
+    env = {**os.environ, "PYTHONPATH": str(site_packages(colcon_prefix)), "AMENT_PREFIX_PATH": str(colcon_prefix)}
+    done = subprocess.run([sys.executable, "-c", probe, str(site_packages(colcon_prefix))], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    classes, recipe = done.stdout.splitlines()
+    assert classes == "19 ['scannet20', 'semantickitti', 'semantickitti-learning', 'sim-indoor', 'sim-outdoor']"
+    assert recipe == str(colcon_prefix / "share/ssl3d_ros/config/pretrain/sonata.yaml")
+
+
+# ------------------------------------------------------------------------------- real `ros2 launch`
+
+
+def _launch_env(prefix: Path, *pythonpath: Path) -> dict[str, str]:
+    from test_node import _ros_env  # localhost discovery and this run's domain id, shared with the harness
+
+    env = _ros_env()
+    env.update(PYTHON=sys.executable, AMENT_PREFIX_PATH=str(prefix), PYTHONPATH=stack_pythonpath(*pythonpath))
+    return env
+
+
+def _ros2_launch(prefix: Path, pythonpath: list[Path], args: list[str], cwd: Path, **popen) -> subprocess.Popen:
+    require_launch_stack()
+    return subprocess.Popen([str(ROS2_LAUNCH / "ros2"), "launch", "ssl3d_ros", "perception.launch.py", *args],
+                            env=_launch_env(prefix, *pythonpath), cwd=cwd, **popen)
+
+
+def _route(name: str, request) -> tuple[Path, list[Path]]:
+    """The prefix and the PYTHONPATH of a route: colcon's install runs its own copy of the code."""
+    if name == "colcon":
+        prefix = request.getfixturevalue("colcon_prefix")
+        return prefix, [site_packages(prefix)]
+    return request.getfixturevalue("pip_prefix"), [REPO]
+
+
+def test_show_args_through_upstream_ros2_launch(pip_prefix, tmp_path):
+    done = subprocess.run([str(require_launch_stack() / "ros2"), "launch", "ssl3d_ros", "perception.launch.py",
+                           "--show-args"], env=_launch_env(pip_prefix, REPO), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shown = {line.strip().strip("'").rstrip("':") for line in done.stdout.splitlines() if line.startswith("    '")}
+    assert shown == EXPECTED_ARGUMENTS
+
+
+def test_use_sim_time_is_parsed_strictly(pip_prefix, tmp_path):
+    probe = ("import importlib.util, json, sys\n"
+             "spec = importlib.util.spec_from_file_location('perception_launch', sys.argv[1])\n"
+             "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+             "out = {}\n"
+             "for v in sys.argv[2:]:\n"
+             "    try: out[v] = module.parse_bool('use_sim_time', v)\n"
+             "    except ValueError as exc: out[v] = str(exc)\n"
+             "print(json.dumps(out))\n")
+    values = ["true", "True", "1", "yes", "on", "ON", "false", "0", "no", "off", "maybe", "", "2"]
+    done = subprocess.run([sys.executable, "-c", probe, str(pip_prefix / "share/ssl3d_ros/launch/perception.launch.py"),
+                           *values], env=_launch_env(pip_prefix, REPO), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    parsed = json.loads(done.stdout)
+    assert [parsed[v] for v in values[:10]] == [True] * 6 + [False] * 4
+    for bad in ("maybe", "", "2"):
+        assert parsed[bad] == (f"launch argument use_sim_time:={bad!r} is not a boolean; "
+                               "use true/false (or 1/0, yes/no, on/off)")
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("args, line", [
+    (["use_sim_time:=maybe"], "launch argument use_sim_time:='maybe' is not a boolean"),
+    (["params_file:=/nonexistent/perception.yaml"], "launch argument params_file:='/nonexistent/perception.yaml' is not a file"),
+    (["checkpoint:=/nonexistent/model.safetensors", "device:=cpu"],
+     "perception_node-1 exited with code 2 (it refused its configuration; its log line above says why)"),
+], ids=["use_sim_time", "params_file", "node_refuses_config"])
+def test_a_bad_launch_stops_with_one_line_and_a_nonzero_exit(pip_prefix, tmp_path, args, line):
+    proc = _ros2_launch(pip_prefix, [REPO], args, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        spec.loader.exec_module(module)
-        description = module.generate_launch_description()
-    except Exception as exc:  # ssl3d_ros not installed into the ament index of this distribution
-        if "ssl3d_ros" in str(exc):
-            pytest.skip(f"ssl3d_ros is not in the ament index: {exc}")
-        raise
-    arguments = {a.name for a in description.entities if isinstance(a, DeclareLaunchArgument)}
-    assert arguments == EXPECTED_ARGUMENTS
-    context = LaunchContext()
-    for action in description.entities:
-        if isinstance(action, DeclareLaunchArgument):
-            context.launch_configurations[action.name] = action.default_value[0].perform(context)
-    context.launch_configurations["checkpoint"] = "/tmp/model.safetensors"
-    (opaque,) = [a for a in description.entities if isinstance(a, OpaqueFunction)]
-    (node,) = opaque.execute(context)
-    assert node.node_package == "ssl3d_ros" and node.node_executable == "perception_node"
-
-
-def test_launch_starts_the_node(tmp_path):
-    """With launch_testing available (a ROS distribution with ssl3d_ros built by colcon): run the launch
-    file with a real checkpoint and see the node's diagnostics on /diagnostics."""
-    pytest.importorskip("launch_testing", reason="launch_testing is not installed (no ROS distribution)")
-    import os
-    import threading
-    import time
-
-    import rclpy
-    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-    from diagnostic_msgs.msg import DiagnosticArray
-    from launch import LaunchDescription, LaunchService
-    from launch.actions import IncludeLaunchDescription
-    from launch.launch_description_sources import PythonLaunchDescriptionSource
-    from rclpy.executors import SingleThreadedExecutor
-
-    from builders import make_checkpoint
-
-    try:
-        get_package_share_directory("ssl3d_ros")
-    except PackageNotFoundError:
-        pytest.skip("ssl3d_ros is not installed in the ament index (build it with colcon)")
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    checkpoint = make_checkpoint(tmp_path / "nano.safetensors")
-    description = LaunchDescription([IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(str(LAUNCH_FILE)),
-        launch_arguments={"checkpoint": str(checkpoint), "device": "cpu", "input_topic": "/launch_test/points"}.items(),
-    )])
-    service = LaunchService()
-    service.include_launch_description(description)
-    launch_thread = threading.Thread(target=service.run, daemon=True)
-
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("launch_test_listener", context=context)
-    seen: list[str] = []
-    node.create_subscription(DiagnosticArray, "/diagnostics",
-                             lambda msg: seen.extend(s.message for s in msg.status if s.name.startswith("ssl3d_perception")), 10)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    launch_thread.start()
-    try:
-        deadline = time.monotonic() + 120
-        while not seen and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.2)
-        assert seen, "no diagnostics from the launched node within 120 s"
-        assert "waiting for first scan" in seen[0]
-        assert node.count_subscribers("/launch_test/points") >= 1  # the remapping took effect
+        output, _ = proc.communicate(timeout=240)
     finally:
-        service.shutdown()
-        launch_thread.join(timeout=30)
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, output
+    assert f"[ERROR] [launch]: Caught exception in launch (see debug for traceback): {line}" in output
+    assert "Traceback" not in output
+    if "checkpoint" in args[0]:  # the node's own reason, once
+        assert "invalid configuration, not starting: /nonexistent/model.safetensors" in output
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["colcon", "pip"])
+def test_ros2_launch_runs_the_node_on_a_real_scan(route, request, tmp_path):
+    """`ros2 launch ssl3d_ros perception.launch.py` from the route's prefix starts the node with the
+    packaged checkpoint on CPU; a real scan gets every output with its header; SIGINT ends it with 0."""
+    prefix, pythonpath = _route(route, request)
+    try:
+        shared = request.getfixturevalue("shared_data")
+    except pytest.skip.Exception:  # no real data: a simulated scan instead
+        shared = None
+    harness = open_harness()
+    log_path = tmp_path / "launch.log"
+    with open(log_path, "w") as log:
+        proc = _ros2_launch(prefix, pythonpath, [f"input_topic:={INPUT_TOPIC}", "device:=cpu"], tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_matched(harness, lambda: proc.poll() is None, log_path.read_text)
+        assert_every_output_answers(harness, scan_to_publish(shared))
+        # The node that answered is the route's own install: its packaged checkpoint is the one loaded.
+        packaged = (site_packages(prefix) if route == "colcon" else REPO) / "ssl3d_ros" / "data" / "default_nano.safetensors"
+        assert f"loaded {packaged} on cpu" in log_path.read_text()
+    finally:
+        harness.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, log_path.read_text()

@@ -14,7 +14,6 @@ ids), ``scannet20`` (NYU40 ids), or a simulator map built from its class list.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,13 @@ import numpy as np
 import yaml
 
 from ..config import ConfigError, from_dict
+from ..io.readers import semantickitti_semantic_ids
+from ..locations import data_dirs, searched
 from .metrics import IGNORE
+
+# The label space of maps over raw SemanticKITTI ids: their labels may carry instance ids in the upper
+# 16 bits (a .label file's words, or a PointCloud2 label field written from them), which apply() masks.
+SEMANTICKITTI_RAW = "semantickitti-raw"
 
 
 @dataclass
@@ -55,8 +60,12 @@ class ClassMap:
         return len(self.class_names)
 
     def apply(self, labels: np.ndarray) -> np.ndarray:
-        """(N,) int64 class indices; ids outside the map (negative, too large, unlisted) -> IGNORE."""
-        labels = np.asarray(labels).reshape(-1).astype(np.int64)
+        """(N,) int64 class indices; ids outside the map (negative, too large, unlisted) -> IGNORE. Maps
+        over raw SemanticKITTI ids first drop the instance bits, wherever the labels were read from."""
+        labels = np.asarray(labels).reshape(-1)
+        if self.label_space == SEMANTICKITTI_RAW:
+            labels = semantickitti_semantic_ids(labels)
+        labels = labels.astype(np.int64)
         inside = (labels >= 0) & (labels < len(self.table))
         out = np.full(labels.shape, IGNORE, dtype=np.int64)
         out[inside] = self.table[labels[inside]]
@@ -131,10 +140,13 @@ def default_palette(n: int) -> np.ndarray:
     return (hsv * 255).round().astype(np.uint8)
 
 
+CLASS_MAP_SUBDIR = "config/classes"
+
+
 def class_map_dirs() -> list[Path]:
-    """Where named maps live: the source tree's ``config/classes`` and the installed share dir."""
-    here = Path(__file__).resolve()
-    return [here.parents[2] / "config" / "classes", Path(sys.prefix) / "share" / "ssl3d_ros" / "config" / "classes"]
+    """Where named maps live: ``config/classes`` of the source checkout, the ament share dir (colcon)
+    and the data files of a pip install (see ssl3d_ros.locations)."""
+    return data_dirs(CLASS_MAP_SUBDIR)
 
 
 def available_class_maps() -> list[str]:
@@ -166,7 +178,8 @@ def load_class_map(name_or_path: str | Path) -> ClassMap:
                 path = folder / f"{name_or_path}.yaml"
                 break
         else:
-            raise ConfigError(f"unknown class map {str(name_or_path)!r}; named maps: {available_class_maps()}")
+            raise ConfigError(f"unknown class map {str(name_or_path)!r}; named maps: {available_class_maps()}; "
+                              f"searched: {searched(CLASS_MAP_SUBDIR)}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -194,7 +207,7 @@ def class_map_from_semantickitti_yaml(data: dict, name: str = "semantickitti") -
             ids=sorted(r for r, v in learning_map.items() if v == lid),
             color=tuple(int(c) for c in data["color_map"][raw]),
         ))
-    return class_map_from_config(ClassMapConfig(name=name, classes=specs, label_space="semantickitti-raw"))
+    return class_map_from_config(ClassMapConfig(name=name, classes=specs, label_space=SEMANTICKITTI_RAW))
 
 
 __all__ = [

@@ -87,6 +87,16 @@ def load_label_array(path: Path, n_points: int) -> np.ndarray:
     return labels.astype(np.int32)
 
 
+SEMANTICKITTI_SEMANTIC_BITS = 0xFFFF  # a raw SemanticKITTI label is ``semantic_id | instance_id << 16``
+
+
+def semantickitti_semantic_ids(raw: np.ndarray) -> np.ndarray:
+    """The semantic ids of raw SemanticKITTI labels (the lower 16 bits; the upper 16 are the instance id),
+    as int32. Also right for labels that went through a signed 32-bit field (instance ids >= 0x8000
+    make the int32 negative; the lower bits are the same)."""
+    return (np.asarray(raw).astype(np.int64) & SEMANTICKITTI_SEMANTIC_BITS).astype(np.int32)
+
+
 def load_semantickitti_label(path: Path, n_points: int) -> np.ndarray:
     """SemanticKITTI ``.label``: uint32 per point, the lower 16 bits are the raw semantic id."""
     try:
@@ -98,7 +108,7 @@ def load_semantickitti_label(path: Path, n_points: int) -> np.ndarray:
         raise ScanReadError(path, f"size {size} bytes is not a multiple of 4 (uint32 per point)")
     if len(raw) != n_points:
         raise ScanReadError(path, f"{len(raw)} labels for {n_points} points")
-    return (raw & 0xFFFF).astype(np.int32)
+    return semantickitti_semantic_ids(raw)
 
 
 def stamp_from_name(path: Path) -> int:
