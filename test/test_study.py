@@ -292,3 +292,19 @@ def test_real_frozen_probe_with_robustness(shared_data, tmp_path):
     for kind in ("half_beams", "range_noise"):
         assert out[kind]["test_points"] > 200
         assert out[kind]["drop"] == pytest.approx(out[kind]["clean_same_points"] - out[kind]["miou"])
+
+
+def test_a_scan_name_keeps_its_spec_in_one_folder(tmp_path):
+    from ssl3d_ros.evaluation.study import check_scan_record
+
+    scan, ring = ring_scan(columns=50)
+    np.save(tmp_path / "s.points.npy", scan.points)
+    np.save(tmp_path / "s.labels.npy", (ring % 19 + 1).astype(np.int32))
+    study = Study(out=tmp_path / "out", data_root=tmp_path, config_dir=REPO / "config")
+    base = f"s={tmp_path}/s.points.npy:class-map=semantickitti-learning"
+    check_scan_record(study, load_study_scan(parse_labelled(base, tmp_path), ()))
+    record = json.loads((tmp_path / "out" / "labelled" / "s.json").read_text())
+    assert record["spec"]["frame"] == "sensor" and record["sensor"]["origin"] == [0.0, 0.0, 0.0]
+    check_scan_record(study, load_study_scan(parse_labelled(base, tmp_path), ()))  # the same spec again
+    with pytest.raises(StudyInputError, match="another spec under this name"):
+        check_scan_record(study, load_study_scan(parse_labelled(base + ":block-size=5", tmp_path), ()))

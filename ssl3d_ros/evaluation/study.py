@@ -99,11 +99,16 @@ def check_budget(study: Study) -> None:
 
 
 def check_scan_record(study: Study, ds: StudyScan) -> None:
-    """Cached pieces of a scan name belong to one spec: refuse a changed spec under the same name."""
+    """Cached pieces of a scan name belong to one spec: refuse a changed spec under the same name. The
+    file locations may change (a data folder moved to another machine); what the scan is may not."""
     path = study.out / "labelled" / f"{ds.name}.json"
     record = ds.record()
     previous = load_json(path)
-    if previous is not None and previous["spec"] != json.loads(json.dumps(record["spec"])):
+
+    def identity(spec: dict) -> dict:
+        return {k: v for k, v in spec.items() if k not in ("path", "labels")}
+
+    if previous is not None and identity(previous["spec"]) != identity(json.loads(json.dumps(record["spec"]))):
         raise StudyInputError(f"--labelled {ds.name}: {study.out} holds results of another spec under this name "
                               f"({previous['spec']}); use another name or --out")
     atomic_write_json(path, record)
