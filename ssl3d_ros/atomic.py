@@ -7,10 +7,14 @@ killed writer is removed by the next atomic write into the same folder.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
 
 
 def _umask() -> int:
@@ -43,6 +47,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         raise
     fsync_directory(path.parent)
     return path
+
+
+def json_safe(value: Any) -> Any:
+    """JSON-safe data: numpy scalars/arrays to Python, NaN/inf to None (JSON has no NaN), paths to str."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` (through :func:`json_safe`) as indented JSON to ``path`` atomically."""
+    text = json.dumps(json_safe(data), indent=2) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:

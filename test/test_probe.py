@@ -186,3 +186,48 @@ def test_cli_on_real_semantickitti(shared_data, tmp_path):
     assert lin["miou"] > rows[("none", "majority class")]["miou"]
     assert lin["test_points"] > 500 and lin["train_points"] > 2000
     assert "Per-class IoU" in (out / "report.md").read_text()
+
+
+def test_cli_split_seed_is_separate_from_the_seed_and_defaults_follow_the_study():
+    """--seed moves the point subset and the probes, not the split: runs with seeds 0, 1, 2 are scored
+    on one fixed split (the study's protocol); --split-seed moves the split alone."""
+    from ssl3d_ros.evaluation.probe import build_parser, config_from_args
+
+    def cfg(*argv):
+        return config_from_args(build_parser().parse_args(["--checkpoint", "c.safetensors", *argv]))
+
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 100, size=(4000, 3)).astype(np.float32)
+    split0 = point_test_masks([pts], cfg().split)[0]
+    seeded = cfg("--seed", "2")
+    assert (seeded.linear.seed, seeded.knn.seed, seeded.supervised.seed, seeded.seed) == (2, 2, 2, 2)
+    np.testing.assert_array_equal(point_test_masks([pts], seeded.split)[0], split0)
+    moved = cfg("--split-seed", "1")
+    assert moved.seed == 0 and moved.linear.seed == 0
+    assert not np.array_equal(point_test_masks([pts], moved.split)[0], split0)
+    # Defaults: the study's SemanticKITTI split block, supervised steps and thread count.
+    defaults = build_parser().parse_args(["--checkpoint", "c.safetensors"])
+    assert (defaults.block_size, defaults.supervised_steps, defaults.threads, defaults.split_seed) == (10.0, 200, 1, 0)
+
+
+def test_supervised_point_predictions_mark_dropped_points():
+    """The supervised reference's per-point classes come through the one unpooling helper: points the
+    preprocessing dropped (out of range) get -1, kept points the class of their voxel."""
+    from ssl3d_ros.evaluation.probe import supervised_point_predictions
+    from ssl3d_ros.models.encoder import EncoderConfig, SparseEncoder
+    from ssl3d_ros.preprocessing import PreprocessConfig, collate, feature_channels, preprocess
+    from ssl3d_ros.scan import Scan
+
+    rng = np.random.default_rng(0)
+    scan = Scan(points=rng.uniform(-30, 30, size=(3000, 3)).astype(np.float32))
+    pre = PreprocessConfig(voxel_size=0.5, max_range=25.0, features=("constant", "height"), coord_scale=20.0)
+    torch.manual_seed(0)
+    enc = SparseEncoder(EncoderConfig.preset("nano", in_channels=feature_channels(pre), backend="torch")).eval()
+    vox = preprocess(scan, pre)
+    with torch.no_grad():
+        head = torch.nn.Linear(enc.hypercolumn(enc(collate([vox]))).shape[1], 5)
+        voxel_class = head(enc.hypercolumn(enc(collate([vox])))).argmax(1).numpy()
+    pred = supervised_point_predictions(enc, head, scan, pre)
+    valid = np.asarray(vox.point_valid)
+    assert (~valid).sum() > 100 and (pred[~valid] == -1).all()
+    np.testing.assert_array_equal(pred[valid], voxel_class[np.asarray(vox.point_voxel)[valid]])

@@ -16,6 +16,8 @@ import torch
 from ssl3d_ros.models.structure import SparseTensor
 from ssl3d_ros.preprocessing import VoxelizedScan
 
+from .hierarchy import scatter_mean
+
 
 @dataclass
 class ViewVoxels:
@@ -29,13 +31,11 @@ class ViewVoxels:
     @classmethod
     def from_voxelized(cls, vox: VoxelizedScan, original_points: np.ndarray) -> "ViewVoxels":
         """Attach to every voxel the mean original position of the input points that fell into it."""
-        m = len(vox)
         valid = vox.point_valid
         pts = torch.from_numpy(np.ascontiguousarray(original_points, dtype=np.float32))[valid]
-        idx = vox.point_voxel[valid]
-        sums = torch.zeros(m, 3, dtype=torch.float64).index_add_(0, idx, pts.double())
-        counts = torch.bincount(idx, minlength=m).clamp_min(1).unsqueeze(1)
-        return cls(vox.grid_coord, vox.coord, (sums / counts).float(), vox.feat)
+        # float64 sums: world-frame coordinates of a few hundred metres keep their centimetres
+        origin = scatter_mean(pts.double(), vox.point_voxel[valid], len(vox)).float()
+        return cls(vox.grid_coord, vox.coord, origin, vox.feat)
 
 
 @dataclass

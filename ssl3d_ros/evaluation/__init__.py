@@ -5,6 +5,9 @@
 - ``audit`` (``ssl3d-audit``): how decodable height, normals and xyz are next to semantics.
 - ``viz`` (``ssl3d-viz``): PNG pictures (PCA, k-means, classes, ground truth, query similarity).
 - ``replay`` (``ssl3d-replay``): a rosbag2 through the real node over DDS (or offline), with a report.
+- the real-data study (``scripts/real_data_study.py``, docs/results.md): ``study_data`` (labelled-scan
+  specs), ``perturbations`` (half beams, range noise), ``study`` (pretraining and probe pieces),
+  ``study_report`` (tables).
 - building blocks: ``metrics``, ``class_maps``, ``splits``, ``features``, ``probes``, ``ridge``,
   ``geometry_targets``, ``replay_stats``, ``report``.
 """

@@ -36,7 +36,8 @@ from .class_maps import ClassMap
 from .features import extract_features
 from .geometry_targets import ground_height, normal_target
 from .metrics import segmentation_scores
-from .probe import RANDOM_INIT_SEED, add_data_arguments, load_encoder, load_scans, resolve_class_map
+from .probe import (RANDOM_INIT_SEED, add_data_arguments, load_encoder, load_scans, resolve_class_map,
+                    split_config_from_args)
 from .probes import LinearProbeConfig, train_linear_probe
 from .report import fmt, markdown_table, write_json, write_markdown
 from .ridge import RidgeConfig, ridge_r2
@@ -198,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     labelled = all(s.labels is not None for s in scans)
     class_map = resolve_class_map(args.class_map, args.sim) if (labelled and (args.class_map or args.sim)) else None
     cfg = AuditConfig(
-        split=SplitConfig(kind=args.split, block_size=args.block_size, test_fraction=args.test_fraction, seed=args.seed),
+        split=split_config_from_args(args),
         ridge=RidgeConfig(seed=args.seed), linear=LinearProbeConfig(seed=args.seed),
         max_points_per_scan=args.max_points_per_scan, baselines=() if args.no_baselines else ("random", "raw"),
         seed=args.seed)

@@ -44,9 +44,15 @@ BASELINES = ("random", "raw", "supervised")
 RANDOM_INIT_SEED = 7_919_000
 
 
+#: The real-data study's protocol (docs/results.md), which the CLI's defaults follow.
+STUDY_SUPERVISED_STEPS = 200
+STUDY_BLOCK_SIZE = 10.0  # metres: outdoor LiDAR (the study uses 1.5 m for a ScanNet room)
+STUDY_THREADS = 1
+
+
 @dataclass
 class SupervisedConfig:
-    steps: int = 100  # optimiser steps, one train scan per step (cycled)
+    steps: int = STUDY_SUPERVISED_STEPS  # optimiser steps, one train scan per step (cycled)
     lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
@@ -174,18 +180,22 @@ def train_supervised(encoder: torch.nn.Module, data: LabelledScans, pre_cfg: Pre
 
 
 @torch.no_grad()
+def supervised_point_predictions(encoder: torch.nn.Module, head: torch.nn.Linear, scan: Scan,
+                                 pre_cfg: PreprocessConfig) -> np.ndarray:
+    """(N,) int64 class of every input point of ``scan``; -1 for points the preprocessing dropped."""
+    vox = preprocess(scan, pre_cfg)
+    logits = unpool(head(encoder.hypercolumn(encoder(collate([vox])))), vox.point_voxel)
+    return np.where(np.asarray(vox.point_valid), logits.argmax(1).numpy(), -1)
+
+
 def supervised_predictions(encoder: torch.nn.Module, head: torch.nn.Linear, data: LabelledScans,
                            pre_cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
     """Truth and prediction of the labelled test points that preprocessing kept (the same points the
     frozen probes are scored on)."""
     truth, pred = [], []
     for scan, cls, test, keep in zip(data.scans, data.classes, data.test_masks, data.keep):
-        vox = preprocess(scan, pre_cfg)
-        out = encoder(collate([vox]))
-        voxel_class = head(encoder.hypercolumn(out)).argmax(1).numpy()
-        pv = np.asarray(vox.point_voxel)
-        p = voxel_class[np.clip(pv, 0, None)]
-        sel = keep & test & (pv >= 0)  # the frozen probes' test points: labelled, kept by preprocessing
+        p = supervised_point_predictions(encoder, head, scan, pre_cfg)
+        sel = keep & test & (p >= 0)  # the frozen probes' test points: labelled, kept by preprocessing
         truth.append(cls[sel])
         pred.append(p[sel])
     return np.concatenate(truth), np.concatenate(pred)
@@ -375,10 +385,22 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-map", help="class map name (config/classes) or YAML path; default for --sim: sim-<scene>")
     parser.add_argument("--max-scans", type=int)
     parser.add_argument("--split", choices=["block", "x_half", "scans"], default="block")
-    parser.add_argument("--block-size", type=float, default=8.0, help="metres (block split)")
+    parser.add_argument("--block-size", type=float, default=STUDY_BLOCK_SIZE,
+                        help="metres (block split); default %(default)s as the study's SemanticKITTI split "
+                             "(the study uses 1.5 for ScanNet rooms)")
     parser.add_argument("--test-fraction", type=float, default=0.3)
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seed of the block split alone (default 0: the study's one fixed split, so runs "
+                             "with different --seed are scored on the same test points)")
     parser.add_argument("--max-points-per-scan", type=int, default=40_000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the labelled-point subset, the probes, the random-init baseline and the "
+                             "supervised reference (not of the split: see --split-seed)")
+
+
+def split_config_from_args(args: argparse.Namespace) -> SplitConfig:
+    return SplitConfig(kind=args.split, block_size=args.block_size, test_fraction=args.test_fraction,
+                       seed=args.split_seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -391,21 +413,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--knn-k", type=int, default=10)
     parser.add_argument("--linear-iters", type=int, default=100)
     parser.add_argument("--class-balanced", action="store_true")
-    parser.add_argument("--supervised-steps", type=int, default=100)
+    parser.add_argument("--supervised-steps", type=int, default=STUDY_SUPERVISED_STEPS,
+                        help="steps of the supervised reference (default %(default)s, as the study)")
     parser.add_argument("--out", default="probe_report", help="output folder (report.json, report.md)")
     parser.add_argument("--write-head", metavar="OUT.safetensors",
                         help="write the checkpoint with the pretrained linear probe as its segmentation head")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--threads", type=int, default=STUDY_THREADS,
+                        help="torch CPU threads (default %(default)s, as the study: reproducible run to run, since "
+                             "spconv's CPU kernels race with more threads; 0: torch's default, faster)")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> ProbeConfig:
     return ProbeConfig(
-        split=SplitConfig(kind=args.split, block_size=args.block_size, test_fraction=args.test_fraction, seed=args.seed),
+        split=split_config_from_args(args),
         linear=LinearProbeConfig(max_iter=getattr(args, "linear_iters", 100),
                                  class_balanced=getattr(args, "class_balanced", False), seed=args.seed),
         knn=KNNProbeConfig(k=getattr(args, "knn_k", 10), seed=args.seed),
-        supervised=SupervisedConfig(steps=getattr(args, "supervised_steps", 100), seed=args.seed),
+        supervised=SupervisedConfig(steps=getattr(args, "supervised_steps", STUDY_SUPERVISED_STEPS), seed=args.seed),
         probes=tuple(getattr(args, "probes", PROBES)),
         baselines=tuple(getattr(args, "baselines", BASELINES)),
         max_points_per_scan=args.max_points_per_scan,

@@ -8,22 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-
-def _plain(value: Any) -> Any:
-    """JSON-safe data: numpy scalars/arrays to Python, NaN/inf to None (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
+from ..atomic import json_safe as _plain  # one JSON conversion for every report
 
 
 def write_json(path: str | Path, data: Any) -> Path:
