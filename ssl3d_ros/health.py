@@ -69,10 +69,11 @@ class NodeStats:
             for k, v in stages.items():
                 self.stage_ms.setdefault(k, collections.deque(maxlen=100)).append(v)
 
-    def add_points(self, invalid: int, total: int, subsampled: int = 0) -> None:
+    def add_points(self, invalid: int, total: int, subsampled: int = 0, without_intensity: bool = False) -> None:
         with self.lock:
             self.points_invalid += invalid
             self.points_subsampled += subsampled
+            self.without_intensity += int(without_intensity)
             if invalid == total:
                 self.no_valid_points += 1
 
@@ -102,6 +103,23 @@ def why_no_valid_point(xyz: np.ndarray) -> str:
     if not np.isfinite(xyz).all(axis=1).any():
         return "every point has a NaN or Inf coordinate"
     return "every point is outside the range limits or has non-finite features"
+
+
+def frame_warnings(frame_id: str, xyz: np.ndarray, invalid: int, over_budget: int, budget: int | None,
+                   intensity_missing: bool, intensity_field: str) -> list[tuple[str, str]]:
+    """(kind, message) of what a processed frame's log should say (throttled per kind by the node)."""
+    out = []
+    if intensity_missing:
+        out.append(("no_intensity", f"cloud in frame {frame_id!r} has no field {intensity_field!r}: the model's "
+                    "intensity is fed as zeros (parameters input.intensity_field, input.missing_intensity)"))
+    if over_budget:
+        out.append(("over_budget", f"cloud in frame {frame_id!r}: {over_budget} of {len(xyz)} points left out by "
+                    f"the voxel budget preprocessing.max_points = {budget} (marked invalid)"))
+    if invalid == len(xyz):  # processed and published anyway (all class_id 255)
+        why = why_no_valid_point(xyz)
+        out.append((f"no_valid_points:{why}", f"cloud in frame {frame_id!r} has no usable point ({len(xyz)} points; "
+                    f"{why}); published with every point invalid (class_id 255)"))
+    return out
 
 
 class WarningThrottle:

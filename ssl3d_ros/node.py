@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import array
 import sys
-import threading
 import time
 from typing import Any
 
@@ -28,21 +27,21 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import OccupancyGrid
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension
 
-from .codec import CloudFormatError, fill_cloud_message
+from .codec import fill_cloud_message
 from .config import ConfigError
 from .device import apply_process_settings
-from .health import FINE_STAGES, STAGES, DiagnosticsPolicy, NodeStats, WarningThrottle, frame_timings, why_no_valid_point
-from .outputs import (TYPICAL_SCAN_POINTS, OutputEncoder, OutputSelection, embedding_cloud_bytes,
-                      shared_memory_segment, transport_warning)
+from .health import FINE_STAGES, STAGES, DiagnosticsPolicy, NodeStats, WarningThrottle, frame_timings, frame_warnings
+from .outputs import OutputEncoder, OutputSelection, shared_memory_segment, transport_warning, typical_scan_warning
 from .params import NodeConfig, is_list_parameter, leaf_parameters, node_config_from_params, node_usage, unknown_parameters
 from .pipeline import PerceptionPipeline
-from .worker import LatestFrameSlot
+from .worker import InferenceWorker, LatestFrameSlot, frame_failure  # noqa: F401 (LatestFrameSlot: tests)
 
 NODE_NAME = "ssl3d_perception"
 # Outputs: reliable keep-last-1 (the newest result matters), which best-effort and reliable
@@ -52,17 +51,15 @@ OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=Re
 
 def declare_node_parameters(node: Node) -> NodeConfig:
     """Declare every parameter with its description, read them and validate them into a NodeConfig.
-
-    The node is created with ``automatically_declare_parameters_from_overrides``, so every name the
-    parameter file or ``-p`` gave is a declared parameter; a name that is not one of ours is a typo
-    and stops the node (ConfigError naming it), never silently ignored.
-    """
+    The node declares every override automatically, so a name the parameter file or ``-p`` gave that is
+    not one of ours is a typo and stops the node (ConfigError naming it), never silently ignored."""
     values: dict[str, Any] = {}
     for name, default, doc, tp in leaf_parameters(NodeConfig):
         descriptor = ParameterDescriptor(description=doc, read_only=True, dynamic_typing=not is_list_parameter(tp))
-        if node.has_parameter(name):  # given as an override: keep its value, attach our description
+        if node.has_parameter(name):  # an override (or a managed node's earlier configure): keep its value
             value = node.get_parameter(name).value
-            node.set_descriptor(name, descriptor)
+            if not node.describe_parameter(name).read_only:
+                node.set_descriptor(name, descriptor)
         elif is_list_parameter(tp):
             # Typed without a default: rcl cannot parse an empty YAML list, so "unset" means the default.
             value = node.declare_parameter(name, Parameter.Type.STRING_ARRAY, descriptor).value
@@ -85,37 +82,25 @@ def input_qos(cfg: NodeConfig) -> QoSProfile:
                       reliability=reliability[cfg.input.qos.reliability], durability=DurabilityPolicy.VOLATILE)
 
 
-class PerceptionNode(Node):
-    """Parameters -> PerceptionPipeline (loaded and warmed up at start-up, before any scan, on the
-    worker thread that later runs every frame), one subscription, and the publishers of every output,
-    debug topic and /diagnostics."""
+class PerceptionShell:
+    """What both node flavours do, in the order a lifecycle runs it: ``_configure`` (parameters, model
+    loaded and warmed up on the worker thread, publishers), ``_activate`` (subscription, diagnostics
+    timer), ``_deactivate`` and ``_shutdown``. Mixed into an rclpy ``Node`` or ``LifecycleNode``."""
 
-    def __init__(self, **node_kwargs: Any) -> None:
-        node_kwargs.setdefault("automatically_declare_parameters_from_overrides", True)
-        super().__init__(NODE_NAME, **node_kwargs)
+    def _configure(self) -> None:
         self.stats = NodeStats()
-        self._slot = LatestFrameSlot()
-        self._stop = threading.Event()
         self._throttle = WarningThrottle()
-        try:
-            self.config = declare_node_parameters(self)
-            apply_process_settings(self.config.cpu_threads, self.config.retain_freed_memory)
-            warm_ms = self._start_worker()
-            self.outputs = OutputEncoder.for_classes(self.pipeline.class_names, self.pipeline.class_colors,
-                                                     self.config)
-        except Exception:
-            self.destroy_node()
-            raise
-        self._health = DiagnosticsPolicy(self.config.diagnostics, time.monotonic())
+        self.subscription = self.diagnostics_timer = None
+        self.config = declare_node_parameters(self)
+        apply_process_settings(self.config.cpu_threads, self.config.retain_freed_memory)
+        self._worker = InferenceWorker(self._load, self.process_message, self._frame_failed)
+        warm_ms = self._worker.start()
         pipe, log = self.pipeline, self.get_logger()
+        self.outputs = OutputEncoder.for_classes(pipe.class_names, pipe.class_colors, self.config)
+        self._health = DiagnosticsPolicy(self.config.diagnostics, time.monotonic())
         self._segment = shared_memory_segment()
-        if not self.config.embeddings.per_voxel:  # the usual trap: full per-point embeddings of a real scan
-            estimate = embedding_cloud_bytes(TYPICAL_SCAN_POINTS, pipe.embedding_channels)
-            too_big = transport_warning("embeddings", estimate, self._segment)
-            if too_big:
-                pipe.warnings.append(f"{too_big} (estimate for a {TYPICAL_SCAN_POINTS}-point scan, D = "
-                                     f"{pipe.embedding_channels})")
-        for warning in pipe.warnings:
+        too_big = typical_scan_warning(self.config.embeddings.per_voxel, pipe.embedding_channels, self._segment)
+        for warning in pipe.warnings + ([too_big] if too_big else []):
             log.warning(warning)
         log.info(
             f"loaded {pipe.source} on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')}), "
@@ -131,75 +116,54 @@ class PerceptionNode(Node):
         self.pub_latency = self.create_publisher(Float64, "~/debug/pipeline_latency_ms", 10)
         self.pub_stage_time = self.create_publisher(Float64MultiArray, "~/debug/stage_time_ms", 10)
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    def _load(self) -> float:
+        """Worker thread: build the pipeline and warm it up (ms)."""
+        self.pipeline = PerceptionPipeline.from_config(self.config)
+        return self.pipeline.warm_up()
+
+    def _activate(self) -> None:
         self.subscription = self.create_subscription(
             PointCloud2, "~/input/points", self._on_cloud, input_qos(self.config)
         )
         self.diagnostics_timer = self.create_timer(self.config.diagnostics.period_s, self._publish_diagnostics)
         self._publish_diagnostics()  # "waiting for first scan" right away
-        log.info(f"listening on {self.subscription.topic_name} "
-                 f"({self.config.input.qos.reliability}, depth {self.config.input.qos.depth})")
+        self.get_logger().info(f"listening on {self.subscription.topic_name} "
+                               f"({self.config.input.qos.reliability}, depth {self.config.input.qos.depth})")
+
+    def _deactivate(self) -> None:
+        if self.subscription is not None:
+            self.destroy_subscription(self.subscription)
+        if self.diagnostics_timer is not None:
+            self.destroy_timer(self.diagnostics_timer)
+        self.subscription = self.diagnostics_timer = None
+
+    def _shutdown(self) -> None:
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            worker.stop()
+
+    def destroy_node(self) -> None:
+        self._shutdown()
+        super().destroy_node()
 
     # -- executor thread: only stores the message ---------------------------------------------------
 
     def _on_cloud(self, msg: PointCloud2) -> None:
         self.stats.received_at(time.monotonic())
-        if self._slot.put(msg):
+        if self._worker.slot.put(msg):
             self.stats.count("dropped")
 
     # -- worker thread ------------------------------------------------------------------------------
 
-    def _start_worker(self) -> float:
-        """Start the inference thread; it loads and warms up the pipeline before taking any scan.
-
-        Every torch computation of the node runs on that one thread. Torch's OpenMP keeps a thread team
-        per calling thread: a warm-up on the executor thread left a second team behind, and with more
-        OpenMP threads than cores each parallel region's hand-off slept instead of spinning, which
-        made every frame about 1.7x slower on a 2-core CPU. Returns the warm-up time (ms); a failure
-        to load is re-raised here, on the caller's thread."""
-        ready = threading.Event()
-        startup: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                self.pipeline = PerceptionPipeline.from_config(self.config)
-                startup["warm_ms"] = self.pipeline.warm_up()
-            except BaseException as exc:  # noqa: BLE001 - handed to the constructor, which re-raises
-                startup["error"] = exc
-                return
-            finally:
-                ready.set()
-            self._work()
-
-        self._worker = threading.Thread(target=run, name="ssl3d_inference", daemon=True)
-        self._worker.start()
-        ready.wait()
-        if "error" in startup:
-            self._worker.join()
-            raise startup["error"]
-        return startup["warm_ms"]
-
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            msg = self._slot.take(timeout=0.2)
-            if msg is None:
-                continue
-            try:
-                self.process_message(msg)
-            except CloudFormatError as exc:
-                self._count_failure("rejected", f"rejected malformed PointCloud2 (frame {msg.header.frame_id!r}): {exc}",
-                                    kind=f"rejected:{exc}")
-            except torch.OutOfMemoryError as exc:  # CUDA OOM on a (huge) frame: skip it, free the cache
-                self.stats.count("out_of_memory")
-                if self.pipeline.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                self._count_failure("errors", f"out of memory on {self.pipeline.device}: {str(exc).splitlines()[0]}",
-                                    kind="out_of_memory")
-            except Exception as exc:  # never let one frame kill the worker
-                self._count_failure("errors", f"processing failed: {type(exc).__name__}: {exc}")
-
-    def _count_failure(self, counter: str, message: str, kind: str | None = None) -> None:
+    def _frame_failed(self, msg: PointCloud2, exc: BaseException) -> None:
+        counter, message, kind = frame_failure(exc, msg.header.frame_id, self.pipeline.device)
+        if isinstance(exc, torch.OutOfMemoryError):  # a (huge) frame did not fit: skip it, free the cache
+            self.stats.count("out_of_memory")
+            if self.pipeline.device.type == "cuda":
+                torch.cuda.empty_cache()
         self.stats.count(counter, message)
-        self._warn_throttled(kind or f"{counter}:{message}", f"{message} (frame skipped; see /diagnostics for counts)")
+        self._warn_throttled(kind, f"{message} (frame skipped; see /diagnostics for counts)")
 
     def _warn_throttled(self, kind: str, message: str) -> None:
         line = self._throttle.admit(kind, message)
@@ -220,22 +184,12 @@ class PerceptionNode(Node):
         cloud = self.pipeline.process_cloud(msg, segmentation=selection.needs_classes, embeddings=selection.embeddings,
                                             point_embeddings=not self.config.embeddings.per_voxel)
         result, header = cloud.result, msg.header  # same stamp and frame on every output: never restamped
-        total = result.valid.size
-        invalid = total - result.num_valid
-        self.stats.add_points(invalid, total, result.points_over_budget)
-        if cloud.intensity_missing:
-            self.stats.count("without_intensity")
-            self._warn_throttled("no_intensity", f"cloud in frame {header.frame_id!r} has no field "
-                                 f"{self.config.input.intensity_field!r}: the model's intensity is fed as zeros "
-                                 "(parameters input.intensity_field, input.missing_intensity)")
-        if result.points_over_budget:
-            self._warn_throttled("over_budget", f"cloud in frame {header.frame_id!r}: {result.points_over_budget} of "
-                                 f"{total} points left out by the voxel budget preprocessing.max_points = "
-                                 f"{self.pipeline.preprocess_cfg.max_points} (marked invalid)")
-        if invalid == total:  # processed and published anyway (all class_id 255)
-            why = why_no_valid_point(cloud.xyz)
-            self._warn_throttled(f"no_valid_points:{why}", f"cloud in frame {header.frame_id!r} has no usable point "
-                                 f"({total} points; {why}); published with every point invalid (class_id 255)")
+        total, invalid = result.valid.size, result.valid.size - result.num_valid
+        self.stats.add_points(invalid, total, result.points_over_budget, cloud.intensity_missing)
+        for kind, message in frame_warnings(header.frame_id, cloud.xyz, invalid, result.points_over_budget,
+                                            self.pipeline.preprocess_cfg.max_points, cloud.intensity_missing,
+                                            self.config.input.intensity_field):
+            self._warn_throttled(kind, message)
         encode_ms = publish_ms = 0.0
         for name, payload, ms in self.outputs.encode(cloud, selection):
             encode_ms += ms
@@ -280,17 +234,61 @@ class PerceptionNode(Node):
         msg.status = [self.diagnostic_status()]
         self.pub_diagnostics.publish(msg)
 
-    # -- shutdown -----------------------------------------------------------------------------------
 
-    def destroy_node(self) -> None:
-        stop = getattr(self, "_stop", None)
-        if stop is not None:
-            stop.set()
-            self._slot.close()
-            worker = getattr(self, "_worker", None)
-            if worker is not None and worker.is_alive() and worker is not threading.current_thread():
-                worker.join(timeout=10.0)
-        super().destroy_node()
+class PerceptionNode(PerceptionShell, Node):
+    """The node, configured and active from its construction: parameters -> PerceptionPipeline (loaded
+    and warmed up at start-up, before any scan, on the worker thread that later runs every frame), one
+    subscription, and the publishers of every output, debug topic and /diagnostics."""
+
+    def __init__(self, **node_kwargs: Any) -> None:
+        node_kwargs.setdefault("automatically_declare_parameters_from_overrides", True)
+        Node.__init__(self, NODE_NAME, **node_kwargs)
+        try:
+            self._configure()
+        except Exception:
+            self.destroy_node()
+            raise
+        self._activate()
+
+
+class ManagedPerceptionNode(PerceptionShell, LifecycleNode):
+    """The same node as a managed (lifecycle) node, for nav2-style bring-up (``--managed``):
+    configure declares the parameters and loads and warms up the model, activate subscribes and
+    starts diagnostics, deactivate unsubscribes, cleanup and shutdown stop the worker. A failed
+    configure (bad parameter, bad checkpoint) logs its one-line reason and stays unconfigured."""
+
+    def __init__(self, **node_kwargs: Any) -> None:
+        node_kwargs.setdefault("automatically_declare_parameters_from_overrides", True)
+        LifecycleNode.__init__(self, NODE_NAME, **node_kwargs)
+
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except (ConfigError, ValueError, FileNotFoundError) as exc:
+            self.get_logger().error(f"invalid configuration, staying unconfigured: {exc}")
+            self._shutdown()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        self._activate()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._deactivate()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self.on_shutdown(state)
+        for pub in [*self.publishers_by_output.values(), self.pub_processing_time, self.pub_latency,
+                    self.pub_stage_time, self.pub_diagnostics]:
+            self.destroy_publisher(pub)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._deactivate()
+        self._shutdown()
+        return TransitionCallbackReturn.SUCCESS
 
 
 def _float_array(labels: tuple[str, ...], values: list[float]) -> Float64MultiArray:
@@ -320,9 +318,10 @@ def main(args: list[str] | None = None) -> int:
     if "--help" in user_args or "-h" in user_args:
         print(node_usage())
         return 0
+    managed = "--managed" in user_args
     rclpy.init(args=argv)
     try:
-        node = PerceptionNode()
+        node = ManagedPerceptionNode() if managed else PerceptionNode()
     except (ConfigError, ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
         print(f"[{NODE_NAME}] invalid configuration, not starting: {exc}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()

@@ -267,3 +267,11 @@ def transport_warning(name: str, size: int, segment: tuple[int, str] | None) -> 
     return (f"output {name}: a {size / 1e6:.1f} MB message exceeds the {segment[0] / 2**20:.0f} MiB shared-memory "
             f"segment ({segment[1]}); it travels as UDP fragments or not at all. Lower embeddings.dims or set "
             "embeddings.per_voxel, or enlarge the segment for every process that sends or receives it")
+
+
+def typical_scan_warning(per_voxel: bool, dims: int, segment: tuple[int, str] | None) -> str | None:
+    """At start-up: the usual trap, full per-point embeddings of a real scan, before the first scan shows it."""
+    if per_voxel:  # bounded by the voxel budget
+        return None
+    too_big = transport_warning("embeddings", embedding_cloud_bytes(TYPICAL_SCAN_POINTS, dims), segment)
+    return f"{too_big} (estimate for a {TYPICAL_SCAN_POINTS}-point scan, D = {dims})" if too_big else None

@@ -242,12 +242,15 @@ def unknown_parameters(given: typing.Iterable[str]) -> list[str]:
     )
 
 
-USAGE = """usage: ssl3d-perception [--help] --ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r ~/input/points:=TOPIC]
+USAGE = """usage: ssl3d-perception [--help] [--managed] --ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r ~/input/points:=TOPIC]
 
 The ssl3d_ros perception node: subscribes ~/input/points (sensor_msgs/PointCloud2) and publishes
 ~/output/segmentation, ~/output/embeddings, ~/output/visualization, ~/output/occupancy,
 ~/debug/processing_time_ms, ~/debug/pipeline_latency_ms, ~/debug/stage_time_ms and /diagnostics.
 Example: ssl3d-perception --ros-args --params-file config/perception.yaml -r ~/input/points:=/points
+
+--managed: a lifecycle (managed) node for nav2-style bring-up: configure loads and warms up the model,
+activate subscribes (`ros2 lifecycle set /ssl3d_perception configure`, then `activate`).
 
 exit status: 0 after a normal shutdown, 2 when the configuration or checkpoint is refused at start-up
 (one line on stderr names the parameter or file).

@@ -35,6 +35,9 @@ class AugmentConfig:
     beam_keep: tuple[float, float] = (0.5, 0.9)  # fraction of beams kept when dropping
     beams_estimate: int = 64  # beams assumed when the scan has no ``ring`` field (elevation bins)
     thin: tuple[float, float] = (1.0, 1.0)  # fraction of points kept (uniform thinning)
+    # probability that a view's intensity is all zeros, as the node feeds for xyz-only sensors
+    # (input.missing_intensity: zero): the encoder learns to do without it instead of meeting it cold
+    intensity_drop: float = 0.0
 
 
 @dataclass
@@ -119,6 +122,8 @@ def transform(scan: Scan, aug: AugmentConfig, rng: np.random.Generator, intensit
         intensity_scale = full
     else:
         intensity_scale = scan.intensity_scale
+    if aug.intensity_drop > 0 and "intensity" in fields and rng.random() < aug.intensity_drop:
+        fields["intensity"] = np.zeros(len(points), np.float32)
     if "normal" in fields:
         fields["normal"] = (np.asarray(fields["normal"], dtype=np.float32) @ m.T).astype(np.float32)
     return Scan(points.astype(np.float32), fields, scan.frame_id, scan.stamp_ns, scan.labels, intensity_scale, scan.source)

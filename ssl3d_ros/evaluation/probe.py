@@ -331,10 +331,13 @@ def probe_report(results: list[ProbeResult], data: LabelledScans, cfg: ProbeConf
 # --------------------------------------------------------------------------- writing the head
 
 
-def write_head(checkpoint: str | Path, out_path: str | Path, probe: LinearProbe, class_map: ClassMap) -> Path:
-    """The pretrained linear probe (standardisation folded in) as the checkpoint's segmentation head."""
+def write_head(checkpoint: str | Path, out_path: str | Path, probe: LinearProbe, class_map: ClassMap,
+               pca_features: torch.Tensor | None = None, pca_dims: int = 0) -> Path:
+    """The pretrained linear probe (standardisation folded in) as the checkpoint's segmentation head,
+    and with ``pca_dims`` > 0 a PCA basis of ``pca_features`` (hypercolumns) for the node's reduced
+    embeddings (``embeddings.dims``)."""
     from ..checkpoint import ClassInfo, add_heads
-    from ..models.heads import LinearSegHead
+    from ..models.heads import LinearSegHead, PCAProjection
 
     weight, bias = probe.folded()
     head = LinearSegHead(weight.shape[1], weight.shape[0])
@@ -343,7 +346,10 @@ def write_head(checkpoint: str | Path, out_path: str | Path, probe: LinearProbe,
         head.bias.copy_(bias)
     classes = ClassInfo(names=list(class_map.class_names),
                         colors=[tuple(int(c) for c in col) for col in class_map.colors])
-    return Path(add_heads(checkpoint, out_path, seg_head=head, classes=classes))
+    pca = None
+    if pca_dims > 0 and pca_features is not None:
+        pca = PCAProjection.fit(pca_features.float(), pca_dims, generator=torch.Generator().manual_seed(0))
+    return Path(add_heads(checkpoint, out_path, seg_head=head, classes=classes, pca=pca))
 
 
 # --------------------------------------------------------------------------- data loading and CLI
@@ -418,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="probe_report", help="output folder (report.json, report.md)")
     parser.add_argument("--write-head", metavar="OUT.safetensors",
                         help="write the checkpoint with the pretrained linear probe as its segmentation head")
+    parser.add_argument("--pca-dims", type=int, default=0, metavar="K",
+                        help="with --write-head: also store a K-component PCA basis of the training points' "
+                             "hypercolumns, for the node's reduced embeddings (embeddings.dims); 0: none")
     parser.add_argument("--threads", type=int, default=STUDY_THREADS,
                         help="torch CPU threads (default %(default)s, as the study: reproducible run to run, since "
                              "spconv's CPU kernels race with more threads; 0: torch's default, faster)")
@@ -477,8 +486,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.write_head:
         if linear_probe is None:
             raise SystemExit("--write-head needs the linear probe (add 'linear' to --probes)")
-        path = write_head(args.checkpoint, args.write_head, linear_probe, class_map)
-        print(f"wrote {path} with a {class_map.num_classes}-class linear head")
+        pca_features = None
+        if args.pca_dims > 0:
+            pca_features = gather_features(data, encoder, pre_cfg, ("hypercolumn",))["hypercolumn"].train_x
+        path = write_head(args.checkpoint, args.write_head, linear_probe, class_map, pca_features, args.pca_dims)
+        pca = f" and a {args.pca_dims}-component PCA basis" if args.pca_dims > 0 else ""
+        print(f"wrote {path} with a {class_map.num_classes}-class linear head{pca}")
     return 0
 
 
