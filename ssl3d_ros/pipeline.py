@@ -170,7 +170,7 @@ class PerceptionPipeline:
         elif ckpt.kmeans_centroids is not None:  # stored segments: ids match the checkpoint's
             num_classes = int(ckpt.kmeans_centroids.shape[0])
             ckpt_names = [f"segment_{i}" for i in range(num_classes)]
-            kmeans_input = ((ckpt.meta.get("heads") or {}).get("kmeans") or {}).get("input", "hypercolumn")
+            kmeans_input = ckpt.kmeans_input
         else:
             num_classes = cfg.kmeans.clusters
             ckpt_names = [f"segment_{i}" for i in range(num_classes)]

@@ -107,10 +107,12 @@ def test_round_trip_gives_identical_outputs_and_metadata(saved, tmp_path):
     assert torch.equal(ckpt.extra_tensors["stats.feature_mean"], torch.arange(4.0))
     assert ckpt.recipe.name == "sonata" and ckpt.recipe.config["epochs"] == 2
     assert ckpt.training_data == {"sources": ["kitti/004139.bin"], "scans": 1}
-    meta = ckpt.meta
-    assert meta["format_version"] == 1 and meta["ssl3d_ros_version"] and meta["created"]
-    assert meta["encoder"] == to_dict(saved["encoder"].cfg)
-    assert meta["heads"]["seg"] == {"in_channels": saved["encoder"].hypercolumn_channels, "num_classes": 3, "input": "hypercolumn"}
+    meta = ckpt.meta  # typed; the stored document is the same data
+    assert meta.format_version == 1 and meta.ssl3d_ros_version and meta.created
+    assert meta.encoder == saved["encoder"].cfg and read_metadata(saved["path"])["encoder"] == to_dict(saved["encoder"].cfg)
+    assert to_dict(meta.heads.seg) == {"in_channels": saved["encoder"].hypercolumn_channels, "num_classes": 3, "input": "hypercolumn"}
+    assert to_dict(meta) == read_metadata(saved["path"])
+    assert ckpt.kmeans_input == meta.kmeans_input == "hypercolumn"
     assert sorted(p.name for p in saved["path"].parent.iterdir()) == ["model.safetensors"]  # no temp files left
 
 

@@ -101,12 +101,9 @@ def config_from_dict(data: Any) -> PretrainConfig:
 
 def encoder_config(spec: dict[str, Any], in_channels: int, overrides: dict[str, Any] | None = None):
     """EncoderConfig from the ``encoder`` section (ConfigError naming the problem)."""
-    from ssl3d_ros.models.encoder import EncoderConfig
+    from ssl3d_ros.models.encoder import encoder_config_from
 
-    try:
-        return from_dict(EncoderConfig, {**spec, "in_channels": in_channels, **(overrides or {})}, "encoder")
-    except ValueError as exc:  # ConfigError is a ValueError; EncoderConfig checks raise ValueError
-        raise ConfigError(str(exc) if isinstance(exc, ConfigError) else f"encoder: {exc}") from None
+    return encoder_config_from(spec, "encoder", in_channels=in_channels, **(overrides or {}))
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:

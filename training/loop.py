@@ -8,6 +8,7 @@ uninterrupted one (on the same hardware and worker count-independent).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from ssl3d_ros.config import ConfigError
+from ssl3d_ros.models.encoder import build_encoder
 from ssl3d_ros.preprocessing import feature_channels
 
 from . import distributed, schedules, state as state_io
@@ -40,10 +42,7 @@ EXIT_INTERRUPTED = 130
 def build_encoder_factory(cfg: PretrainConfig, in_channels: int, overrides: dict[str, Any] | None = None):
     """Encoder constructor: the ``encoder`` section (size preset + overrides), input channels from the
     preprocessing features, plus what the recipe needs (msm: the decoder)."""
-    from ssl3d_ros.models.encoder import SparseEncoder
-
-    encoder_cfg = encoder_config(cfg.encoder, in_channels, overrides)
-    return lambda: SparseEncoder(encoder_cfg)
+    return functools.partial(build_encoder, encoder_config(cfg.encoder, in_channels, overrides))
 
 
 def build_recipe(cfg: PretrainConfig) -> Recipe:
@@ -122,10 +121,7 @@ def inference_encoder(encoder: nn.Module) -> nn.Module:
     """The encoder as the node runs it: a pretraining decoder (msm) is dropped, the rest copied."""
     if not getattr(encoder.cfg, "use_decoder", False):
         return encoder
-    from ssl3d_ros.models.encoder import SparseEncoder
-
-    cfg = dataclasses.replace(encoder.cfg, use_decoder=False)
-    plain = SparseEncoder(cfg).to(next(encoder.parameters()).device)
+    plain = build_encoder(dataclasses.replace(encoder.cfg, use_decoder=False)).to(next(encoder.parameters()).device)
     state = {k: v for k, v in encoder.state_dict().items() if not k.startswith(("decoder.", "decoder_mask_tokens."))}
     plain.load_state_dict(state, strict=True)
     return plain

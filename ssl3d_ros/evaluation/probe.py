@@ -453,14 +453,14 @@ def load_encoder(checkpoint: str | Path):
     Fresh encoders use the pure-torch sparse convolutions: they are trained (supervised reference),
     and the spconv CPU wheel is forward-only."""
     from ..checkpoint import load_checkpoint
-    from ..models.encoder import SparseEncoder
+    from ..models.encoder import build_encoder
 
     ckpt = load_checkpoint(checkpoint, device="cpu")
     encoder = ckpt.encoder.float().eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
     architecture = dataclasses.replace(ckpt.encoder_config, backend="torch")
-    return encoder, (lambda: SparseEncoder(dataclasses.replace(architecture))), ckpt.preprocessing, ckpt
+    return encoder, (lambda: build_encoder(dataclasses.replace(architecture))), ckpt.preprocessing, ckpt
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,11 +11,14 @@ batch statistics (masked views shift those).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Mapping
 
 import torch
 from torch import nn
+
+from ssl3d_ros.config import ConfigError, from_dict
 
 from .attention import DropPath, SerializedAttentionBlock
 from .kernel_maps import lookup, pack_keys
@@ -47,6 +50,13 @@ PRESETS: dict[str, dict] = {
                  cpe_reduction=1, decoder_channels=(64, 96, 192, 384)),
 }
 HEAD_DIM = 32
+# Sanity limits far above every preset (base: 512 channels, depth 6, 4 stages, patches of 1024);
+# they bound what an untrusted configuration can make the constructor do.
+MAX_CHANNELS = 16384
+MAX_DEPTH = 64
+MAX_STAGES = 8
+MAX_PATCH_SIZE = 1 << 16
+MAX_MLP_RATIO = 16.0
 
 
 @dataclass
@@ -90,6 +100,7 @@ class EncoderConfig:
             raise ValueError("stage_channels, stage_depths, num_heads and decoder_channels need one entry per stage")
         if any(not 0 <= s < n for s in self.attention_stages):
             raise ValueError(f"attention_stages {self.attention_stages} out of range for {n} stages")
+        self._check_sizes()
         for s in self.attention_stages:
             if self.stage_channels[s] % self.num_heads[s]:
                 raise ValueError(f"stage {s}: {self.stage_channels[s]} channels do not split into {self.num_heads[s]} heads")
@@ -99,8 +110,35 @@ class EncoderConfig:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.block not in BLOCKS:
             raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {self.block!r}")
-        if self.stem_kernel % 2 != 1 or self.stem_kernel > 5:
+        if self.stem_kernel not in (1, 3, 5):
             raise ValueError(f"stem_kernel must be 1, 3 or 5, got {self.stem_kernel}")
+
+    def _check_sizes(self) -> None:
+        """Every width, depth and ratio in range, so that building the modules cannot fail or allocate
+        absurd amounts: a checkpoint's JSON document is untrusted input."""
+        n = len(self.stage_channels)
+        if not 1 <= n <= MAX_STAGES:
+            raise ValueError(f"stage_channels: {n} stages, need 1..{MAX_STAGES}")
+        widths = {"in_channels": (self.in_channels,), "stem_channels": (self.stem_channels,),
+                  "stage_channels": self.stage_channels, "decoder_channels": self.decoder_channels,
+                  "num_heads": self.num_heads}
+        for name, values in widths.items():
+            if any(not 1 <= v <= MAX_CHANNELS for v in values):
+                raise ValueError(f"{name} {values}: every entry must be in 1..{MAX_CHANNELS}")
+        for name, values in (("stem_depth", (self.stem_depth,)), ("stage_depths", self.stage_depths)):
+            if any(not 0 <= v <= MAX_DEPTH for v in values):
+                raise ValueError(f"{name} {values}: every entry must be in 0..{MAX_DEPTH}")
+        if not 1 <= self.patch_size <= MAX_PATCH_SIZE:
+            raise ValueError(f"patch_size must be in 1..{MAX_PATCH_SIZE}, got {self.patch_size}")
+        if not 1 <= self.cpe_reduction <= MAX_CHANNELS:
+            raise ValueError(f"cpe_reduction must be in 1..{MAX_CHANNELS}, got {self.cpe_reduction}")
+        # an attention block's MLP has int(channels * mlp_ratio) hidden channels: at least 1, bounded
+        if not (math.isfinite(self.mlp_ratio) and 0 < self.mlp_ratio <= MAX_MLP_RATIO
+                and all(int(self.stage_channels[s] * self.mlp_ratio) >= 1 for s in self.attention_stages)):
+            raise ValueError(f"mlp_ratio must be in (0, {MAX_MLP_RATIO}] and give attention stages at least one "
+                             f"hidden channel, got {self.mlp_ratio}")
+        if not (math.isfinite(self.drop_path) and 0.0 <= self.drop_path < 1.0):
+            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "EncoderConfig":
@@ -233,7 +271,8 @@ class SparseEncoder(nn.Module):
         self.stem_norm = nn.LayerNorm(cfg.stem_channels)
         self.stem_act = nn.GELU()
         total_blocks = cfg.stem_depth + sum(cfg.stage_depths)
-        rates = torch.linspace(0, cfg.drop_path, max(total_blocks, 1)).tolist()
+        # on the CPU explicitly: under a torch.device("meta") context (shape checks) it must still give numbers
+        rates = torch.linspace(0, cfg.drop_path, max(total_blocks, 1), device="cpu").tolist()
         self.stem_blocks = nn.ModuleList(BLOCKS[cfg.block](cfg.stem_channels, rates[i], b)
                                          for i in range(cfg.stem_depth))
         used = cfg.stem_depth
@@ -386,4 +425,31 @@ class SparseEncoder(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-__all__ = ["EncoderConfig", "EncoderOutput", "PRESETS", "SparseEncoder"]
+def encoder_config_from(data: Mapping[str, Any], where: str = "encoder", **overrides: Any) -> EncoderConfig:
+    """EncoderConfig from plain data (a YAML section, a checkpoint's document) with ``overrides`` on top.
+
+    Raises ConfigError naming ``where`` and the problem (EncoderConfig's own checks raise ValueError).
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    try:
+        return from_dict(EncoderConfig, {**data, **overrides}, where)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def build_encoder(cfg: EncoderConfig, device: str | torch.device | None = None) -> SparseEncoder:
+    """The one way to build an encoder from its config (training, checkpoint loading, probes).
+
+    ``device="meta"`` builds the module tree with shapes but no storage: what checkpoint validation
+    compares stored tensors against before anything real is allocated.
+    """
+    if device is None:
+        return SparseEncoder(cfg)
+    with torch.device(device):
+        return SparseEncoder(cfg)
+
+
+__all__ = ["EncoderConfig", "EncoderOutput", "PRESETS", "SparseEncoder", "build_encoder", "encoder_config_from"]
