@@ -31,6 +31,7 @@ from builders import make_checkpoint, sim_scan
 REPO = Path(__file__).resolve().parents[1]
 IN_NETNS = os.environ.get("SSL3D_IN_NETNS") == "1"
 needs_netns = pytest.mark.skipif(not IN_NETNS, reason="starts ROS 2 participants: run through scripts/netns-run")
+HANG_GUARD_S = 600  # ends a test whose process hangs; no assertion depends on how fast the machine is
 HOSTILE = "out dir;touch SHELL_RAN_1;$(touch SHELL_RAN_2)`touch SHELL_RAN_3`"
 
 
@@ -373,7 +374,7 @@ def test_out_of_memory_during_a_frame_is_skipped_counted_and_the_node_goes_on(sm
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + HANG_GUARD_S
         while node.pub_segmentation.get_subscription_count() < 1:
             assert time.monotonic() < deadline, "listener never matched"
             time.sleep(0.05)
@@ -395,13 +396,13 @@ def test_out_of_memory_during_a_frame_is_skipped_counted_and_the_node_goes_on(sm
             msg.header.frame_id, msg.header.stamp.sec = "lidar", 100 + k
             msgs.append(msg)
         node._on_cloud(msgs[0])  # what the subscription calls with each received cloud
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + HANG_GUARD_S
         while node.stats.errors < 1:
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, "the out-of-memory frame was never counted"
             time.sleep(0.02)
         node._on_cloud(msgs[1])
         while not any(m.header.stamp.sec == 101 for m in received):
-            assert time.monotonic() < deadline + 30, "no output after the out-of-memory frame"
+            assert time.monotonic() < deadline, "no output after the out-of-memory frame"
             time.sleep(0.05)
         assert node.stats.out_of_memory == 1 and node.stats.errors == 1 and node.stats.processed == 1
         assert "out of memory on cpu" in node.stats.last_error
