@@ -21,7 +21,7 @@ CHECK = REPO / "scripts" / "check-install"
 def run_check(pythonpath: list[Path | str], setup: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, pythonpath)))
     return subprocess.run([sys.executable, "-S", str(CHECK), "--setup", str(setup)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=280)
 
 
 def test_check_install_names_an_uninstalled_package_and_a_missing_console_script(tmp_path):

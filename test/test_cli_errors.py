@@ -25,7 +25,7 @@ PRETRAIN = ["-m", "ssl3d_ros.training.pretrain", "--config", str(REPO / "config"
 
 def run_script(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=280)
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess, prog: str, names: Path | str) -> str:

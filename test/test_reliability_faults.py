@@ -31,7 +31,7 @@ from builders import make_checkpoint, sim_scan
 REPO = Path(__file__).resolve().parents[1]
 IN_NETNS = os.environ.get("SSL3D_IN_NETNS") == "1"
 needs_netns = pytest.mark.skipif(not IN_NETNS, reason="starts ROS 2 participants: run through scripts/netns-run")
-HANG_GUARD_S = 600  # ends a test whose process hangs; no assertion depends on how fast the machine is
+HANG_GUARD_S = 240  # ends a test whose process hangs; no assertion depends on how fast the machine is
 HOSTILE = "out dir;touch SHELL_RAN_1;$(touch SHELL_RAN_2)`touch SHELL_RAN_3`"
 
 

@@ -39,7 +39,7 @@ from test_node import OUT, Harness, _now_ns  # noqa: E402
 from test_node import harness, node_process, offline  # noqa: E402,F401  (fixtures, used by name)
 from builders import make_checkpoint, sim_scan  # noqa: E402
 
-HANG_GUARD_S = 600  # waits end at once when what they wait for happens; this only ends a hung test
+HANG_GUARD_S = 240  # waits end at once when what they wait for happens; this only ends a hung test
 
 pytestmark = [
     pytest.mark.ros,
