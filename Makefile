@@ -16,14 +16,18 @@ NETNS := scripts/netns-run
 
 .PHONY: deps demo test bench clean
 
+# The stamp only says an install ran; every `make deps` (so `make test`, `make demo`) checks the
+# install again from outside the repository, console scripts included, and reinstalls when it fails
+# (e.g. after `pip uninstall ssl3d_ros`, which leaves the stamp in place).
 deps: $(STAMP)
+	@$(PY) scripts/check-install || { echo "make: the install is incomplete: reinstalling" >&2; \
+	  rm -f $(STAMP) && $(MAKE) --no-print-directory $(STAMP) && $(PY) scripts/check-install; }
 
 $(STAMP): setup.py setup.cfg constraints.txt scripts/install-system-deps
 	scripts/install-system-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
-	$(PY) scripts/check-install
 	touch $(STAMP)
 
 demo: deps

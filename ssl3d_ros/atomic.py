@@ -4,6 +4,12 @@ A file is written under a temporary name in its destination folder, flushed to d
 over the destination, and the folder entry is flushed too: a crash, a SIGKILL or a full disk leaves
 either the complete old file or the complete new one, never a torn file. The temporary left by a
 killed writer is removed by the next atomic write into the same folder.
+
+Test hook: with ``SSL3D_TEST_PAUSE_IN_WRITE=MARKER`` in the environment, every write pauses once its
+temporary is complete and flushed, just before the rename: it creates the file MARKER (holding the
+temporary's path) and waits until MARKER is deleted. A test can so kill a writer exactly mid-write,
+or let writes through one at a time, without depending on the machine's speed. Unset, it costs one
+environment look-up per write.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +48,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        _pause_for_test(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -70,6 +78,21 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` (through :func:`json_safe`) as indented JSON to ``path`` atomically."""
     text = json.dumps(json_safe(data), indent=2) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+PAUSE_ENV = "SSL3D_TEST_PAUSE_IN_WRITE"
+
+
+def _pause_for_test(tmp: Path) -> None:
+    """The test hook of the module docstring: announce ``tmp`` in the marker file, wait for its removal."""
+    marker = os.environ.get(PAUSE_ENV)
+    if not marker:
+        return
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(str(tmp))
+    while os.path.exists(marker):
+        time.sleep(0.005)
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from ssl3d_ros.cli import EXIT_BUG, EXIT_CODES_EPILOG, console_script
+
 RECIPES = ("sonata", "msm", "jepa", "mae", "acl")
 
 
@@ -50,9 +52,11 @@ def _run(step: str, args: list[str], log_dir: Path, *, show_output: bool = False
             code = proc.wait()
         else:
             code = subprocess.run(args, stdout=handle, stderr=subprocess.STDOUT).returncode
-    if code != 0:
+    if code != 0:  # the step's last log lines, then the contract's one error line
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:]
-        raise SystemExit(f"demo step '{step}' failed (exit {code}); log {log}:\n" + "\n".join(tail))
+        print("\n".join(f"  | {line}" for line in tail), file=sys.stderr)
+        print(f"ssl3d-demo: error: step '{step}' failed (exit {code}); log: {log}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_BUG)  # the steps' inputs are the demo's own: a failing step is a bug
     print(f"   done in {time.monotonic() - started:.0f} s (log: {log})", flush=True)
 
 
@@ -68,8 +72,10 @@ def _module(name: str) -> list[str]:
     return [sys.executable, "-m", name]
 
 
+@console_script("ssl3d-demo")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ssl3d-demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ssl3d-demo", description=__doc__.split("\n\n")[0], epilog=EXIT_CODES_EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", choices=RECIPES, default="sonata", help="self-supervised recipe")
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder")
     parser.add_argument("--train-scans", type=int, default=120, help="scans in the pretraining bag")

@@ -4,10 +4,30 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
-from ssl3d_ros.atomic import atomic_write, remove_stale_temporaries
+from ssl3d_ros.atomic import PAUSE_ENV, atomic_write, remove_stale_temporaries
+
+HANG_GUARD_S = 240  # ends a hung test with a message before pytest-timeout (300 s); no assertion depends on speed
+
+
+def wait_for_pause(marker: Path, alive=lambda: True) -> Path:
+    """Wait until a writer paused by the test hook created ``marker``; returns its temporary's path.
+    ``alive()`` false (the writer died) fails at once instead of waiting for the hang guard."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not marker.exists():
+        assert alive(), "the writer ended before it paused"
+        assert time.monotonic() < deadline, f"no write paused within {HANG_GUARD_S} s: the writer hangs"
+        time.sleep(0.005)
+    while True:  # created empty, then written: wait for the path
+        text = marker.read_text()
+        if text:
+            return Path(text)
+        time.sleep(0.005)
 
 
 def _dead_pid() -> int:
@@ -39,3 +59,19 @@ def test_temporaries_of_dead_writers_are_removed_by_the_next_write(tmp_path):
     atomic_write(tmp_path / "state-000011.safetensors", lambda tmp: tmp.write_bytes(b"new"))
     assert not dead.exists() and alive.exists() and foreign.exists()
     assert remove_stale_temporaries(tmp_path) == []
+
+
+def test_the_test_hook_pauses_a_complete_write_before_the_rename(tmp_path, monkeypatch):
+    target = tmp_path / "model.safetensors"
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"old"))
+    marker = tmp_path / "paused"
+    monkeypatch.setenv(PAUSE_ENV, str(marker))
+    writer = threading.Thread(target=atomic_write, args=(target, lambda tmp: tmp.write_bytes(b"new")))
+    writer.start()
+    tmp = wait_for_pause(marker, writer.is_alive)
+    # paused: the temporary is complete, the destination still the old file
+    assert tmp.parent == tmp_path and tmp.name.startswith(".model.safetensors.") and tmp.read_bytes() == b"new"
+    assert target.read_bytes() == b"old" and writer.is_alive()
+    marker.unlink()  # release
+    writer.join()
+    assert target.read_bytes() == b"new" and not tmp.exists()

@@ -40,6 +40,8 @@ from test_node import OUT, Harness, _now_ns  # noqa: E402
 from test_node import harness, node_process, offline  # noqa: E402,F401  (fixtures, used by name)
 from builders import make_checkpoint, sim_scan  # noqa: E402
 
+HANG_GUARD_S = 240  # waits end at once when what they wait for happens; this only ends a hung test
+
 pytestmark = [
     pytest.mark.ros,
     pytest.mark.skipif(os.environ.get("SSL3D_IN_NETNS") != "1",
@@ -289,12 +291,12 @@ def diag(harness: Harness) -> dict:
     time.sleep(0.1)
     with harness.cond:
         seen = len(harness.diagnostics)
-    harness.wait(lambda: len(harness.diagnostics) > seen, 10, "fresh diagnostics")
+    harness.wait(lambda: len(harness.diagnostics) > seen, HANG_GUARD_S, "fresh diagnostics")
     return harness.latest_diagnostics(lambda v: True, 1, "diagnostics")
 
 
 def wait_counter(harness: Harness, key: str, at_least: int, what: str) -> dict:
-    return harness.latest_diagnostics(lambda v: int(v[key]) >= at_least, 30, what)
+    return harness.latest_diagnostics(lambda v: int(v[key]) >= at_least, HANG_GUARD_S, what)
 
 
 def log_since(log_path: Path, offset: int) -> str:
@@ -407,8 +409,9 @@ def test_corrupt_serialized_message_over_dds(harness, node_process, offline):
     proc, log_path = node_process
     pub = harness.node.create_publisher(PointCloud2, "/ssl3d_test/points", 10)
     try:
-        deadline = time.monotonic() + 10
-        while pub.get_subscription_count() < 1 and time.monotonic() < deadline:
+        deadline = time.monotonic() + HANG_GUARD_S  # unmatched, the garbage would never reach the node
+        while pub.get_subscription_count() < 1:
+            assert time.monotonic() < deadline, "the node never subscribed to /ssl3d_test/points"
             time.sleep(0.05)
         good = bytes(serialize_message(valid_cloud()))
         for garbage in (b"\x00\x01\x00\x00" + b"\xff" * 64, good[: len(good) // 3], b"\x00\x01\x00\x00"):
@@ -433,11 +436,15 @@ def test_a_five_million_point_cloud(checkpoint):
     assert len(msg.data) == 80_000_000
 
     default = PerceptionPipeline.from_checkpoint(checkpoint, device="cpu", overrides=NodeConfig())
-    t = time.perf_counter()
     too_big = r"cloud of 5000000 points .* exceeds parameter input.max_points = 4000000"
     with pytest.raises(CloudFormatError, match=too_big):
         default.process_cloud(msg)
-    assert time.perf_counter() - t < 1.0  # refused before decoding
+    # refused before decoding, whatever the machine's speed: the same header without its 80 MB of data
+    # (which decoding would report as missing) gets the same refusal, so the data is never looked at
+    header_only = copy.copy(msg)
+    header_only.data = b""
+    with pytest.raises(CloudFormatError, match=too_big):
+        default.process_cloud(header_only)
 
     # A deployment that raises the limit caps the model's work with preprocessing.max_points instead.
     cfg = node_config_from_params({"input.max_points": 0, "preprocessing.max_points": 20_000})

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ssl3d_ros.config import ConfigError
-from ssl3d_ros.io import ConcatSource, ScanReadError, ScanSource, open_source
+from ssl3d_ros.io import ConcatSource, NoScansError, ScanReadError, ScanSource, open_source
 from ssl3d_ros.scan import Scan
 
 from .views import ViewMaker
@@ -92,11 +92,19 @@ def open_data(cfg: DataConfig) -> ScanSource:
             sources.append(simulated_source(spec, cfg))
         else:
             sources.append(open_source(spec, topics=cfg.topics or None))
-    return sources[0] if len(sources) == 1 else ConcatSource(sources)
+    source = sources[0] if len(sources) == 1 else ConcatSource(sources)
+    if len(source) == 0:  # e.g. a bag whose PointCloud2 topics have no messages
+        raise NoScansError(f"{', '.join(cfg.sources)}: no scans to train on")
+    return source
 
 
 class UnusableScan(ValueError):
     """A scan was read but gave a view too small to train on."""
+
+
+class UnusableDataError(RuntimeError):
+    """More than ``data.max_retries`` scans in a row could not be read or trained on: the data, not
+    one file, is unusable. The message names the last scans and why each was refused."""
 
 
 @dataclass
@@ -110,7 +118,7 @@ class PretrainDataset(Dataset):
 
     def __init__(self, source: ScanSource, view_maker: ViewMaker, cfg: DataConfig, seed: int) -> None:
         if len(source) == 0:
-            raise ValueError("the data sources hold no scans")
+            raise NoScansError("the data sources hold no scans")
         self.source = source
         self.view_maker = view_maker
         self.cfg = cfg
@@ -149,7 +157,7 @@ class PretrainDataset(Dataset):
                 skipped.append((self.describe(index), reason))
                 continue
             return Sample(views, skipped)
-        raise RuntimeError(
+        raise UnusableDataError(
             f"{len(skipped)} consecutive scans were unusable at sample {position}; last reasons: "
             + "; ".join(f"{d}: {r}" for d, r in skipped[-3:])
         )
@@ -218,5 +226,5 @@ def make_loader(dataset: PretrainDataset, sampler: StepSampler, workers: int, pi
 
 __all__ = [
     "DataConfig", "open_data", "parse_sim_spec", "simulated_source", "PretrainDataset", "StepSampler", "Batch", "Sample",
-    "collate_samples", "make_loader", "UnusableScan",
+    "collate_samples", "make_loader", "UnusableScan", "UnusableDataError",
 ]

@@ -182,6 +182,7 @@ def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop
     if not resume and state_io.list_states(ckpt_dir):
         raise ConfigError(f"{out_dir} holds checkpoints of an earlier run: continue it with --resume or choose another --out")
 
+    source = open_data(cfg.data)  # before the model is built: a bad --data fails at once
     torch.manual_seed(run.seed)  # identical initial weights on every rank
     recipe = build_recipe(cfg).to(device)
     optimizer = torch.optim.AdamW(param_groups(recipe, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas)
@@ -210,8 +211,12 @@ def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop
             find_unused_parameters=True,  # e.g. the encoder's mask token in recipes that drop masked voxels
         )
 
-    dataset = PretrainDataset(open_data(cfg.data), recipe.view_maker(), cfg.data, run.seed)
+    dataset = PretrainDataset(source, recipe.view_maker(), cfg.data, run.seed)
     sampler = StepSampler(run.batch_size, run.steps, start_step, dist_info.rank, dist_info.world_size)
+    # Data that cannot be trained on at all fails here, before training starts, with its own error
+    # (UnusableDataError): raised in a DataLoader worker it would come back wrapped in the worker's traceback.
+    if start_step < run.steps:
+        dataset[sampler.positions(start_step)[0]]
     loader = make_loader(dataset, sampler, run.workers, pin_memory=device.type == "cuda", worker_init_fn=_ignore_sigint)
 
     logger = MetricsLogger(out_dir, run.tensorboard, resume_step=start_step) if dist_info.is_main else None

@@ -7,7 +7,9 @@
 
 Writes DIR/checkpoints/state-*.safetensors (resumable training state), DIR/metrics.csv, TensorBoard
 events in DIR/tensorboard and, at the end, DIR/encoder.safetensors (loadable by the node).
-Exit status: 0 done, 130 stopped by Ctrl-C / SIGTERM after saving (resume with --resume), 2 bad config.
+Exit status: 0 done; 1 a bug, or a checkpoint that could not be written (disk full: earlier ones are
+intact); 2 bad config or data (one line naming the file); 130 stopped by Ctrl-C / SIGTERM after saving
+(resume with --resume).
 """
 from __future__ import annotations
 
@@ -15,11 +17,20 @@ import argparse
 import logging
 import sys
 
+from ssl3d_ros.cli import (EXIT_BUG, EXIT_CODES_EPILOG, EXIT_INTERRUPTED, INPUT_OS_ERRORS, console_script,
+                           describe_error)
 from ssl3d_ros.config import ConfigError
 
 
+PRETRAIN_EPILOG = EXIT_CODES_EPILOG.replace(
+    "  130  interrupted (Ctrl-C)",
+    "  130  stopped by Ctrl-C or SIGTERM after saving the state (continue with --resume); a second Ctrl-C\n"
+    "       stops without saving")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="ssl3d-pretrain", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="ssl3d-pretrain", description=__doc__.split("\n\n")[0], epilog=PRETRAIN_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML config (config/pretrain/<recipe>.yaml)")
     p.add_argument("--data", nargs="+", metavar="PATH", help="scan sources replacing data.sources (bags, folders, files, sim:outdoor)")
     p.add_argument("--topics", nargs="+", metavar="TOPIC", help="PointCloud2 topics to read from bags")
@@ -53,30 +64,31 @@ def apply_overrides(cfg, args: argparse.Namespace):
     return cfg
 
 
+@console_script("ssl3d-pretrain")
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .config import load_config
     from ssl3d_ros.checkpoint import CheckpointError
 
-    from .loop import EXIT_INTERRUPTED, train
+    from .loop import train
 
-    try:
-        cfg = apply_overrides(load_config(args.config, args.overrides), args)
-    except ConfigError as exc:
-        print(f"ssl3d-pretrain: {exc}", file=sys.stderr)
-        return 2
+    cfg = apply_overrides(load_config(args.config, args.overrides), args)
     try:
         result = train(cfg, resume=args.resume, progress=not args.no_progress)
-    except KeyboardInterrupt:  # a second Ctrl-C: stop without saving
-        print("ssl3d-pretrain: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"ssl3d-pretrain: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, CheckpointError) as exc:  # disk full or unwritable --out: earlier checkpoints are intact
-        print(f"ssl3d-pretrain: {exc}; continue with --resume once it can be written", file=sys.stderr)
-        return 1
+    except CheckpointError as exc:
+        if not isinstance(exc.__cause__, OSError):
+            raise  # not a failed write: the contract's exit 2
+        # the encoder could not be written (disk full): the training states are intact
+        print(f"ssl3d-pretrain: error: {exc}; continue with --resume once it can be written", file=sys.stderr)
+        return EXIT_BUG
+    except OSError as exc:
+        if isinstance(exc, INPUT_OS_ERRORS):
+            raise  # a missing or unreadable input path: the contract's exit 2
+        # disk full or unwritable --out: earlier checkpoints are intact
+        print(f"ssl3d-pretrain: error: {describe_error(exc)}; continue with --resume once it can be written",
+              file=sys.stderr)
+        return EXIT_BUG
     finally:
         from .distributed import cleanup
 

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..cli import EXIT_CODES_EPILOG, console_script
 from ..config import to_dict
 from ..preprocessing import PreprocessConfig
 from ..scan import Scan
@@ -178,7 +179,7 @@ def audit_report(rows: Sequence[AuditRow], cfg: AuditConfig, meta: dict) -> tupl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl3d-audit", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="ssl3d-audit", description=__doc__.split("\n\n")[0], epilog=EXIT_CODES_EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", nargs="+", required=True, help="one or more checkpoints, one row each")
     add_data_arguments(parser)
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@console_script("ssl3d-audit")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..cli import EXIT_CODES_EPILOG, console_script
 from ..config import to_dict
 from ..preprocessing import PreprocessConfig, collate, preprocess, unpool
 from ..scan import Scan
@@ -410,7 +411,7 @@ def split_config_from_args(args: argparse.Namespace) -> SplitConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl3d-probe", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="ssl3d-probe", description=__doc__.split("\n\n")[0], epilog=EXIT_CODES_EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     add_data_arguments(parser)
@@ -463,6 +464,7 @@ def load_encoder(checkpoint: str | Path):
     return encoder, (lambda: build_encoder(dataclasses.replace(architecture))), ckpt.preprocessing, ckpt
 
 
+@console_script("ssl3d-probe")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -36,6 +36,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from ..cli import EXIT_CODES_EPILOG, console_script
 from .class_maps import ClassMap, load_class_map
 from .metrics import IGNORE, ScoreAccumulator
 from .replay_stats import STAGES, FrameRecord, summarise, write_replay_report
@@ -485,7 +486,7 @@ def replay_offline(frames: Sequence[BagFrame], checkpoint: str, scores: ScoreAcc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl3d-replay", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="ssl3d-replay", description=__doc__.split("\n\n")[0], epilog=EXIT_CODES_EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bag", help="rosbag2 folder or .mcap/.db3 file")
     parser.add_argument("--topic", help="PointCloud2 topic of the bag (default: its only one)")
@@ -513,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@console_script("ssl3d-replay")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

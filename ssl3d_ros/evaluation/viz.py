@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..outputs import class_color_table  # noqa: E402
+from ..cli import EXIT_CODES_EPILOG, console_script  # noqa: E402
 from .class_maps import ClassMap, default_palette  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -288,7 +289,8 @@ def scene_outputs(pipeline, scan, truth_map: ClassMap | None = None) -> SceneOut
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl3d-viz", description="PNG pictures of a scan coloured by a "
                                      "checkpoint's embeddings (PCA, k-means, similarity to a query point), "
-                                     "its predicted classes and the ground truth.")
+                                     "its predicted classes and the ground truth.",
+                                     epilog=EXIT_CODES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", nargs="?", help="a scan file, folder or bag (first scan unless --index)")
     parser.add_argument("--checkpoint", default="", help="checkpoint (default: the packaged one)")
     parser.add_argument("--index", type=int, default=0, help="which scan of the input")
@@ -307,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@console_script("ssl3d-viz")
 def main(argv: Sequence[str] | None = None) -> int:
     from ..pipeline import PerceptionPipeline
     from .class_maps import load_class_map

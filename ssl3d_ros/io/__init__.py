@@ -6,7 +6,7 @@ first use so that reading plain files never imports rosbags.
 """
 from __future__ import annotations
 
-from .errors import ScanReadError, TopicSelectionError
+from .errors import NoScansError, ScanReadError, TopicSelectionError, UnknownScanFileError
 from .readers import READERS, FileEntry, FileSource, detect_format, open_source, open_sources
 from .source import ConcatSource, ScanSource, SkipStats, iter_scans
 
@@ -22,7 +22,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ScanReadError", "TopicSelectionError", "ScanSource", "ConcatSource", "SkipStats", "iter_scans",
+    "ScanReadError", "TopicSelectionError", "NoScansError", "UnknownScanFileError", "ScanSource", "ConcatSource", "SkipStats", "iter_scans",
     "READERS", "FileEntry", "FileSource", "detect_format", "open_source", "open_sources",
     *_BAG_NAMES,
 ]

@@ -22,4 +22,12 @@ class TopicSelectionError(ValueError):
     """A requested bag topic does not exist or does not carry sensor_msgs/msg/PointCloud2."""
 
 
-__all__ = ["ScanReadError", "TopicSelectionError"]
+class NoScansError(ValueError):
+    """A path (a folder, a bag) holds no scans at all; the message starts with the path."""
+
+
+class UnknownScanFileError(ValueError):
+    """A file given as a scan is of no known scan format; the message starts with the path."""
+
+
+__all__ = ["ScanReadError", "TopicSelectionError", "NoScansError", "UnknownScanFileError"]

@@ -9,6 +9,7 @@ inside it become bag sources).
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -21,7 +22,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 
 from ..scan import Scan
-from .errors import ScanReadError
+from .errors import NoScansError, ScanReadError, UnknownScanFileError
 from .source import ConcatSource, ScanSource, SkipStats, check_index
 
 log = logging.getLogger(__name__)
@@ -370,7 +371,7 @@ def file_entry(path: Path, fmt: str | None = None) -> FileEntry:
     """The entry for one scan file; ``fmt`` overrides name-based detection (e.g. ``"ouster"``)."""
     chosen = fmt or detect_format(path)
     if chosen is None:
-        raise ValueError(
+        raise UnknownScanFileError(
             f"{path}: not a recognised scan file (known: .bin, .xyzi.bin, .pcd.bin, .npy, .pcd, .ply, "
             f"rosbag2 .mcap/.db3 or folder); pass fmt= one of {sorted(READERS)}"
         )
@@ -399,7 +400,7 @@ def open_source(
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such scan file or folder: {path}")
+        raise FileNotFoundError(errno.ENOENT, "no such scan file or folder", str(path))
     if is_bag_folder(path) or (path.is_file() and path.suffix in BAG_FILE_SUFFIXES):
         from .rosbag import BagSource  # the bag module pulls in rosbags and the codec
 
@@ -438,7 +439,7 @@ def open_source(
     if entries:
         sources.append(FileSource(entries, label_field=label_field))
     if not sources:
-        raise ValueError(f"{path}: no scan files or rosbag2 folders found")
+        raise NoScansError(f"{path}: no scan files or rosbag2 folders found")
     return sources[0] if len(sources) == 1 else ConcatSource(sources)
 
 

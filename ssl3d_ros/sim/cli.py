@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import EXIT_CODES_EPILOG, console_script
 from ..config import ConfigError, load_yaml
 from .scenes import class_colors, class_names
 from .sequence import SimConfig, build_world, default_lidar, with_lidar
@@ -25,6 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Simulate a labelled LiDAR scan sequence (seeded street or room scene, Open3D ray "
                     "casting, 10 Hz stamps) and write it as a rosbag2 (PointCloud2 with x, y, z, "
                     "intensity, ring, time and an int32 'label' field) and/or as .npy files.",
+        epilog=EXIT_CODES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", type=Path, help="YAML file with a SimConfig (e.g. config/sim_outdoor.yaml)")
     parser.add_argument("--scene", choices=["outdoor", "indoor"], help="scene type (default: outdoor, or the config's)")
@@ -91,6 +93,7 @@ def write_npy(directory: Path, k: int, scan) -> None:
     np.save(f"{stem}.labels.npy", scan.labels.astype(np.int32))
 
 
+@console_script("ssl3d-simulate")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
@@ -98,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         lidar = cfg.lidar or default_lidar(cfg.scene)
         world = build_world(cfg, args.seed, duration_s=args.scans / lidar.rate_hz)
-    except (ConfigError, ValueError) as exc:
-        print(f"ssl3d-simulate: {exc}", file=sys.stderr)
-        return 2
+    except ConfigError:
+        raise
+    except ValueError as exc:  # a SimConfig value the world builder refuses: bad configuration too
+        raise ConfigError(str(exc)) from None
 
     if args.npy_dir is not None:
         args.npy_dir.mkdir(parents=True, exist_ok=True)
