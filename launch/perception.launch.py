@@ -6,7 +6,8 @@
 Arguments: input_topic (remapped onto ~/input/points), params_file (default: the package's
 config/perception.yaml; a path that is not a file stops the launch), checkpoint ('' = the params
 file's / the packaged default), device ('' = the params file's), use_sim_time (true/false, 1/0,
-yes/no, on/off; anything else stops the launch). Outputs stay under the node's private names
+yes/no, on/off; anything else stops the launch), managed (false: a lifecycle node that waits for
+configure/activate, as nav2's lifecycle manager expects). Outputs stay under the node's private names
 (/ssl3d_perception/output/...), which rviz/ssl3d_ros.rviz displays.
 
 A bad argument, or the node exiting with an error (e.g. refusing its configuration, exit 2), ends the
@@ -64,6 +65,8 @@ def _node(context, *args, **kwargs):
         emulate_tty=True,
         parameters=[params_file, overrides],
         remappings=[("~/input/points", LaunchConfiguration("input_topic"))],
+        # a lifecycle node waits for configure/activate (nav2's lifecycle manager, `ros2 lifecycle set`)
+        arguments=["--managed"] if parse_bool("managed", LaunchConfiguration("managed").perform(context)) else [],
     )
     return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_fail_on_error_exit))]
 
@@ -81,6 +84,9 @@ def generate_launch_description():
                               description="auto | cuda | cpu ('' = params file)"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="use /clock (bag replay): true/false, 1/0, yes/no, on/off"),
+        DeclareLaunchArgument("managed", default_value="false",
+                              description="start a lifecycle (managed) node: configure loads and warms up the "
+                                          "model, activate subscribes (true/false)"),
         # Large clouds need a larger Fast DDS shared-memory segment (see the profile's comment);
         # a profile already named in the environment wins.
         SetEnvironmentVariable(

@@ -97,6 +97,9 @@ class InferenceWorker:
             except Exception as exc:  # never let one frame kill the worker
                 self._on_failure(item, exc)
 
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self.slot.close()

@@ -375,7 +375,7 @@ def test_out_of_memory_during_a_frame_is_skipped_counted_and_the_node_goes_on(sm
     spinner.start()
     try:
         deadline = time.monotonic() + HANG_GUARD_S
-        while node.pub_segmentation.get_subscription_count() < 1:
+        while node.publishers_by_output["segmentation"].get_subscription_count() < 1:
             assert time.monotonic() < deadline, "listener never matched"
             time.sleep(0.05)
         calls = {"n": 0}
