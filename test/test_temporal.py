@@ -280,3 +280,30 @@ def test_temporal_sonata_trains_resumes_and_logs_counters(tmp_path):
     # the simulator gives poses, so every sample of the 3-scan sequence is a temporal pair
     assert float(last["pairs_temporal"]) == 8 and float(last["pairs_rejected"]) == 0
     assert np.isfinite(float(last["loss"])) and float(last["matched"]) > 0
+
+
+def test_unreadable_partner_frame_is_counted_and_the_sample_kept(tmp_path):
+    """A corrupt neighbour costs the pair, not the sample: single-scan views, pairs_unreadable counted."""
+    from ssl3d_ros.io import ScanReadError
+
+    class HalfBroken:
+        def __init__(self, source):
+            self.source = source
+
+        def __len__(self):
+            return len(self.source)
+
+        def __getitem__(self, i):
+            if i == 1:
+                raise ScanReadError("seq#1", "corrupt")
+            return self.source[i]
+
+        def describe(self, i):
+            return f"seq#{i}"
+
+    sim = SimSource(with_lidar(SimConfig(), beams=16, columns=256), 2, seed=0)
+    finder = PartnerFinder(sim, TemporalConfig(enabled=True), None)
+    finder.source = HalfBroken(sim)  # the sequence is the simulator's; frame 1 fails to read
+    counts: dict[str, int] = {}
+    assert finder.find(0, sim[0], np.random.default_rng(0), counts) is None
+    assert counts == {"pairs_unreadable": 1}

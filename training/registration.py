@@ -105,10 +105,13 @@ def register(moving: np.ndarray, fixed: np.ndarray, cfg: RegistrationConfig, ini
         dst = registration_cloud(fixed, voxel, cfg.min_range)
         if len(src.points) < 10 or len(dst.points) < 10:
             return Registration(transform, 0.0, float("inf"), False, f"too few points beyond {cfg.min_range} m to register")
-        result = icp.registration_icp(
-            src, dst, cfg.max_distance * scale, transform, icp.TransformationEstimationPointToPlane(),
-            icp.ICPConvergenceCriteria(max_iteration=cfg.iterations),
-        )
+        try:
+            result = icp.registration_icp(
+                src, dst, cfg.max_distance * scale, transform, icp.TransformationEstimationPointToPlane(),
+                icp.ICPConvergenceCriteria(max_iteration=cfg.iterations),
+            )
+        except RuntimeError as exc:  # Open3D's errors (degenerate normals ...): a rejected pair, not a stopped run
+            return Registration(transform, 0.0, float("inf"), False, f"ICP failed: {exc}")
         transform = np.asarray(result.transformation)
     quality = icp.evaluate_registration(src, dst, cfg.voxel_size, transform)
     fitness, rmse = float(quality.fitness), float(quality.inlier_rmse)

@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from ssl3d_ros.config import ConfigError
-from ssl3d_ros.io import ConcatSource, FileSource, ScanSource
+from ssl3d_ros.io import ConcatSource, FileSource, ScanReadError, ScanSource
 from ssl3d_ros.scan import Scan
 
 from .registration import PairCache, RegistrationConfig, cached_register
@@ -223,7 +223,7 @@ class PartnerFinder:
         other = int(candidates[rng.integers(len(candidates))])
         try:
             partner_scan = self.source[other]
-        except (ValueError, OSError) as error:  # ScanReadError is a ValueError
+        except (ScanReadError, ValueError, OSError) as error:
             log.debug("temporal partner %s unreadable: %s", self.describe(other), error)
             counts["pairs_unreadable"] = counts.get("pairs_unreadable", 0) + 1
             return None
