@@ -41,6 +41,26 @@ def moved(points: np.ndarray, t: np.ndarray) -> np.ndarray:
     return points.astype(np.float64) @ t[:3, :3].T + t[:3, 3]
 
 
+def test_simulated_scans_with_motion_distortion_are_aligned_by_icp_not_by_one_pose():
+    snapshot = find_sequences(SimSource(with_lidar(SimConfig(), motion_distortion=False), 3, seed=0))
+    distorted = find_sequences(SimSource(SimConfig(), 3, seed=0))
+    assert len(snapshot.members) == len(distorted.members) == 1
+    assert snapshot.has_pose(1) and not distorted.has_pose(1)
+
+
+def test_skips_are_summarised_by_kind():
+    from collections import Counter
+
+    from ssl3d_ros.training.data import skip_kind, skip_summary
+
+    kinds = Counter(skip_kind(r) for r in ["view 'local' has 12 voxels (< data.min_voxels=32) after 4 retries",
+                                           "view 'local' has 7 voxels (< data.min_voxels=32) after 4 retries",
+                                           "corrupt"])
+    assert len(kinds) == 2
+    line = skip_summary(kinds, 3)
+    assert line.startswith("3 scans skipped (2 x view 'local' has N voxels") and "skipped_scans.tsv" in line
+
+
 def test_sequences_from_numbered_names():
     names = ["d/000001.bin", "d/000002.bin", "d/000003.bin", "d/000007.bin", "d/000008.bin",  # a gap splits
              "d/cloud.00000.xyz.npy", "d/cloud.00001.xyz.npy",  # a double extension after the number
@@ -256,7 +276,7 @@ def test_temporal_sonata_trains_resumes_and_logs_counters(tmp_path):
     from ssl3d_ros.training.state import list_states
 
     cfg = config_from_dict({
-        "data": {"sources": ["sim:outdoor:3"], "sim_lidar": {"beams": 16, "columns": 256},
+        "data": {"sources": ["sim:outdoor:3"], "sim_lidar": {"beams": 16, "columns": 256, "motion_distortion": False},
                  "temporal": {"enabled": True, "max_offset": 2}},
         "preprocessing": {"voxel_size": 0.2, "features": ["xyz", "height", "intensity"], "coord_scale": 20.0},
         "encoder": {"size": "nano", "backend": "torch"},
@@ -301,7 +321,7 @@ def test_unreadable_partner_frame_is_counted_and_the_sample_kept(tmp_path):
         def describe(self, i):
             return f"seq#{i}"
 
-    sim = SimSource(with_lidar(SimConfig(), beams=16, columns=256), 2, seed=0)
+    sim = SimSource(with_lidar(SimConfig(), beams=16, columns=256, motion_distortion=False), 2, seed=0)
     finder = PartnerFinder(sim, TemporalConfig(enabled=True), None)
     finder.source = HalfBroken(sim)  # the sequence is the simulator's; frame 1 fails to read
     counts: dict[str, int] = {}

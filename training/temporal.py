@@ -8,9 +8,9 @@ that differ only in one number, and where the numbers are nanosecond stamps, sta
 For the scan at a sample position, ``PartnerFinder`` draws (from the sample's generator, so resuming
 replays it) a frame 1..``max_offset`` frames away in the same sequence and the rigid transform that
 takes the partner's points into the anchor scan's frame: from poses when the source has them (the
-simulator's trajectory; a KITTI-style ``poses.txt`` in the scan folder or its parent, line ``n`` the
-3x4 world-from-scan pose of frame number ``n``), else from point-to-plane ICP
-(``registration.py``), cached per pair in the run folder. A pair ICP rejects is counted, and the
+simulator's trajectory, for snapshot scans without motion distortion; a KITTI-style ``poses.txt``
+in the scan folder or its parent, line ``n`` the 3x4 world-from-scan pose of frame number ``n``),
+else from point-to-plane ICP (``registration.py``), cached per pair in the run folder. A pair ICP rejects is counted, and the
 sample falls back to single-scan views.
 """
 from __future__ import annotations
@@ -149,7 +149,7 @@ def folder_poses(folder: Path) -> np.ndarray | None:
 
 def find_sequences(source: ScanSource) -> Sequences:
     """The sequences of a (possibly concatenated) source, from its index only (nothing is read)."""
-    from ssl3d_ros.sim import SimSource
+    from ssl3d_ros.sim import SimSource, default_lidar
 
     n = len(source)
     sequence = np.full(n, -1, dtype=np.int64)
@@ -171,7 +171,11 @@ def find_sequences(source: ScanSource) -> Sequences:
         elif isinstance(src, SimSource):
             if len(src) >= 2:
                 add(np.arange(offset, offset + len(src)))
-            sim_ranges.append((offset, offset + len(src), src))
+            # One pose per scan is exact only for snapshot scans: with motion distortion each column is
+            # in the sensor frame of its own firing time (0.5 m apart over a sweep at 5 m/s), so such
+            # scans are aligned by ICP, like real sweeps.
+            if not (src.cfg.lidar or default_lidar(src.cfg.scene)).motion_distortion:
+                sim_ranges.append((offset, offset + len(src), src))
         elif isinstance(src, FileSource):
             paths = [e.path for e in src.entries]
             for run in numbered_runs(paths):
