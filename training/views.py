@@ -207,9 +207,10 @@ class ViewMaker:
                         break
                     if attempt < retries:
                         made.retries += 1
-                    elif made.too_small is None:
+                    else:  # the sample is unusable: the remaining views would be wasted work
                         made.too_small = (f"view {name!r} has {view.coord.shape[0]} voxels (< data.min_voxels={min_voxels}) "
                                           f"after {retries} retries")
+                        return made
                 out[name].append(view)
         return made
 
