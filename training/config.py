@@ -91,6 +91,9 @@ def config_from_dict(data: Any) -> PretrainConfig:
     if "in_channels" in encoder:
         raise ConfigError("encoder.in_channels is derived from preprocessing.features; remove it")
     cfg = from_dict(PretrainConfig, data)
+    if cfg.data.view_retries < 0:
+        raise ConfigError(f"data.view_retries must be >= 0, got {cfg.data.view_retries}")
+    cfg.data.temporal.validate()
     cfg.encoder = {"size": "nano", **encoder}
     encoder_config(cfg.encoder, 1)  # validate now, not after the data is opened
     cfg.recipe = from_dict(cls.Config, recipe_data, "recipe")

@@ -6,13 +6,19 @@ The order of samples is a pure function of (seed, global position): position p o
 s replays exactly the data an uninterrupted run would have seen, whatever the number of DataLoader
 workers, and no data-order state beyond the step needs saving.
 
-A scan that cannot be read (``ScanReadError``) or gives an unusable view is counted, logged and
-replaced by the next scan of the permutation, so batches keep their size (which DDP needs: every
-rank must run the same steps) and one corrupt file never ends a run.
+A view that comes out smaller than ``min_voxels`` is first cut again around another place
+(``view_retries`` times); a scan that cannot be read (``ScanReadError``) or still gives an unusable
+view is counted, logged at debug level (the loop logs a summary) and replaced by the next scan of
+the permutation, so batches keep their size (which DDP needs: every rank must run the same steps)
+and one corrupt file never ends a run. With ``temporal.enabled``, scans of a sequence get a second
+view from a neighbouring frame (``temporal.py``); each sample counts what that cost in ``counts``.
 """
 from __future__ import annotations
 
+import fnmatch
 import logging
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -21,15 +27,18 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ssl3d_ros.config import ConfigError
-from ssl3d_ros.io import ConcatSource, NoScansError, ScanReadError, ScanSource, open_source
+from ssl3d_ros.io import ConcatSource, FileSource, NoScansError, ScanReadError, ScanSource, open_source
 from ssl3d_ros.scan import Scan
 
+from .temporal import PartnerFinder, TemporalConfig
 from .views import ViewMaker
 from .voxels import ViewVoxels, VoxelBatch, Views
 
 log = logging.getLogger(__name__)
 
 SIM_PREFIX = "sim:"
+#: per-sample counters, summed over the run into metrics.csv (the same keys on every rank: all-reduced)
+SAMPLE_COUNTERS = ("view_retries", "pairs_temporal", "pairs_rejected", "pairs_unreadable")
 
 
 @dataclass
@@ -40,9 +49,13 @@ class DataConfig:
         .pcd/.ply/.npy, single files) and/or ``sim:outdoor`` / ``sim:indoor`` (optionally
         ``sim:outdoor:COUNT``), all concatenated.
     topics: PointCloud2 topics to read from bags (empty: every PointCloud2 topic).
+    exclude: glob patterns (fnmatch, ``*`` crosses ``/``) of scan file paths to leave out, e.g.
+        ``"*/semantickitti/*"`` keeps the labelled probe scans out of a ``lidar/`` folder.
     sim_count: scans per ``sim:`` source without an explicit count; sim_seed: their seed.
     min_voxels: a view with fewer voxels is unusable (the scan is skipped and counted).
+    view_retries: times a too-small view is cut again around another place before its scan is skipped.
     max_retries: consecutive unusable scans tolerated for one sample before the run stops.
+    temporal: second views from neighbouring frames of a sequence (``temporal.TemporalConfig``).
     """
 
     sources: list[str] = field(default_factory=list)
@@ -51,7 +64,10 @@ class DataConfig:
     sim_seed: int = 0
     sim_lidar: dict[str, Any] = field(default_factory=dict)  # SpinningLidar overrides, e.g. {beams: 16, columns: 512}
     min_voxels: int = 32
+    view_retries: int = 4
     max_retries: int = 16
+    exclude: list[str] = field(default_factory=list)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
 
 
 def parse_sim_spec(spec: str, default_count: int) -> tuple[str, int]:
@@ -91,10 +107,27 @@ def open_data(cfg: DataConfig) -> ScanSource:
         if spec.startswith(SIM_PREFIX):
             sources.append(simulated_source(spec, cfg))
         else:
-            sources.append(open_source(spec, topics=cfg.topics or None))
+            source = open_source(spec, topics=cfg.topics or None)
+            if cfg.exclude:
+                source = without_excluded(source, cfg.exclude)
+                if len(source) == 0:
+                    raise ConfigError(f"data.exclude {cfg.exclude} leaves no scans of {spec}")
+            sources.append(source)
     source = sources[0] if len(sources) == 1 else ConcatSource(sources)
     if len(source) == 0:  # e.g. a bag whose PointCloud2 topics have no messages
         raise NoScansError(f"{', '.join(cfg.sources)}: no scans to train on")
+    return source
+
+
+def without_excluded(source: ScanSource, patterns: Sequence[str]) -> ScanSource:
+    """``source`` without the scan files whose path matches one of ``patterns`` (bags are kept whole:
+    choose their topics instead)."""
+    if isinstance(source, ConcatSource):
+        parts = [without_excluded(part, patterns) for part in source.sources]
+        return ConcatSource([part for part in parts if len(part)])
+    if isinstance(source, FileSource):
+        kept = [e for e in source.entries if not any(fnmatch.fnmatch(e.path, pattern) for pattern in patterns)]
+        return FileSource(kept, label_field=source.label_field)
     return source
 
 
@@ -111,18 +144,27 @@ class UnusableDataError(RuntimeError):
 class Sample:
     views: dict[str, list[ViewVoxels]]
     skipped: list[tuple[str, str]]  # (scan description, reason) of scans replaced by this one
+    counts: dict[str, int] = field(default_factory=dict)  # SAMPLE_COUNTERS of this sample
 
 
 class PretrainDataset(Dataset):
     """Map-style dataset indexed by global sample position (see the module docstring)."""
 
-    def __init__(self, source: ScanSource, view_maker: ViewMaker, cfg: DataConfig, seed: int) -> None:
+    def __init__(self, source: ScanSource, view_maker: ViewMaker, cfg: DataConfig, seed: int,
+                 cache_dir: str | None = None) -> None:
+        """``cache_dir``: where temporal pairs' registrations are cached (the run folder's ``registration/``)."""
         if len(source) == 0:
             raise NoScansError("the data sources hold no scans")
         self.source = source
         self.view_maker = view_maker
         self.cfg = cfg
         self.seed = seed
+        self.partners: PartnerFinder | None = None
+        if cfg.temporal.enabled:
+            cfg.temporal.validate()
+            self.partners = PartnerFinder(source, cfg.temporal, cache_dir)
+            log.info("temporal views: %d of %d scans are in %d sequences", self.partners.sequences.num_in_sequences,
+                     len(source), len(self.partners.sequences.members))
         self._perm_epoch = -1
         self._perm: np.ndarray | None = None
 
@@ -145,32 +187,41 @@ class PretrainDataset(Dataset):
 
     def __getitem__(self, position: int) -> Sample:
         skipped: list[tuple[str, str]] = []
+        counts = dict.fromkeys(SAMPLE_COUNTERS, 0)
         for attempt in range(self.cfg.max_retries + 1):
             index = self.scan_index(position, attempt)
             rng = np.random.default_rng([self.seed, position, attempt])
             try:
                 scan = self.source[index]
-                views = self.make_views(scan, rng)
+                views = self.make_views(scan, rng, index, counts)
             except (ScanReadError, UnusableScan, ValueError) as error:
                 reason = error.reason if isinstance(error, ScanReadError) else str(error)
-                log.warning("skipping scan %s: %s", self.describe(index), reason)
+                log.debug("skipping scan %s: %s", self.describe(index), reason)  # summarised by the loop
                 skipped.append((self.describe(index), reason))
                 continue
-            return Sample(views, skipped)
+            return Sample(views, skipped, counts)
         raise UnusableDataError(
             f"{len(skipped)} consecutive scans were unusable at sample {position}; last reasons: "
             + "; ".join(f"{d}: {r}" for d, r in skipped[-3:])
         )
 
-    def make_views(self, scan: Scan, rng: np.random.Generator) -> dict[str, list[ViewVoxels]]:
+    def make_views(self, scan: Scan, rng: np.random.Generator, index: int = -1,
+                   counts: dict[str, int] | None = None) -> dict[str, list[ViewVoxels]]:
+        """The views of scan ``index`` (its temporal partner's too, when it gets one); ``counts`` gets
+        this attempt's SAMPLE_COUNTERS added."""
+        counts = {} if counts is None else counts
         if len(scan) < self.cfg.min_voxels:
             raise UnusableScan(f"only {len(scan)} points")
-        views = self.view_maker(scan, rng)
-        for name, group in views.items():
-            for view in group:
-                if view.coord.shape[0] < self.cfg.min_voxels:
-                    raise UnusableScan(f"view {name!r} has {view.coord.shape[0]} voxels (< data.min_voxels={self.cfg.min_voxels})")
-        return views
+        partner = None
+        if self.partners is not None and index >= 0:
+            partner = self.partners.find(index, scan, rng, counts)
+        made = self.view_maker.make(scan, rng, partner, self.cfg.min_voxels, self.cfg.view_retries)
+        counts["view_retries"] = counts.get("view_retries", 0) + made.retries
+        if made.too_small is not None:
+            raise UnusableScan(made.too_small)
+        if partner is not None:
+            counts["pairs_temporal"] = counts.get("pairs_temporal", 0) + 1
+        return made.views
 
 
 class StepSampler(Sampler[list[int]]):
@@ -197,9 +248,11 @@ class Batch:
     views: Views
     skipped: list[tuple[str, str]]
     num_scans: int
+    counts: dict[str, int] = field(default_factory=dict)  # SAMPLE_COUNTERS summed over the batch
 
     def pin_memory(self) -> "Batch":
-        return Batch({k: [v.pin_memory() for v in g] for k, g in self.views.items()}, self.skipped, self.num_scans)
+        return Batch({k: [v.pin_memory() for v in g] for k, g in self.views.items()}, self.skipped, self.num_scans,
+                     self.counts)
 
 
 def collate_samples(samples: Sequence[Sample]) -> Batch:
@@ -208,7 +261,20 @@ def collate_samples(samples: Sequence[Sample]) -> Batch:
         name: [VoxelBatch.collate([s.views[name][i] for s in samples]) for i in range(len(samples[0].views[name]))]
         for name in names
     }
-    return Batch(views, [item for s in samples for item in s.skipped], len(samples))
+    counts = {key: sum(s.counts.get(key, 0) for s in samples) for key in SAMPLE_COUNTERS}
+    return Batch(views, [item for s in samples for item in s.skipped], len(samples), counts)
+
+
+def skip_kind(reason: str) -> str:
+    """A skip reason with its numbers replaced, so that skips of one kind are counted together."""
+    return re.sub(r"\d+(\.\d+)?", "N", reason)
+
+
+def skip_summary(kinds: Counter, total: int) -> str:
+    """One line: how many scans were skipped and the commonest reasons."""
+    top = "; ".join(f"{n} x {kind}" for kind, n in kinds.most_common(3))
+    more = f"; {len(kinds) - 3} more kinds" if len(kinds) > 3 else ""
+    return f"{total} scans skipped ({top}{more}); each is listed in skipped_scans.tsv"
 
 
 def make_loader(dataset: PretrainDataset, sampler: StepSampler, workers: int, pin_memory: bool,
@@ -226,5 +292,6 @@ def make_loader(dataset: PretrainDataset, sampler: StepSampler, workers: int, pi
 
 __all__ = [
     "DataConfig", "open_data", "parse_sim_spec", "simulated_source", "PretrainDataset", "StepSampler", "Batch", "Sample",
-    "collate_samples", "make_loader", "UnusableScan", "UnusableDataError",
+    "collate_samples", "make_loader", "UnusableScan", "UnusableDataError", "SAMPLE_COUNTERS", "without_excluded",
+    "skip_kind", "skip_summary",
 ]

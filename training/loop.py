@@ -14,6 +14,7 @@ import logging
 import math
 import signal
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from ssl3d_ros.preprocessing import feature_channels
 
 from . import distributed, schedules, state as state_io
 from .config import PretrainConfig, encoder_config
-from .data import PretrainDataset, StepSampler, make_loader, open_data
+from .data import SAMPLE_COUNTERS, PretrainDataset, StepSampler, make_loader, open_data, skip_kind, skip_summary
 from .ema import momentum_at
 from .metrics import MetricsLogger
 from .recipes import Recipe, StepInfo, recipe_class
@@ -186,7 +187,7 @@ def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop
     torch.manual_seed(run.seed)  # identical initial weights on every rank
     recipe = build_recipe(cfg).to(device)
     optimizer = torch.optim.AdamW(param_groups(recipe, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas)
-    counters: dict[str, Any] = {"scans_seen": 0, "scans_skipped": 0}
+    counters: dict[str, Any] = {"scans_seen": 0, "scans_skipped": 0, **dict.fromkeys(SAMPLE_COUNTERS, 0)}
     start_step = 0
     if resume:
         saved = state_io.load_latest(ckpt_dir)
@@ -211,7 +212,7 @@ def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop
             find_unused_parameters=True,  # e.g. the encoder's mask token in recipes that drop masked voxels
         )
 
-    dataset = PretrainDataset(source, recipe.view_maker(), cfg.data, run.seed)
+    dataset = PretrainDataset(source, recipe.view_maker(), cfg.data, run.seed, cache_dir=str(out_dir / "registration"))
     sampler = StepSampler(run.batch_size, run.steps, start_step, dist_info.rank, dist_info.world_size)
     # Data that cannot be trained on at all fails here, before training starts, with its own error
     # (UnusableDataError): raised in a DataLoader worker it would come back wrapped in the worker's traceback.
@@ -232,6 +233,17 @@ def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop
     step = start_step
     last: dict[str, float] = {}
     interrupted = 0
+    # Skips are summarised (at checkpoints) instead of logged one line each: on sparse real scans
+    # they came by the hundred. This rank's, since this process started; every one is in skipped_scans.tsv.
+    skip_kinds: Counter = Counter()
+    skips_logged = 0
+
+    def log_skips() -> None:
+        nonlocal skips_logged
+        total = sum(skip_kinds.values())
+        if total > skips_logged:
+            log.info("rank %d: %s", dist_info.rank, skip_summary(skip_kinds, total))
+            skips_logged = total
 
     def save(at_step: int) -> None:
         if dist_info.is_main:
@@ -265,27 +277,32 @@ def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop
             # One small all-reduce per step: metrics averaged over ranks, skip counts summed, and the
             # stop flag, so that every rank stops after the same step.
             keys = sorted(losses)
+            extras = {"grad_norm": grad_norm.detach().float().reshape(()), **batch.counts,
+                      "skipped": len(batch.skipped), "scans": batch.num_scans, "stop": stop.signum}
+            extra_keys = ["grad_norm", *SAMPLE_COUNTERS, "skipped", "scans", "stop"]  # the same on every rank
             packed = torch.stack([torch.as_tensor(losses[k]).detach().float().reshape(()).to(device) for k in keys] + [
-                grad_norm.detach().float().reshape(()).to(device),
-                torch.tensor(float(len(batch.skipped)), device=device),
-                torch.tensor(float(batch.num_scans), device=device),
-                torch.tensor(float(stop.signum), device=device),
+                torch.as_tensor(extras.get(k, 0), dtype=torch.float32).reshape(()).to(device) for k in extra_keys
             ])
             distributed.all_reduce_sum(packed)
             values = packed.tolist()
+            summed = dict(zip(extra_keys, values[len(keys):]))
             n = dist_info.world_size
             if not math.isfinite(values[keys.index("loss")]):
                 raise FloatingPointError(f"non-finite loss at step {step - 1}: {dict(zip(keys, values))}")
             if batch.skipped:
                 record_skipped(out_dir, dist_info.rank, step, batch.skipped)
-            counters["scans_skipped"] += int(values[-3])
-            counters["scans_seen"] += int(values[-2])
-            if values[-1] > 0:
+                skip_kinds.update(skip_kind(reason) for _, reason in batch.skipped)
+            for key in SAMPLE_COUNTERS:
+                counters[key] += int(summed[key])
+            counters["scans_skipped"] += int(summed["skipped"])
+            counters["scans_seen"] += int(summed["scans"])
+            if summed["stop"] > 0:
                 interrupted = stop.signum or int(signal.SIGTERM)
             now = time.perf_counter()
             last = {k: v / n for k, v in zip(keys, values)}
-            last.update(lr=lr, ema_momentum=info.ema_momentum, grad_norm=values[-4] / n,
-                        scans_per_s=values[-2] / max(now - tick, 1e-9), scans_skipped=counters["scans_skipped"])
+            last.update(lr=lr, ema_momentum=info.ema_momentum, grad_norm=summed["grad_norm"] / n,
+                        scans_per_s=summed["scans"] / max(now - tick, 1e-9), scans_skipped=counters["scans_skipped"],
+                        **{key: counters[key] for key in SAMPLE_COUNTERS})
             tick = now
             if logger is not None and (step % run.log_every == 0 or step == run.steps):
                 logger.log(step, last)
@@ -295,6 +312,7 @@ def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop
             stopping = bool(interrupted) or (stop_at is not None and step >= stop_at)
             if step % run.checkpoint_every == 0 or step == run.steps or stopping:
                 save(step)
+                log_skips()
             if stopping:
                 break
 

@@ -1,10 +1,11 @@
 """Scene-level augmentations and multi-view construction, on numpy Scans (run in DataLoader workers).
 
 A recipe declares named view groups (``global``, ``local``, ...), each with a count, a crop and an
-augmentation strength. For one scan, every view is: crop around a centre near a shared anchor (so
-views overlap and can be matched) -> sensor-density change (beam dropping, thinning) -> rotation
-about z, scaling, flips, jitter -> intensity jitter -> the one preprocessing path -> voxels that
-remember their original coordinates.
+augmentation strength. For one scan, every view is: crop around an occupied place near a shared
+anchor (so views overlap and can be matched; cut again when it comes out too small) -> sensor-density
+change (beam dropping, thinning) -> rotation about z, scaling, flips, jitter -> intensity jitter ->
+the one preprocessing path -> voxels that remember their original coordinates. With a temporal partner frame (``temporal.py``) the recipe's
+declared views are cut from that frame instead, around the same anchor in aligned coordinates.
 """
 from __future__ import annotations
 
@@ -129,39 +130,107 @@ def transform(scan: Scan, aug: AugmentConfig, rng: np.random.Generator, intensit
     return Scan(points.astype(np.float32), fields, scan.frame_id, scan.stamp_ns, scan.labels, intensity_scale, scan.source)
 
 
-class ViewMaker:
-    """Builds a recipe's named views of one scan. Plain picklable object: lives in DataLoader workers."""
+def occupied_cells(points: np.ndarray, cell: float) -> np.ndarray:
+    """Index of one point in every occupied ``cell``-sized voxel: drawing from these draws places
+    uniformly over the surfaces, where drawing points favours the dense returns near the sensor."""
+    keys = np.floor(points / cell).astype(np.int64)
+    _, first = np.unique(keys, axis=0, return_index=True)
+    return np.sort(first)
 
-    def __init__(self, groups: dict[str, ViewGroupConfig], preprocessing: PreprocessConfig) -> None:
+
+@dataclass
+class MadeViews:
+    """A sample's views plus what it cost: ``retries`` views re-cut because they came out smaller
+    than ``min_voxels``; ``too_small`` says which view stayed too small after every retry (None: none)."""
+
+    views: dict[str, list[ViewVoxels]]
+    retries: int = 0
+    too_small: str | None = None
+
+
+class ViewMaker:
+    """Builds a recipe's named views of one scan. Plain picklable object: lives in DataLoader workers.
+
+    ``temporal_views``: per group, the indices of the views cut from the partner frame when a sample
+    has one (``training/temporal.py``); their ``origin`` is the partner's points aligned into the
+    anchor scan's frame, so recipes match them to the anchor's views by place as they match two crops.
+    """
+
+    def __init__(self, groups: dict[str, ViewGroupConfig], preprocessing: PreprocessConfig,
+                 temporal_views: dict[str, tuple[int, ...]] | None = None) -> None:
         self.groups = groups
         self.preprocessing = preprocessing
+        self.temporal_views = dict(temporal_views or {})
 
-    def anchor(self, scan: Scan, rng: np.random.Generator) -> np.ndarray:
-        return scan.points[rng.integers(len(scan))]
-
-    def view(self, scan: Scan, center: np.ndarray, cfg: ViewGroupConfig, rng: np.random.Generator) -> ViewVoxels:
+    def view(self, scan: Scan, center: np.ndarray, cfg: ViewGroupConfig, rng: np.random.Generator,
+             frame_points: np.ndarray | None = None) -> ViewVoxels:
+        """One view; ``frame_points`` are the scan's points in the frame the views share (default: its
+        own), used for the crop and as the voxels' ``origin``; augmentation and preprocessing see the
+        scan as its sensor recorded it."""
         keep = density_keep(scan, cfg.augment, rng)
         kept = scan.select(keep)
-        kept = kept.select(crop(kept.points, center, cfg, rng))
+        shared = (scan.points if frame_points is None else frame_points)[keep]
+        chosen = crop(shared, center, cfg, rng)
+        kept, shared = kept.select(chosen), shared[chosen]
         full_scale = None
         if "intensity" in self.preprocessing.features and "intensity" in kept.fields:
             full_scale = resolve_intensity_scale(kept, self.preprocessing)
         augmented = transform(kept, cfg.augment, rng, full_scale)
         torch_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         vox = preprocess(augmented, self.preprocessing, training=True, generator=torch_gen)
-        return ViewVoxels.from_voxelized(vox, kept.points)
+        return ViewVoxels.from_voxelized(vox, shared)
 
-    def __call__(self, scan: Scan, rng: np.random.Generator) -> dict[str, list[ViewVoxels]]:
-        anchor = self.anchor(scan, rng)
+    def make(self, scan: Scan, rng: np.random.Generator, partner=None, min_voxels: int = 0, retries: int = 0) -> MadeViews:
+        """Every view of ``scan`` (and of ``partner``, a ``temporal.Partner``, for ``temporal_views``).
+
+        The anchor is drawn uniformly over the occupied voxels; each crop centre is an occupied voxel
+        within the group's ``center_jitter`` of it (in the partner's aligned points for its views).
+        A view with fewer than ``min_voxels`` voxels is cut again around another centre, up to
+        ``retries`` times per view, the k-th retry within ``max(center_jitter, 1 m) * 2**k`` of the
+        anchor (so views still overlap, but a crop can leave a patch of isolated returns).
+        """
+        cell = self.preprocessing.voxel_size
+        cells = scan.points[occupied_cells(scan.points, cell)]
+        anchor = cells[rng.integers(len(cells))]
+        aligned = None
+        if partner is not None:
+            aligned = partner.aligned_points()
+            partner_cells = aligned[occupied_cells(aligned, cell)]
         out: dict[str, list[ViewVoxels]] = {}
+        made = MadeViews(out)
         for name, cfg in self.groups.items():
             out[name] = []
-            for _ in range(cfg.count):
-                offset = rng.normal(0.0, 1.0, 3).astype(np.float32)
-                offset[2] = 0.0
-                offset *= cfg.center_jitter / max(float(np.linalg.norm(offset)), 1e-6) * rng.random()
-                out[name].append(self.view(scan, anchor + offset, cfg, rng))
-        return out
+            from_partner = set(self.temporal_views.get(name, ())) if partner is not None else set()
+            for i in range(cfg.count):
+                other = i in from_partner
+                source, points, places = (partner.scan, aligned, partner_cells) if other else (scan, None, cells)
+                for attempt in range(retries + 1):
+                    # a retry looks twice as far each time: the anchor may sit on an isolated return
+                    reach = cfg.center_jitter if attempt == 0 else max(cfg.center_jitter, 1.0) * 2.0**attempt
+                    view = self.view(source, crop_center(places, anchor, reach, rng), cfg, rng, points)
+                    if view.coord.shape[0] >= min_voxels:
+                        break
+                    if attempt < retries:
+                        made.retries += 1
+                    else:  # the sample is unusable: the remaining views would be wasted work
+                        made.too_small = (f"view {name!r} has {view.coord.shape[0]} voxels (< data.min_voxels={min_voxels}) "
+                                          f"after {retries} retries")
+                        return made
+                out[name].append(view)
+        return made
+
+    def __call__(self, scan: Scan, rng: np.random.Generator, partner=None) -> dict[str, list[ViewVoxels]]:
+        return self.make(scan, rng, partner).views
 
 
-__all__ = ["AugmentConfig", "ViewGroupConfig", "ViewMaker", "crop", "beam_ids", "density_keep", "transform", "rotation_z"]
+def crop_center(places: np.ndarray, anchor: np.ndarray, jitter: float, rng: np.random.Generator) -> np.ndarray:
+    """An occupied place within ``jitter`` (horizontal distance) of ``anchor``; the nearest one when
+    none is that close (a partner frame that does not reach the anchor)."""
+    d2 = np.sum((places[:, :2] - anchor[:2]) ** 2, axis=1)
+    near = np.flatnonzero(d2 <= jitter * jitter)
+    if len(near) == 0:
+        return places[int(np.argmin(d2))]
+    return places[near[rng.integers(len(near))]]
+
+
+__all__ = ["AugmentConfig", "ViewGroupConfig", "ViewMaker", "MadeViews", "occupied_cells", "crop_center", "crop", "beam_ids", "density_keep", "transform", "rotation_z"]

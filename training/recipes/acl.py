@@ -23,7 +23,7 @@ from ssl3d_ros.config import from_dict
 
 from .. import hierarchy, masking, schedules
 from ..heads import mlp
-from ..views import ViewGroupConfig
+from ..views import ViewGroupConfig, ViewMaker
 from ..voxels import VoxelBatch, Views
 from .base import MaskingRecipe, Recipe, StepInfo, encode, level_channels
 
@@ -109,6 +109,9 @@ class ACLRecipe(Recipe):
     # the base recipe owns views, encoders and the EMA teacher
     def view_groups(self) -> dict[str, ViewGroupConfig]:
         return self.base.view_groups()
+
+    def view_maker(self) -> ViewMaker:
+        return self.base.view_maker()  # with the base's temporal views
 
     @property
     def student_encoder(self) -> nn.Module:

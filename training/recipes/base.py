@@ -111,6 +111,9 @@ class Recipe(nn.Module):
     name: str = ""
     Config: type = object
     default_views: dict[str, ViewGroupConfig] = {}
+    #: views (group -> indices) cut from the partner frame when ``data.temporal`` gives a sample one:
+    #: the recipe's cross-view pairs (they are matched by ``origin``, the aligned coordinates)
+    temporal_views: dict[str, tuple[int, ...]] = {}
 
     def __init__(self, cfg: Any, encoder_factory: EncoderFactory, preprocessing: PreprocessConfig, in_channels: int) -> None:
         super().__init__()
@@ -136,7 +139,7 @@ class Recipe(nn.Module):
         return {name: given.get(name, default) for name, default in self.default_views.items()}
 
     def view_maker(self) -> ViewMaker:
-        return ViewMaker(self.view_groups(), self.preprocessing)
+        return ViewMaker(self.view_groups(), self.preprocessing, self.temporal_views)
 
     def make_views(self, scans: list[Scan], generator: np.random.Generator) -> Views:
         """Views of a list of scans in this process (the loop builds them in DataLoader workers instead)."""

@@ -51,6 +51,7 @@ class MSMRecipe(MaskingRecipe):
         "student": ViewGroupConfig(count=1, crop="ball", crop_points=16000, center_jitter=1.0),
         "teacher": ViewGroupConfig(count=1, crop="ball", crop_points=16000, center_jitter=1.0),
     }
+    temporal_views = {"teacher": (0,)}  # temporal pairs: the teacher's targets come from the partner frame
 
     @classmethod
     def encoder_overrides(cls, cfg: MSMConfig) -> dict[str, Any]:

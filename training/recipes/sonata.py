@@ -51,6 +51,9 @@ class SonataRecipe(MaskingRecipe):
         "local": ViewGroupConfig(count=2, crop="ball", crop_points=4000, center_jitter=4.0,
                                  augment=AugmentConfig(scale=(0.8, 1.2))),
     }
+    # temporal pairs: the second global view (a teacher target for every student view) and the second
+    # local view come from the partner frame, so half the matched pairs span two frames
+    temporal_views = {"global": (1,), "local": (1,)}
 
     def __init__(self, cfg: SonataConfig, encoder_factory, preprocessing, in_channels: int) -> None:
         super().__init__(cfg, encoder_factory, preprocessing, in_channels)
