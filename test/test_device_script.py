@@ -36,7 +36,7 @@ def test_device_script_rehearsal_on_cpu(tmp_path, shared_data):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", SSL3D_SHARED_DATA=str(shared_data))
     cmd = [str(REPO / "scripts" / "netns-run"), sys.executable, str(DEVICE / "run.py"), "--device", "cpu", "--small",
            "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # ~65 s on a quiet machine
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     assert sorted(p.name for p in out.iterdir()) == ["device.json", "device.log"]  # all that comes back
     report = json.loads((out / "device.json").read_text())
@@ -83,3 +83,43 @@ def test_install_script_unpacks_the_carry_and_runs_the_command_with_it(tmp_path)
     missing = subprocess.run(["bash", str(DEVICE / "install.sh"), "true"], cwd=tmp_path, capture_output=True, text=True,
                              env=dict(env, SSL3D_DEVCARRY=str(tmp_path / "nowhere")), timeout=60)
     assert missing.returncode == 2 and "make device-carry" in missing.stderr
+
+
+def _prepare_module():
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.SourceFileLoader("prepare_device_carry", str(REPO / "scripts" / "prepare-device-carry"))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_carry_unpacks_wheels_as_an_installed_prefix_and_follows_only_requirements_that_apply(tmp_path):
+    import zipfile
+
+    prep = _prepare_module()
+    wheel = tmp_path / "ros_probe-1.0-cp312-cp312-manylinux_2_28_x86_64.whl"
+    library = b"\x7fELF" + bytes(range(256)) * 64
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("ros_probe-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: ros-probe\nVersion: 1.0\n"
+                   "Requires-Dist: ros-rcl\nRequires-Dist: dataclasses; python_version == \"3.6\"\n"
+                   "Requires-Dist: pytest; extra == \"test\"\nRequires-Dist: pywin32; sys_platform == \"win32\"\n"
+                   "Requires-Dist: lark>=1.0 ; python_version >= \"3.8\"\n")
+        z.writestr("ros_probe/__init__.py", "")
+        z.writestr("ros_probe-1.0.data/data/lib/python3.12/site-packages/probe_msgs/__init__.py", "")
+        z.writestr("ros_probe-1.0.data/data/lib/libprobe.so", library)
+        z.writestr("ros_probe-1.0.data/data/lib/libprobe.so.1", library)  # wheels hold copies, not links
+        z.writestr("ros_probe-1.0.data/data/share/probe/package.xml", "<package/>")
+        z.writestr("ros_probe-1.0.data/data/include/probe.h", "")
+        z.writestr("ros_probe-1.0.data/data/lib/libstatic.a", "")
+        z.writestr("ros_probe-1.0.data/scripts/probe-tool", "")
+    assert prep.requirements(wheel) == ["ros-rcl", "lark"]
+
+    site = tmp_path / "site"
+    prep.unpack([wheel], site)
+    files = sorted(str(p.relative_to(site)) for p in site.rglob("*") if not p.is_dir())
+    assert files == ["lib/libprobe.so", "lib/libprobe.so.1", "probe_msgs/__init__.py", "ros_probe-1.0.dist-info/METADATA",
+                     "ros_probe/__init__.py", "share/probe/package.xml"]
+    assert (site / "lib" / "libprobe.so.1").is_symlink() and (site / "lib" / "libprobe.so.1").read_bytes() == library

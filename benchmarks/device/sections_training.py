@@ -79,6 +79,8 @@ def torchrun_resume(ctx) -> dict:
         result[f"{name}_nccl_info_lines"] = proc.stdout.count("NCCL INFO") + proc.stderr.count("NCCL INFO")
         if proc.returncode != 0:
             raise RuntimeError(f"torchrun {name} run exited with {proc.returncode}: {proc.stderr.strip()[-1500:]}")
+    if ctx.cuda and not result["resumed_nccl_info_lines"]:
+        raise RuntimeError("torchrun on CUDA printed no NCCL INFO line (NCCL_DEBUG=INFO): NCCL was not used")
     from ssl3d_ros.training import state as state_io
 
     latest = state_io.load_latest(out / "checkpoints")
@@ -118,9 +120,9 @@ def section_training(ctx) -> dict:
                 continue
             started = time.monotonic()
             r = time_recipe(name, scans, steps, warmup, device, precision=precision, size=size)
-            if name not in loader_by_recipe:
+            if name not in loader_by_recipe and not (ctx.small and loader_by_recipe):  # rehearsal: one recipe
                 loader_by_recipe[name] = loader_rate(name, workers, 1 if ctx.small else 4)
-            r["loader_scans_per_s"] = loader_by_recipe[name]
+            r["loader_scans_per_s"] = loader_by_recipe.get(name, next(iter(loader_by_recipe.values())))
             r["loader_keeps_up"] = r["loader_scans_per_s"] >= r["scans_per_s"]
             result["rows"].append(r)
             ctx.log(f"  {name:7s} {size:5s} {r['step_ms_median']:8.1f} {r['scans_per_s']:8.2f} "
