@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # scripts/netns-run: unshare --net -- sh -c 'ip link set lo up && exec ...'
 NETNS := scripts/netns-run
 
-.PHONY: deps demo test bench clean
+.PHONY: deps demo test bench device-carry clean
 
 # The stamp only says an install ran; every `make deps` (so `make test`, `make demo`) checks the
 # install again from outside the repository, console scripts included, and reinstalls when it fails
@@ -38,6 +38,11 @@ test: deps
 
 bench: deps
 	$(NETNS) $(PY) benchmarks/run_all.py
+
+# What travels to the GPU machine with benchmarks/device/run.py (cp312 wheels unpacked into one tar.xz,
+# a few real scans) into the ignored .devcarry/; fails above 60 MiB. See BENCHMARKS.md, "GPU".
+device-carry: deps
+	$(PY) scripts/prepare-device-carry --out .devcarry --limit-mib 60
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis $(OUT)

@@ -23,37 +23,49 @@ from ssl3d_ros.sim import simulate_sequence
 from ssl3d_ros.training.config import load_config
 from ssl3d_ros.training.loop import build_recipe
 from ssl3d_ros.training.recipes.base import StepInfo
+from ssl3d_ros.training.voxels import views_to
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _time_steps(step_fn, steps: int, warmup: int) -> list[float]:
+def _time_steps(step_fn, steps: int, warmup: int, device: torch.device) -> list[float]:
+    # CUDA work is asynchronous: a step ends when the device is done with it
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for i in range(warmup):
         step_fn(i)
     times = []
     for i in range(steps):
+        sync()
         started = time.perf_counter()
         step_fn(warmup + i)
+        sync()
         times.append(time.perf_counter() - started)
     return times
 
 
-def bench_recipe(name: str, scans, steps: int, warmup: int, device: torch.device) -> dict:
+def bench_recipe(name: str, scans, steps: int, warmup: int, device: torch.device, precision: str = "fp32",
+                 size: str | None = None) -> dict:
+    """``precision`` bf16: the steps run under bf16 autocast on CUDA, as ``ssl3d-pretrain`` does there;
+    ``size``: the encoder size preset instead of the config's."""
     cfg = load_config(REPO / "config" / "pretrain" / f"{name}.yaml")
+    if size:
+        cfg.encoder = {**cfg.encoder, "size": size}
     torch.manual_seed(0)
     recipe = build_recipe(cfg).to(device)
     optimizer = torch.optim.AdamW([p for p in recipe.parameters() if p.requires_grad], lr=1e-4)
-    views = recipe.make_views(scans, np.random.default_rng(0))
+    views = views_to(recipe.make_views(scans, np.random.default_rng(0)), device)
+    use_bf16 = precision == "bf16" and device.type == "cuda"
 
     def recipe_step(step: int) -> None:
         info = StepInfo(step, steps + warmup, 0.99, torch.Generator().manual_seed(step))
-        loss = recipe(views, info)["loss"]
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = recipe(views, info)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         recipe.on_step_end(info)
 
-    recipe_times = _time_steps(recipe_step, steps, warmup)
+    recipe_times = _time_steps(recipe_step, steps, warmup, device)
 
     # Baseline: the same encoder, one forward + backward + step on the largest view of these scans.
     encoder = recipe.student_encoder
@@ -62,15 +74,18 @@ def bench_recipe(name: str, scans, steps: int, warmup: int, device: torch.device
     base_opt = torch.optim.AdamW(encoder.parameters(), lr=1e-4)
 
     def encoder_step(_: int) -> None:
-        loss = encoder.hypercolumn(encoder(x, run_decoder=False)).square().mean()
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = encoder.hypercolumn(encoder(x, run_decoder=False)).float().square().mean()
         base_opt.zero_grad(set_to_none=True)
         loss.backward()
         base_opt.step()
 
-    base_times = _time_steps(encoder_step, steps, warmup)
+    base_times = _time_steps(encoder_step, steps, warmup, device)
     recipe_s, base_s = statistics.median(recipe_times), statistics.median(base_times)
     return {
         "recipe": name,
+        "size": cfg.encoder["size"],
+        "precision": "bf16" if use_bf16 else "fp32",
         "batch_scans": len(scans),
         "step_ms_median": 1000 * recipe_s,
         "scans_per_s": len(scans) / recipe_s,
@@ -88,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2, help="scans per step (as run.batch_size)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast on CUDA, as ssl3d-pretrain")
+    parser.add_argument("--size", default=None, help="encoder size preset instead of the configs' (nano)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -98,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'recipe':8s} {'step ms':>9s} {'scans/s':>8s} {'encoder step ms':>16s} {'ratio':>6s}")
     results = []
     for name in args.recipes:
-        r = bench_recipe(name, scans, args.steps, args.warmup, device)
+        r = bench_recipe(name, scans, args.steps, args.warmup, device, args.precision, args.size)
         results.append(r)
         print(f"{name:8s} {r['step_ms_median']:9.0f} {r['scans_per_s']:8.2f} {r['encoder_step_ms_median']:16.0f} "
               f"{r['ratio_vs_encoder_step']:6.2f}", flush=True)

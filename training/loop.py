@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import math
@@ -51,6 +52,20 @@ def build_recipe(cfg: PretrainConfig) -> Recipe:
     cls = recipe_class(cfg.recipe_name)
     overrides = cls.encoder_overrides(cfg.recipe) if hasattr(cls, "encoder_overrides") else {}
     return cls(cfg.recipe, build_encoder_factory(cfg, in_channels, overrides), cfg.preprocessing, in_channels)
+
+
+def distributed_model(recipe: Recipe, device: torch.device) -> nn.Module:
+    """``recipe`` under DDP, without ``find_unused_parameters``: the parameters the recipe never uses
+    (``Recipe.unused_parameters``) are excluded from gradient synchronisation instead, which saves an
+    autograd traversal per step. Buffers are not re-broadcast before every forward (the weights and
+    buffers start identical on every rank: same seed, or the same resumed state)."""
+    ddp = nn.parallel.DistributedDataParallel
+    ddp._set_params_and_buffers_to_ignore_for_model(recipe, recipe.unused_parameters())
+    # torch 2.13 deprecates broadcast_buffers for forward_sync_buffers; earlier versions lack the latter
+    no_forward_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                       else {"broadcast_buffers": False})
+    return ddp(recipe, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False,
+               **no_forward_sync)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -205,12 +220,8 @@ def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop
             if dist_info.is_main:
                 log.info("resumed from %s at step %d", saved.path, start_step)
 
-    model: nn.Module = recipe
-    if dist_info.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            recipe, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
-            find_unused_parameters=True,  # e.g. the encoder's mask token in recipes that drop masked voxels
-        )
+    model: nn.Module = distributed_model(recipe, device) if dist_info.distributed else recipe
+    ignored = [p for n, p in recipe.named_parameters() if n in set(recipe.unused_parameters())]
 
     dataset = PretrainDataset(source, recipe.view_maker(), cfg.data, run.seed, cache_dir=str(out_dir / "registration"))
     sampler = StepSampler(run.batch_size, run.steps, start_step, dist_info.rank, dist_info.world_size)
@@ -268,6 +279,9 @@ def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop
             loss = losses["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if any(p.grad is not None for p in ignored):
+                raise RuntimeError(f"{cfg.recipe_name}: a parameter of unused_parameters() {recipe.unused_parameters()} "
+                                   "got a gradient; DDP would leave it unsynchronised between ranks")
             grad_norm = (nn.utils.clip_grad_norm_(recipe.parameters(), cfg.optim.grad_clip)
                          if cfg.optim.grad_clip > 0 else torch.zeros(()))
             optimizer.step()
@@ -328,4 +342,4 @@ def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop
     return TrainResult(step, completed, interrupted, out_dir, encoder_path, counters["scans_skipped"], last, recipe)
 
 
-__all__ = ["train", "build_recipe", "build_encoder_factory", "export_encoder", "TrainResult", "EXIT_INTERRUPTED", "step_seed"]
+__all__ = ["train", "build_recipe", "distributed_model", "build_encoder_factory", "export_encoder", "TrainResult", "EXIT_INTERRUPTED", "step_seed"]

@@ -97,8 +97,9 @@ def main(argv=None) -> int:
         print(f"ssl3d-pretrain: stopped at step {result.step}; state saved in {result.out_dir / 'checkpoints'} "
               f"(continue with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"ssl3d-pretrain: {result.step} steps done; encoder written to {result.encoder_path}; "
-          f"{result.scans_skipped} unreadable scans skipped")
+    if result.encoder_path is not None:  # under torchrun only rank 0 exports the encoder and reports it
+        print(f"ssl3d-pretrain: {result.step} steps done; encoder written to {result.encoder_path}; "
+              f"{result.scans_skipped} unreadable scans skipped")
     return 0
 
 

@@ -124,6 +124,9 @@ class ACLRecipe(Recipe):
     def on_step_end(self, step: StepInfo) -> None:
         self.base.on_step_end(step)
 
+    def unused_parameters(self) -> list[str]:
+        return [f"base.{name}" for name in self.base.unused_parameters()]
+
     def attention_mask(self, view: VoxelBatch, patch_size: float, ratio: float, step: StepInfo):
         encoder = self.base.teacher_encoder if self.base.teacher_encoder is not None else self.base.student_encoder
         with torch.no_grad():

@@ -155,6 +155,12 @@ class Recipe(nn.Module):
         if self.teacher is not None:
             self.teacher.update(self.student_modules(), step.ema_momentum)
 
+    def unused_parameters(self) -> list[str]:
+        """Names (as in ``named_parameters``) of trainable parameters this recipe's forward never uses.
+        DDP is told to ignore them, so that it can run without ``find_unused_parameters`` (an extra
+        autograd traversal every step); the loop checks every step that they really got no gradient."""
+        return []
+
     def student_modules(self) -> nn.Module:
         """What the EMA teacher mirrors (the encoder, plus heads for DINO-style recipes)."""
         return self.student
@@ -180,6 +186,13 @@ class Recipe(nn.Module):
 
 class MaskingRecipe(Recipe):
     """A recipe whose mask ``acl`` may choose: ``masked_losses`` takes the mask function."""
+
+    #: True when the student encodes only the visible voxels (msm, jepa, mae), so the encoder's input
+    #: mask token never enters the graph; sonata instead replaces masked voxels' features with it.
+    encodes_visible_only: bool = True
+
+    def unused_parameters(self) -> list[str]:
+        return ["student.mask_token"] if self.encodes_visible_only else []
 
     def masked_losses(self, views: Views, step: StepInfo, mask_fn: MaskFn) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """(losses, pooled global feature of the masked student view (B, C))."""

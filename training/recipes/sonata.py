@@ -46,6 +46,7 @@ class SonataConfig:
 class SonataRecipe(MaskingRecipe):
     name = "sonata"
     Config = SonataConfig
+    encodes_visible_only = False  # masked voxels enter the student encoder as its mask token
     default_views = {
         "global": ViewGroupConfig(count=2, crop="ball", crop_points=16000, center_jitter=1.0),
         "local": ViewGroupConfig(count=2, crop="ball", crop_points=4000, center_jitter=4.0,
