@@ -391,6 +391,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-field", help="PointCloud2 field holding labels (bags)")
     parser.add_argument("--class-map", help="class map name (config/classes) or YAML path; default for --sim: sim-<scene>")
     parser.add_argument("--max-scans", type=int)
+    parser.add_argument("--with-xyz-only-copies", action="store_true",
+                        help="add a copy of every scan with its intensity zeroed, as the node feeds a cloud "
+                             "without intensity (input.missing_intensity: zero), so a head written with "
+                             "--write-head serves xyz-only sensors too; both copies are scored")
     parser.add_argument("--split", choices=["block", "x_half", "scans"], default="block")
     parser.add_argument("--block-size", type=float, default=STUDY_BLOCK_SIZE,
                         help="metres (block split); default %(default)s as the study's SemanticKITTI split "
@@ -474,6 +478,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     class_map = resolve_class_map(args.class_map, args.sim)
     scans = load_scans(args.inputs, sim=args.sim, sim_scans=args.sim_scans, sim_seed=args.sim_seed,
                        label_field=args.label_field, max_scans=args.max_scans)
+    if args.with_xyz_only_copies:
+        scans += [dataclasses.replace(s, fields={**s.fields, "intensity": np.zeros(len(s), np.float32)},
+                                      intensity_scale=1.0, source=f"{s.source} (intensity zeroed)")
+                  for s in scans if "intensity" in s.fields]
     if cfg.split.kind == "scans" and len(scans) < 2:
         raise SystemExit("--split scans needs at least 2 scans")
     encoder, factory, pre_cfg, _ = load_encoder(args.checkpoint)
