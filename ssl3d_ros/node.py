@@ -219,8 +219,10 @@ class PerceptionShell:
         pipe = self.pipeline
         report = self._health.report(
             self.stats, time.monotonic(),
-            {"device": str(pipe.device), "precision": str(pipe.dtype).removeprefix("torch."),
-             "checkpoint": pipe.source},
+            {"device": str(pipe.device), "precision": str(pipe.dtype).removeprefix("torch."), "checkpoint": pipe.source,
+             # the node's own view of each output's subscribers: DDS matches each side separately, and an
+             # output is computed only when this side has matched (a client waits on these before sending)
+             **{f"subscribers_{name}": str(pub.get_subscription_count()) for name, pub in self.publishers_by_output.items()}},
             pipe.memory_bytes(),
         )
         return DiagnosticStatus(
