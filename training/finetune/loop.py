@@ -91,9 +91,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, s
     if not resume and state_io.list_states(ckpt_dir):
         raise ConfigError(f"{out_dir} holds checkpoints of an earlier run: continue it with --resume or choose another --out")
 
-    data = prepare_data(cfg)
     torch.manual_seed(run.seed)  # identical initial weights (fresh encoder, head) on every rank
-    init = initial_encoder(cfg, device)
+    init = initial_encoder(cfg, device)  # before the data: a bad checkpoint fails at once
+    data = prepare_data(cfg)
     check_input(init.preprocessing, data.selection.scans, cfg.init if not cfg.from_scratch else "preprocessing")
     model = SegmentationModel(init.encoder, data.class_map.num_classes).to(device)
     optimizer = torch.optim.AdamW(layerwise_groups(model, cfg.optim), lr=cfg.optim.lr, betas=cfg.optim.betas)
