@@ -282,3 +282,20 @@ def test_help_documents_the_options():
     for option in ("--init", "--class-map", "--scans", "--label-fraction", "--label-blocks", "--val-data",
                    "--resume", "--random-weights", "model.safetensors", "torchrun", "labels.json"):
         assert option in proc.stdout, option
+
+
+def test_study_cells_are_valid_configs_and_summaries_say_the_seeds(tmp_path, init_checkpoint):
+    from ssl3d_ros.training.finetune.study import PROTOCOLS, Cell, cell_config, summarize
+
+    for name in PROTOCOLS:
+        for row, mode in (("scratch", "probe"), ("pretrained", "finetune")):
+            cell = Cell(name, row, str(init_checkpoint), mode, 0.01, 0, 1)
+            cfg = config_from_dict(cell_config(cell, tmp_path, tmp_path / cell.key, steps=50))
+            assert cfg.random_weights == (row == "scratch") and cfg.labels.seed == cfg.run.seed == 1
+            assert cfg.optim.freeze_encoder_steps == (50 if mode == "probe" else 0) and cfg.validation.every == 50
+            assert (cfg.validation.split == "block") == (not PROTOCOLS[name].test)
+    records = [{"protocol": "000700-blocks", "row": "pretrained", "mode": "finetune", "fraction": 0.001, "scans": 0,
+                "miou": m} for m in (0.30, 0.40)] + [
+               {"protocol": "000700-blocks", "row": "scratch", "mode": "finetune", "fraction": 0.001, "scans": 0, "miou": 0.2}]
+    md = summarize(records)
+    assert "| pretrained (fine-tuned) | 35.0 ± 7.1 (2 seeds) |" in md and "| scratch (fine-tuned) | 20.0 (1 seed) |" in md

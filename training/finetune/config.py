@@ -60,6 +60,7 @@ class ValidationConfig:
     block_size: float = 8.0
     test_fraction: float = 0.3
     every: int = 50
+    seed: int = 0  # seed of the block split (fixed across label seeds: every run is scored on the same blocks)
     sim_seed: int = 1000  # seed of simulated validation sources (distinct from data.sim_seed)
 
 

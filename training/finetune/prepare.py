@@ -100,7 +100,7 @@ def prepare_data(cfg: FinetuneConfig) -> FinetuneData:
     exclude = None
     if val_cfg.split == "block":
         try:
-            exclude = [block_split(s.points, val_cfg.block_size, val_cfg.test_fraction, cfg.labels.seed + i)
+            exclude = [block_split(s.points, val_cfg.block_size, val_cfg.test_fraction, val_cfg.seed + i)
                        for i, s in enumerate(scans)]
         except ValueError as exc:
             raise ConfigError(f"validation.split block: {exc}") from None
