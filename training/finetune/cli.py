@@ -118,6 +118,8 @@ def main(argv=None) -> int:
         print(f"{PROG}: stopped at step {result.step}; state saved in {result.out_dir / 'checkpoints'} "
               f"(continue with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if result.model_path is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     best = f"; best validation mIoU {result.best['miou']:.3f} at step {result.best['step']}" if result.best else ""
     print(f"{PROG}: {result.step} steps done; model written to {result.model_path}{best}; "
           f"{result.scans_skipped} unusable scans skipped")
