@@ -103,6 +103,9 @@ def test_warm_start_frozen_warm_up_resume_and_node_ready_output(warm_run, init_c
     assert model_ckpt.preprocessing == init.preprocessing
     assert model_ckpt.recipe.name == "finetune" and model_ckpt.recipe.config["init"] == str(init_checkpoint)
     assert model_ckpt.training_data["labels"]["fraction"] == 0.2
+    from ssl3d_ros.evaluation.probe import load_encoder  # ssl3d-probe reads it too
+
+    assert load_encoder(out / "model.safetensors")[2] == init.preprocessing
 
     # the node's pipeline predicts what the fine-tuned model predicts
     from ssl3d_ros.sim import SimConfig, simulate_sequence, with_lidar
