@@ -41,6 +41,7 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
         (f"share/{PACKAGE}/config/classes", glob("config/classes/*.yaml")),
         (f"share/{PACKAGE}/config/pretrain", glob("config/pretrain/*.yaml")),
+        (f"share/{PACKAGE}/config/finetune", glob("config/finetune/*.yaml")),
         (f"share/{PACKAGE}/rviz", glob("rviz/*.rviz")),
     ],
     install_requires=[
@@ -71,6 +72,7 @@ setup(
             "perception_node = ssl3d_ros.node:main",
             "ssl3d-perception = ssl3d_ros.node:main",
             "ssl3d-pretrain = ssl3d_ros.training.pretrain:main",
+            "ssl3d-finetune = ssl3d_ros.training.finetune:main",
             "ssl3d-probe = ssl3d_ros.evaluation.probe:main",
             "ssl3d-replay = ssl3d_ros.evaluation.replay:main",
             "ssl3d-viz = ssl3d_ros.evaluation.viz:main",

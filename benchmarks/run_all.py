@@ -15,6 +15,7 @@ RUNS = [
     ("preprocessing", ["bench_preprocessing.py", "--voxel", "0.1", "--repeats", "20"]),
     ("encoder", ["bench_encoder.py", "--repeats", "5", "--warmup", "2"]),
     ("training", ["bench_training.py", "--steps", "8", "--threads", "1"]),
+    ("finetune", ["bench_finetune.py", "--steps", "8", "--threads", "1"]),
     ("node", ["bench_node.py"]),
 ]
 

@@ -278,12 +278,12 @@ def skip_summary(kinds: Counter, total: int) -> str:
 
 
 def make_loader(dataset: PretrainDataset, sampler: StepSampler, workers: int, pin_memory: bool,
-                worker_init_fn=None) -> torch.utils.data.DataLoader:
+                worker_init_fn=None, collate_fn=collate_samples) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_samples,
+        collate_fn=collate_fn,
         pin_memory=pin_memory,
         prefetch_factor=2 if workers > 0 else None,
         worker_init_fn=worker_init_fn if workers > 0 else None,

@@ -163,9 +163,10 @@ def export_encoder(path: Path, recipe: Recipe, cfg: PretrainConfig, step: int, c
 MODEL_SECTIONS = ("preprocessing", "encoder", "recipe")
 
 
-def model_config_changes(saved: dict[str, Any], cfg: PretrainConfig) -> list[str]:
-    """``KEY: saved -> now`` for every entry of the model-shaping sections that differs from the
-    config a training state was written with."""
+def model_config_changes(saved: dict[str, Any], cfg: PretrainConfig,
+                         sections: tuple[str, ...] = MODEL_SECTIONS) -> list[str]:
+    """``KEY: saved -> now`` for every entry of the model-shaping ``sections`` that differs from the
+    config a training state was written with (any config with ``to_dict()``: fine-tuning passes its own)."""
     now = json.loads(json.dumps(cfg.to_dict()))  # the saved config went through JSON (tuples -> lists)
     changes: list[str] = []
 
@@ -176,7 +177,7 @@ def model_config_changes(saved: dict[str, Any], cfg: PretrainConfig) -> list[str
         elif a != b:
             changes.append(f"{key}: {a!r} -> {b!r}")
 
-    for section in MODEL_SECTIONS:
+    for section in sections:
         walk(saved.get(section), now.get(section), section)
     return changes
 

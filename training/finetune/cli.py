@@ -1,0 +1,130 @@
+"""``ssl3d-finetune``: train encoder + segmentation head end to end on labelled scans.
+
+    ssl3d-finetune --init runs/pretrain/encoder.safetensors --data SCANS... --class-map semantickitti \\
+                   [--config config/finetune/default.yaml] [--steps N] [--out DIR] [--resume]
+                   [--scans K] [--label-fraction P] [--label-blocks] [--val-data PATH ...]
+                   [--set SECTION.KEY=VALUE ...]
+    ssl3d-finetune --init none --data sim:outdoor:8 --steps 200 --out runs/ft_sim
+    torchrun --nproc-per-node 4 -m ssl3d_ros.training.finetune --init ... --data ...
+
+Data: rosbag2 bags (with --label-field), KITTI/SemanticKITTI .bin + .label, .npy scans with their
+.labels.npy, .pcd/.ply with a label attribute, and the simulator (sim:outdoor[:COUNT],
+sim:indoor[:COUNT], labelled by construction). Labels go through --class-map (raw SemanticKITTI
+ids with instance bits are masked to their lower 16 bits); ids outside the map are ignored.
+
+--init: a checkpoint (ssl3d-pretrain's encoder.safetensors, student or teacher as exported, or any
+node checkpoint): its architecture, weights and preprocessing, checked against the data; add
+--random-weights for the same network from fresh weights. --init none: the config's encoder and
+preprocessing sections, fresh weights.
+
+Writes DIR/model.safetensors (encoder + head + class names/colours + preprocessing: loadable by
+ssl3d-perception, ssl3d-replay and ssl3d-probe; the best validation checkpoint when validating),
+DIR/best.safetensors, DIR/labels.json (the seeded label selection: scans, points, per-scan digests),
+DIR/checkpoints/state-*.safetensors (resumable), DIR/metrics.csv and TensorBoard events.
+Exit status: 0 done, 130 stopped by Ctrl-C / SIGTERM after saving (continue with --resume),
+2 bad config or input, 1 output not writable.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ssl3d_ros.config import ConfigError
+
+PROG = "ssl3d-finetune"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config (default: the built-in defaults, spelled out with comments in "
+                                    "config/finetune/default.yaml)")
+    p.add_argument("--init", help="'none' (scratch) or a checkpoint to start from (init)")
+    p.add_argument("--random-weights", action="store_true", help="with --init CKPT: its architecture and preprocessing, fresh weights")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="labelled training scans (data.sources): paths, bags, sim:outdoor[:N]")
+    p.add_argument("--topics", nargs="+", metavar="TOPIC", help="PointCloud2 topics to read from bags (data.topics)")
+    p.add_argument("--label-field", help="PointCloud2 field holding labels (labels.label_field)")
+    p.add_argument("--class-map", help="class map name or YAML (labels.class_map); default for sim data: sim-<scene>")
+    p.add_argument("--scans", type=int, help="train on K seeded-random scans (labels.scans; 0: all)")
+    p.add_argument("--label-fraction", type=float, help="fraction of each scan's labelled points kept (labels.fraction)")
+    p.add_argument("--label-blocks", type=float, metavar="METRES",
+                   help="keep labels in whole xy blocks of this size instead of random points (labels.selection: blocks)")
+    p.add_argument("--label-seed", type=int, help="seed of the label selection (labels.seed)")
+    p.add_argument("--val-data", nargs="+", metavar="PATH", help="held-out labelled scans (validation.sources)")
+    p.add_argument("--val-holdout", type=int, help="hold out the last N scans of --data (validation.holdout_scans)")
+    p.add_argument("--val-every", type=int, help="steps between validations (validation.every)")
+    p.add_argument("--steps", type=int, help="total optimisation steps (run.steps)")
+    p.add_argument("--batch-size", type=int, help="scans per process per step (run.batch_size)")
+    p.add_argument("--out", help="output folder (run.out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest state in OUT/checkpoints")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="run.device")
+    p.add_argument("--workers", type=int, help="DataLoader workers per process (run.workers)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between resumable states (run.checkpoint_every)")
+    p.add_argument("--seed", type=int, help="run.seed (weights of fresh layers, augmentations, order)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                   help="override any config entry (value parsed as YAML), e.g. --set optim.layer_decay=0.8; repeatable")
+    return p
+
+
+#: command-line option -> dotted config key
+OPTION_KEYS = {
+    "init": "init", "data": "data.sources", "topics": "data.topics", "label_field": "labels.label_field",
+    "class_map": "labels.class_map", "scans": "labels.scans", "label_fraction": "labels.fraction",
+    "label_seed": "labels.seed", "val_data": "validation.sources", "val_holdout": "validation.holdout_scans",
+    "val_every": "validation.every", "steps": "run.steps", "batch_size": "run.batch_size", "out": "run.out_dir",
+    "device": "run.device", "workers": "run.workers", "checkpoint_every": "run.checkpoint_every", "seed": "run.seed",
+}
+
+
+def options_as_overrides(args: argparse.Namespace) -> list[str]:
+    """The options as ``KEY=VALUE`` assignments (JSON values are valid YAML), applied after --set."""
+    import json
+
+    out = [f"{key}={json.dumps(getattr(args, attr))}" for attr, key in OPTION_KEYS.items() if getattr(args, attr) is not None]
+    if args.random_weights:
+        out.append("random_weights=true")
+    if args.label_blocks is not None:
+        out += ["labels.selection=blocks", f"labels.block_size={args.label_blocks}"]
+    return out
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ssl3d_ros.checkpoint import CheckpointError
+
+    from ..distributed import cleanup
+    from ..loop import EXIT_INTERRUPTED
+    from .config import load_config
+    from .loop import finetune
+
+    try:
+        cfg = load_config(args.config, [*args.overrides, *options_as_overrides(args)])
+        result = finetune(cfg, resume=args.resume, progress=not args.no_progress)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop without saving
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full or unwritable --out: earlier states are intact
+        print(f"{PROG}: {exc}; continue with --resume once it can be written", file=sys.stderr)
+        return 1
+    finally:
+        cleanup()
+    if result.interrupted_by:
+        print(f"{PROG}: stopped at step {result.step}; state saved in {result.out_dir / 'checkpoints'} "
+              f"(continue with --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if result.model_path is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
+    best = f"; best validation mIoU {result.best['miou']:.3f} at step {result.best['step']}" if result.best else ""
+    print(f"{PROG}: {result.step} steps done; model written to {result.model_path}{best}; "
+          f"{result.scans_skipped} unusable scans skipped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
