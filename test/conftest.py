@@ -21,3 +21,63 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+# ------------------------------------------------------------------- the node over DDS (module scope)
+# test_node.py and test_reliability_inputs.py each get their own node process; a module may override
+# ``checkpoint`` or ``params_file`` (node_process uses the module's own).
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A random-init nano checkpoint with a linear head and a PCA basis."""
+    from builders import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("node_ckpt") / "nano.safetensors", with_head=True, with_pca=True)
+
+
+@pytest.fixture(scope="module")
+def params_file(tmp_path_factory) -> Path:
+    """The node's test parameters (builders.NODE_TEST_PARAMS) as a parameter file."""
+    from builders import NODE_TEST_PARAMS
+
+    from ssl3d_ros.evaluation.node_harness import write_params
+
+    return write_params(tmp_path_factory.mktemp("node_params") / "perception.yaml", NODE_TEST_PARAMS)
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """This process's participant: publishers onto the node's input, subscriptions to every output."""
+    pytest.importorskip("rclpy", reason="rclpy is not installed (pip install '.[ros]')")
+    from builders import NodeTestHarness
+
+    h = NodeTestHarness()
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def node_process(harness, checkpoint, params_file, tmp_path_factory):
+    """The node as another process, started after the harness so its first diagnostics are seen;
+    yields (its Popen, its log path)."""
+    from builders import INPUT_TOPIC
+
+    from ssl3d_ros.evaluation.node_harness import NodeProcess
+
+    node = NodeProcess(tmp_path_factory.mktemp("node_log"), None, INPUT_TOPIC, params_files=[params_file],
+                       extra_args=["-p", f"checkpoint:={checkpoint}"], private_domain=True)
+    try:
+        harness.wait_for_node(node, 120.0)
+        yield node.proc, node.log_path
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
+def offline(checkpoint, params_file):
+    """The same checkpoint and parameters, run in this process: what the node must publish."""
+    from ssl3d_ros.pipeline import PerceptionPipeline, load_node_config
+
+    cfg = load_node_config(params_file)
+    return PerceptionPipeline.from_checkpoint(checkpoint, device="cpu", overrides=cfg)
