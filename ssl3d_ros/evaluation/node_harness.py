@@ -205,9 +205,10 @@ def status_values(status: Any) -> dict[str, str]:
 
 
 class Harness:
-    """This process's ROS participant facing the node: a best-effort (like a driver) and a reliable
-    publisher on ``input_topic``; reliable subscriptions to ``outputs`` (names under the node's
-    ``~/output/``), to every debug topic and to /diagnostics, spun on a thread of their own.
+    """This process's ROS participant facing the node: a best-effort (like a driver; unless
+    ``best_effort_input`` is False) and a reliable publisher on ``input_topic``; reliable subscriptions
+    to ``outputs`` (names under the node's ``~/output/``), to every debug topic and to /diagnostics,
+    spun on a thread of their own.
 
     Per topic (full name) ``arrivals`` lists what came, in order, and ``by_stamp`` the last arrival per
     header stamp; arrivals hold the messages themselves when ``keep_messages`` (tests; a long run keeps
@@ -218,7 +219,8 @@ class Harness:
 
     def __init__(self, input_topic: str, *, node_name: str = NODE_NAME, outputs: Iterable[str] = OUTPUTS,
                  keep_messages: bool = True, convert: Mapping[str, Callable[[Any], Any]] | None = None,
-                 raw: Iterable[str] = (), depth: int = 10, name: str = "ssl3d_harness") -> None:
+                 raw: Iterable[str] = (), depth: int = 10, name: str = "ssl3d_harness",
+                 best_effort_input: bool = True) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from nav_msgs.msg import OccupancyGrid
@@ -252,7 +254,10 @@ class Harness:
             for topic, msg_type in self.topic_types.items()
         ]
         self.subscriptions.append(self.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, 50))
-        self.best_effort = self.node.create_publisher(PointCloud2, input_topic, qos_profile_sensor_data)
+        # A best-effort publisher facing a node whose input is reliable makes both sides log an
+        # "incompatible QoS" warning: a harness for such a node goes without it.
+        self.best_effort = (self.node.create_publisher(PointCloud2, input_topic, qos_profile_sensor_data)
+                            if best_effort_input else None)
         self.reliable = self.node.create_publisher(PointCloud2, input_topic, reliable)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -318,14 +323,18 @@ class Harness:
                 self.cond.wait(min(left, 0.2))
             return value
 
-    def wait_for_node(self, process: NodeProcess | None, timeout: float) -> None:
-        """Until the node subscribes to the input, publishes on every subscribed topic and has sent its
-        first diagnostics; NodeError at once if ``process`` exits, or with its log tail on timeout."""
+    def wait_for_node(self, process: NodeProcess | None, timeout: float, diagnostics: bool = True) -> None:
+        """Until the node subscribes to the input, publishes on every subscribed topic and (with
+        ``diagnostics``) has sent diagnostics; NodeError at once if ``process`` exits, or with its log
+        tail on timeout. The node sends its first diagnostics at start-up, then on a timer of its clock:
+        a node on ``use_sim_time`` sends no more until a /clock arrives, so a harness created after it
+        waits with ``diagnostics=False``."""
         def ready() -> bool:
             if process is not None:
                 process.check_alive("before it was ready")
-            return bool(max(self.best_effort.get_subscription_count(), self.reliable.get_subscription_count()) >= 1
-                        and all(s.get_publisher_count() >= 1 for s in self.subscriptions) and self.diagnostics)
+            return bool(self.reliable.get_subscription_count() >= 1
+                        and all(s.get_publisher_count() >= 1 for s in self.subscriptions)
+                        and (self.diagnostics or not diagnostics))
         try:
             self.wait(ready, timeout, "the node to start and match every topic")
         except TimeoutError as exc:
