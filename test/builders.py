@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ssl3d_ros.evaluation.node_harness import Harness, node_command as harness_node_command, params_yaml, ros_environment
 from ssl3d_ros.models.encoder import EncoderConfig, SparseEncoder
 from ssl3d_ros.preprocessing import PreprocessConfig, feature_channels
 from ssl3d_ros.scan import Scan
@@ -143,26 +142,27 @@ NODE_TEST_PARAMS = {
     "occupancy": {"resolution": 1.0, "size_x": 80.0, "size_y": 80.0, "origin_x": -40.0, "origin_y": -40.0},
     "diagnostics": {"period_s": 0.5, "budget_ms": 5000.0, "error_budget_ms": 10000.0, "stale_after_s": 60.0},
 }
-PARAMS = params_yaml(NODE_TEST_PARAMS)  # the same as a parameter file's text
+# The node helpers import ssl3d_ros.evaluation.node_harness when used, not when this module is
+# imported: scripts run in subprocesses import builders for checkpoints alone.
+
+
+def __getattr__(name: str):
+    if name == "PARAMS":  # NODE_TEST_PARAMS as a parameter file's text
+        from ssl3d_ros.evaluation.node_harness import params_yaml
+
+        return params_yaml(NODE_TEST_PARAMS)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def ros_env() -> dict[str, str]:
     """Localhost-only discovery, the large-data profile and a domain of this test process's own."""
+    from ssl3d_ros.evaluation.node_harness import ros_environment
+
     return ros_environment(private_domain=True)
 
 
 def node_command(params_file: Path, checkpoint: Path, *extra: str) -> list[str]:
     """The node's command line on the tests' input topic with this checkpoint."""
+    from ssl3d_ros.evaluation.node_harness import node_command as harness_node_command
+
     return harness_node_command([params_file], INPUT_TOPIC, "-p", f"checkpoint:={checkpoint}", *extra)
-
-
-class NodeTestHarness(Harness):
-    """The tests' participant: every output, messages kept, on the tests' input topic."""
-
-    def __init__(self) -> None:
-        ros_env()
-        super().__init__(INPUT_TOPIC, name="ssl3d_test_harness")
-
-    def messages_for(self, header, timeout: float = 60.0, topics=STAMPED) -> dict:
-        """The message per topic stamped like ``header``, waiting for all of them."""
-        return {t: a.msg for t, a in self.outputs_for(header, topics, timeout).items()}

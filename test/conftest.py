@@ -1,10 +1,14 @@
-"""Shared fixtures: the real data beside the repository and helpers for skipping cleanly."""
+"""Shared fixtures: the real data beside the repository and helpers for skipping cleanly; the node over
+DDS (its checkpoint, parameters, process, this process's harness, the offline pipeline to compare
+with). Imports stay light here (torch and rclpy load inside fixtures), shared builders are builders.py."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pytest
+
+from ssl3d_ros.evaluation.node_harness import Harness
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SSL3D_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -24,6 +28,24 @@ def repo_root() -> Path:
 
 
 # ------------------------------------------------------------------- the node over DDS (module scope)
+
+
+class NodeTestHarness(Harness):
+    """The tests' participant: every output, messages kept, on the tests' input topic."""
+
+    def __init__(self) -> None:
+        from builders import INPUT_TOPIC, ros_env
+
+        ros_env()
+        super().__init__(INPUT_TOPIC, name="ssl3d_test_harness")
+
+    def messages_for(self, header, timeout: float = 60.0, topics=None) -> dict:
+        """The message per topic (default: every stamped output) stamped like ``header``, waiting for all."""
+        from builders import STAMPED
+
+        return {t: a.msg for t, a in self.outputs_for(header, topics or STAMPED, timeout).items()}
+
+
 # test_node.py and test_reliability_inputs.py each get their own node process; a module may override
 # ``checkpoint`` or ``params_file`` (node_process uses the module's own).
 
@@ -50,8 +72,6 @@ def params_file(tmp_path_factory) -> Path:
 def harness():
     """This process's participant: publishers onto the node's input, subscriptions to every output."""
     pytest.importorskip("rclpy", reason="rclpy is not installed (pip install '.[ros]')")
-    from builders import NodeTestHarness
-
     h = NodeTestHarness()
     yield h
     h.close()

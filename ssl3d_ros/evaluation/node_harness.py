@@ -197,6 +197,12 @@ def set_stamp(msg: Any, ns: int) -> Any:
     return msg
 
 
+def numbers(msg: Any) -> list[float]:
+    """A Float64's or Float64MultiArray's numbers, as a list (a ``convert`` for the debug topics)."""
+    data = msg.data
+    return [float(data)] if isinstance(data, (int, float)) else [float(v) for v in data]
+
+
 def status_values(status: Any) -> dict[str, str]:
     """A DiagnosticStatus's key/values, with its message and level as ``_message`` and ``_level``."""
     values = {kv.key: kv.value for kv in status.values}
@@ -247,6 +253,7 @@ class Harness:
         self.arrivals: dict[str, list[Arrival]] = {t: [] for t in self.topic_types}
         self.by_stamp: dict[str, dict[int, Arrival]] = {t: {} for t in self.topic_types}
         self.diagnostics: list = []
+        self.failure: Exception | None = None  # the first exception in a receive callback
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE)
         self.subscriptions = [  # outputs first, in the order given
             self.node.create_subscription(msg_type, topic, self._receiver(topic, msg_type), reliable,
@@ -277,10 +284,16 @@ class Harness:
 
         def callback(received: Any) -> None:
             wall, mono = time.time_ns(), time.monotonic()
-            msg = deserialize_message(received, msg_type) if is_raw else received
-            stamp = stamp_ns(msg.header) if hasattr(msg, "header") else None
-            arrival = Arrival(stamp, wall, mono, msg if self.keep_messages else None,
-                              convert(msg) if convert else None, bytes(received) if is_raw else None)
+            try:
+                msg = deserialize_message(received, msg_type) if is_raw else received
+                stamp = stamp_ns(msg.header) if hasattr(msg, "header") else None
+                arrival = Arrival(stamp, wall, mono, msg if self.keep_messages else None,
+                                  convert(msg) if convert else None, bytes(received) if is_raw else None)
+            except Exception as exc:  # an exception would end the spin thread: every wait() raises it instead
+                with self.cond:
+                    self.failure = self.failure or exc
+                    self.cond.notify_all()
+                return
             with self.cond:
                 self.arrivals[topic].append(arrival)
                 if stamp is not None:
@@ -312,11 +325,17 @@ class Harness:
         with self.cond:
             return [a.msg for a in self.arrivals[topic]]
 
+    def check(self) -> None:
+        """Raise the first exception a receive callback met (the spin thread itself goes on)."""
+        if self.failure is not None:
+            raise RuntimeError(f"the harness failed on a received message: {self.failure!r}") from self.failure
+
     def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         """The first true value of ``predicate()`` (called under ``cond``); TimeoutError after ``timeout`` s."""
         deadline = time.monotonic() + timeout
         with self.cond:
             while not (value := predicate()):
+                self.check()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
@@ -403,4 +422,4 @@ class Harness:
 
 __all__ = ["NODE_NAME", "OUTPUTS", "DEBUG_TOPICS", "NodeError", "nested_params", "params_yaml", "write_params",
            "large_data_profile", "ros_environment", "node_command", "NodeProcess", "Arrival", "stamp_ns",
-           "set_stamp", "status_values", "Harness"]
+           "set_stamp", "numbers", "status_values", "Harness"]

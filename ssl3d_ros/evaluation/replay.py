@@ -248,7 +248,7 @@ def replay_dds(frames: Sequence[BagFrame], cfg: ReplayConfig, out_dir: Path, sco
     exits or does not come up."""
     from rosgraph_msgs.msg import Clock
 
-    from .node_harness import Harness, NodeProcess
+    from .node_harness import Harness, NodeProcess, numbers
 
     node_proc = (NodeProcess(out_dir, node_params(cfg), cfg.input_topic, node_name=cfg.node_name,
                              params_files=[cfg.params_file] if cfg.params_file else [])
@@ -262,8 +262,8 @@ def replay_dds(frames: Sequence[BagFrame], cfg: ReplayConfig, out_dir: Path, sco
         harness = Harness(cfg.input_topic, node_name=cfg.node_name,
                           outputs=("segmentation", "embeddings") if cfg.embeddings else ("segmentation",),
                           keep_messages=False, convert={seg: decode_class_id,
-                                                        f"/{cfg.node_name}/debug/processing_time_ms": _numbers,
-                                                        f"/{cfg.node_name}/debug/pipeline_latency_ms": _numbers},
+                                                        f"/{cfg.node_name}/debug/processing_time_ms": numbers,
+                                                        f"/{cfg.node_name}/debug/pipeline_latency_ms": numbers},
                           raw=[seg] if record_out is not None else [], depth=100, name="ssl3d_replay",
                           best_effort_input=False)  # the recorded bytes go out on the reliable publisher
         clock_pub = harness.node.create_publisher(Clock, CLOCK_TOPIC, 10) if cfg.clock else None
@@ -376,12 +376,6 @@ def assign_unanswered(records: Sequence[FrameRecord], node_counts: dict[str, int
             rec.status = next((k for k, n in left.items() if n > 0), "dropped")
             if rec.status in left:
                 left[rec.status] -= 1
-
-
-def _numbers(msg: Any) -> list[float]:
-    """A Float64 or Float64MultiArray's numbers."""
-    data = msg.data
-    return [float(data)] if isinstance(data, (int, float)) else [float(v) for v in data]
 
 
 def write_recording(path: str, frames: Sequence[BagFrame], records: Sequence[FrameRecord],
