@@ -29,27 +29,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ssl3d_ros.evaluation.node_harness import (DEBUG_TOPICS, NODE_NAME, OUTPUTS, Harness, NodeError, NodeProcess,
+                                               numbers, status_values)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SSL3D_SHARED_DATA", REPO.parent / "shared" / "data"))
 INPUT_TOPIC = "/ssl3d_bench/points"
-SEGMENTATION = "/ssl3d_perception/output/segmentation"
-STAGE_TIME = "/ssl3d_perception/debug/stage_time_ms"
-PROCESSING_TIME = "/ssl3d_perception/debug/processing_time_ms"
-NODE_LATENCY = "/ssl3d_perception/debug/pipeline_latency_ms"
+SEGMENTATION = f"/{NODE_NAME}/output/segmentation"
+STAGE_TIME = f"/{NODE_NAME}/debug/stage_time_ms"
+PROCESSING_TIME = f"/{NODE_NAME}/debug/processing_time_ms"
+NODE_LATENCY = f"/{NODE_NAME}/debug/pipeline_latency_ms"
 STAGES = ("decode", "preprocess", "inference", "postprocess", "encode", "publish")
-
-# Fast DDS's default 512 kB shared-memory segment cannot carry a 2-4 MB scan, and best-effort UDP
-# fragments get lost: without the package's large-data profile the node would not see these scans.
-FASTDDS_PROFILE = REPO / "config" / "fastdds_large_data.xml"
+# The harness sets the package's large-data Fast DDS profile (a 2-4 MB scan does not fit the default
+# 512 kB shared-memory segment, and lost best-effort UDP fragments would lose the scan).
 
 # ------------------------------------------------------------------------------------------ scans
 
@@ -157,144 +156,69 @@ def in_process_ms(checkpoint: Path, msg, frames: int) -> float:
 # ------------------------------------------------------------------------------------------ bench
 
 
-class Bench:
-    def __init__(self, all_outputs: bool) -> None:
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-        from sensor_msgs.msg import PointCloud2
-        from std_msgs.msg import Float64, Float64MultiArray
+def open_harness(all_outputs: bool) -> Harness:
+    """Segmentation (and with ``all_outputs`` every other output) subscribed; arrival times kept, and of
+    the debug topics only their numbers."""
+    convert = {f"/{NODE_NAME}/debug/{t}": numbers for t in DEBUG_TOPICS}
+    outputs = OUTPUTS if all_outputs else ("segmentation",)
+    return Harness(INPUT_TOPIC, outputs=outputs, keep_messages=False, convert=convert, depth=5, name="ssl3d_bench")
 
-        self.rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("ssl3d_bench", context=self.context)
-        self.lock = threading.Lock()
-        self.latencies_ms: list[float] = []
-        self.received_stamps: set[int] = set()
-        self.diagnostics: list[dict[str, str]] = []
-        self.stage_times: list[list[float]] = []
-        self.node_totals_ms: list[float] = []
-        self.node_latencies_ms: list[float] = []
-        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-        self.subs = [self.node.create_subscription(PointCloud2, SEGMENTATION, self._on_segmentation, reliable)]
-        if all_outputs:
-            for topic in ("embeddings", "visualization"):
-                self.subs.append(self.node.create_subscription(
-                    PointCloud2, f"/ssl3d_perception/output/{topic}", lambda m: None, reliable))
-            from nav_msgs.msg import OccupancyGrid
 
-            self.subs.append(self.node.create_subscription(
-                OccupancyGrid, "/ssl3d_perception/output/occupancy", lambda m: None, reliable))
-        self.subs.append(self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10))
-        self.subs.append(self.node.create_subscription(Float64MultiArray, STAGE_TIME, self._on_stages, 50))
-        self.subs.append(self.node.create_subscription(Float64MultiArray, PROCESSING_TIME, self._on_total, 50))
-        self.subs.append(self.node.create_subscription(Float64, NODE_LATENCY, self._on_node_latency, 50))
-        self.pub = self.node.create_publisher(PointCloud2, INPUT_TOPIC, qos_profile_sensor_data)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _on_segmentation(self, msg) -> None:
-        now = time.time_ns()
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        with self.lock:
-            self.latencies_ms.append((now - stamp) / 1e6)
-            self.received_stamps.add(stamp)
-
-    def _on_stages(self, msg) -> None:
-        with self.lock:
-            self.stage_times.append(list(msg.data))
-
-    def _on_total(self, msg) -> None:
-        with self.lock:
-            self.node_totals_ms.append(float(msg.data[-1]))
-
-    def _on_node_latency(self, msg) -> None:
-        with self.lock:
-            self.node_latencies_ms.append(float(msg.data))
-
-    def _on_diag(self, msg) -> None:
-        for status in msg.status:
-            if status.name.startswith("ssl3d_perception"):
-                with self.lock:
-                    self.diagnostics.append({kv.key: kv.value for kv in status.values})
-
-    def wait_ready(self, proc, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"the node exited with {proc.returncode}")
-            if self.pub.get_subscription_count() >= 1 and all(s.get_publisher_count() >= 1 for s in self.subs):
-                with self.lock:
-                    if self.diagnostics:
-                        return
-            time.sleep(0.1)
-        raise SystemExit("the node did not come up")
-
-    def run(self, msg, rate_hz: float, duration_s: float) -> dict:
-        with self.lock:
-            self.latencies_ms.clear()
-            self.received_stamps.clear()
-            self.stage_times.clear()
-            self.node_totals_ms.clear()
-            self.node_latencies_ms.clear()
-            diag_start = len(self.diagnostics)
-        period = 1.0 / rate_hz
-        sent = 0
-        start = time.monotonic()
-        next_time = start
-        while time.monotonic() - start < duration_s:
-            stamp = time.time_ns()
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-            self.pub.publish(msg)
-            sent += 1
-            next_time += period
-            time.sleep(max(0.0, next_time - time.monotonic()))
-        elapsed = time.monotonic() - start
-        time.sleep(min(5.0, 2.0 + 2 * period))  # let the last frame through and one more diagnostics
-        with self.lock:
-            lat = np.asarray(self.latencies_ms)
-            received = len(self.received_stamps)
-            diags = self.diagnostics[diag_start:]
-            stage_times = np.asarray(self.stage_times, float).reshape(-1, len(STAGES))
-            node_total = float(np.median(self.node_totals_ms)) if self.node_totals_ms else None
-            node_latency = float(np.median(self.node_latencies_ms)) if self.node_latencies_ms else None
-        last = diags[-1] if diags else {}
-        rss = [float(d["memory_rss_mb"]) for d in diags if "memory_rss_mb" in d]
-        return {
-            "points": int(msg.width * msg.height),
-            "input_rate_hz": round(sent / elapsed, 2),
-            "output_rate_hz": round(received / elapsed, 2),
-            "sent": sent,
-            "received": received,
-            "latency_ms": {
-                "p50": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
-                "p90": round(float(np.percentile(lat, 90)), 1) if lat.size else None,
-                "max": round(float(lat.max()), 1) if lat.size else None,
-            },
-            "node_stage_ms_median": {
-                s: round(float(np.median(stage_times[:, i])), 2) if len(stage_times) else None
-                for i, s in enumerate(STAGES)
-            },
-            # where the latency goes: stamp -> the node starts a frame (input transport and waiting),
-            # the node's own processing, and the node's publish -> received here (output transport)
-            "latency_split_ms_median": {
-                "before_node": round(node_latency - node_total, 1) if node_total is not None and node_latency else None,
-                "node_total": round(node_total, 1) if node_total is not None else None,
-                "after_node": round(float(np.median(lat)) - node_latency, 1) if lat.size and node_latency else None,
-            },
-            "node_frames_dropped_total": int(last.get("frames_dropped", 0)),
-            "node_rss_mb": {"start": rss[0] if rss else None, "end": rss[-1] if rss else None,
-                            "max": max(rss) if rss else None},
-        }
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.try_shutdown(context=self.context)
+def run(harness: Harness, msg, rate_hz: float, duration_s: float) -> dict:
+    """Publish ``msg`` freshly stamped at ``rate_hz`` for ``duration_s`` from the best-effort publisher."""
+    harness.clear()
+    with harness.cond:
+        diag_start = len(harness.diagnostics)
+    period = 1.0 / rate_hz
+    sent = 0
+    start = time.monotonic()
+    next_time = start
+    while time.monotonic() - start < duration_s:
+        harness.publish(msg, stamp_now=True)
+        sent += 1
+        next_time += period
+        time.sleep(max(0.0, next_time - time.monotonic()))
+    elapsed = time.monotonic() - start
+    time.sleep(min(5.0, 2.0 + 2 * period))  # let the last frame through and one more diagnostics
+    harness.check()
+    with harness.cond:
+        seg = harness.arrivals[SEGMENTATION]
+        lat = np.asarray([(a.wall_ns - a.stamp_ns) / 1e6 for a in seg])
+        received = len({a.stamp_ns for a in seg})
+        diags = [status_values(s) for s in harness.diagnostics[diag_start:]]
+        stage_times = np.asarray([a.value for a in harness.arrivals[STAGE_TIME]], float).reshape(-1, len(STAGES))
+        totals = [a.value[-1] for a in harness.arrivals[PROCESSING_TIME]]
+        latencies = [a.value[0] for a in harness.arrivals[NODE_LATENCY]]
+    node_total = float(np.median(totals)) if totals else None
+    node_latency = float(np.median(latencies)) if latencies else None
+    last = diags[-1] if diags else {}
+    rss = [float(d["memory_rss_mb"]) for d in diags if "memory_rss_mb" in d]
+    return {
+        "points": int(msg.width * msg.height),
+        "input_rate_hz": round(sent / elapsed, 2),
+        "output_rate_hz": round(received / elapsed, 2),
+        "sent": sent,
+        "received": received,
+        "latency_ms": {
+            "p50": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+            "p90": round(float(np.percentile(lat, 90)), 1) if lat.size else None,
+            "max": round(float(lat.max()), 1) if lat.size else None,
+        },
+        "node_stage_ms_median": {
+            s: round(float(np.median(stage_times[:, i])), 2) if len(stage_times) else None
+            for i, s in enumerate(STAGES)
+        },
+        # where the latency goes: stamp -> the node starts a frame (input transport and waiting),
+        # the node's own processing, and the node's publish -> received here (output transport)
+        "latency_split_ms_median": {
+            "before_node": round(node_latency - node_total, 1) if node_total is not None and node_latency else None,
+            "node_total": round(node_total, 1) if node_total is not None else None,
+            "after_node": round(float(np.median(lat)) - node_latency, 1) if lat.size and node_latency else None,
+        },
+        "node_frames_dropped_total": int(last.get("frames_dropped", 0)),
+        "node_rss_mb": {"start": rss[0] if rss else None, "end": rss[-1] if rss else None,
+                        "max": max(rss) if rss else None},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,38 +236,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     workdir = Path(tempfile.mkdtemp(prefix="ssl3d_bench_"))
-    if not (os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE")):
-        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_PROFILE)
     checkpoint = benchmark_checkpoint(args.checkpoint, workdir)
-    params = workdir / "params.yaml"
-    params.write_text(
-        "/**:\n  ros__parameters:\n"
-        f"    device: {args.device}\n"
-        "    diagnostics:\n      period_s: 1.0\n      stale_after_s: 30.0\n"
-    )
-    executable = Path(sys.executable).with_name("ssl3d-perception")
-    program = [str(executable)] if executable.exists() else [sys.executable, "-m", "ssl3d_ros.node"]
-    log_path = workdir / "node.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [*program, "--ros-args", "--params-file", str(params), "-r", f"~/input/points:={INPUT_TOPIC}",
-             "-p", f"checkpoint:={checkpoint}"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-    bench = Bench(args.all_outputs)
+    node = NodeProcess(workdir, {"device": args.device, "checkpoint": str(checkpoint),
+                                 "diagnostics": {"period_s": 1.0, "stale_after_s": 30.0}}, INPUT_TOPIC)
+    harness = open_harness(args.all_outputs)
     results: dict = {
         "checkpoint": str(checkpoint), "device": args.device, "rate_hz": args.rate,
         "latency_rate_hz": args.latency_rate, "duration_s": args.duration,
         "all_outputs": args.all_outputs, "load_average": os.getloadavg(), "cpus": os.cpu_count(), "scans": {},
     }
     try:
-        bench.wait_ready(proc, timeout=180.0)
+        harness.wait_for_node(node, 180.0)
         for name in args.scans:
             msg, description = load_scan(name)
-            latency = bench.run(msg, args.latency_rate, args.duration)
-            sustained = bench.run(msg, args.rate, args.duration)
+            latency = run(harness, msg, args.latency_rate, args.duration)
+            sustained = run(harness, msg, args.rate, args.duration)
             baseline = in_process_ms(checkpoint, msg, args.baseline_frames)
             results["scans"][name] = {"description": description, "points": latency["points"],
                                       "latency_run": latency, "sustained_run": sustained,
@@ -358,14 +266,13 @@ def main(argv: list[str] | None = None) -> int:
                   + f"  rss {latency['node_rss_mb']['start']}->{sustained['node_rss_mb']['end']} MB"
                   + f"  in-process baseline {baseline:.1f} ms (latency p50 / baseline = "
                   f"{results['scans'][name]['latency_p50_over_in_process']})", flush=True)
+    except NodeError as exc:
+        print(f"bench_node: {exc}", file=sys.stderr)
+        return 1
     finally:
-        bench.close()
-        proc.send_signal(2)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    results["node_log_tail"] = log_path.read_text()[-2000:]
+        harness.close()
+        node.stop()
+    results["node_log_tail"] = node.log_text()[-2000:]
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     else:

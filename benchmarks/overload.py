@@ -27,14 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ssl3d_ros.evaluation.node_harness import Harness, NodeError, NodeProcess
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -74,98 +74,10 @@ def overload_cloud(points: int = POINTS):
     return msg, source
 
 
-class Client:
-    """This process's participant: a best-effort publisher like a driver, the node's segmentation and
-    /diagnostics subscribed."""
-
-    def __init__(self) -> None:
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-        from sensor_msgs.msg import PointCloud2
-
-        self.rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("ssl3d_overload", context=self.context)
-        self.cond = threading.Condition()
-        self.outputs: list[tuple[int, int]] = []  # (stamp ns, receive wall ns)
-        self.diagnostics: list[dict[str, str]] = []
-        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-        self.subs = [
-            self.node.create_subscription(PointCloud2, f"{NODE}/output/segmentation", self._on_seg, reliable),
-            self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10),
-        ]
-        self.pub = self.node.create_publisher(PointCloud2, INPUT_TOPIC, qos_profile_sensor_data)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _on_seg(self, msg) -> None:
-        now = time.time_ns()
-        with self.cond:
-            self.outputs.append((msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, now))
-            self.cond.notify_all()
-
-    def _on_diag(self, msg) -> None:
-        for status in msg.status:
-            if status.name.startswith("ssl3d_perception"):
-                with self.cond:
-                    self.diagnostics.append({kv.key: kv.value for kv in status.values})
-                    self.cond.notify_all()
-
-    def wait(self, predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not (value := predicate()):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-                self.cond.wait(min(left, 0.2))
-            return value
-
-    def fresh_diagnostics(self, timeout: float = 10.0) -> dict[str, str]:
-        with self.cond:
-            seen = len(self.diagnostics)
-        self.wait(lambda: len(self.diagnostics) > seen, timeout, "diagnostics")
-        with self.cond:
-            return dict(self.diagnostics[-1])
-
-    def publish(self, msg) -> int:
-        stamp = time.time_ns()
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-        self.pub.publish(msg)
-        return stamp
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.rclpy.try_shutdown(context=self.context)
-
-
-def start_node(checkpoint: Path, device: str, workdir: Path) -> tuple[subprocess.Popen, Path]:
-    params = workdir / "params.yaml"
-    params.write_text("/**:\n  ros__parameters:\n"
-                      f"    device: {device}\n"
-                      "    diagnostics:\n      period_s: 0.5\n      stale_after_s: 60.0\n"
-                      "      budget_ms: 100000.0\n      error_budget_ms: 200000.0\n")
-    executable = Path(sys.executable).with_name("ssl3d-perception")
-    program = [str(executable)] if executable.exists() else [sys.executable, "-m", "ssl3d_ros.node"]
-    log_path = workdir / "node.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([*program, "--ros-args", "--params-file", str(params),
-                                 "-r", f"~/input/points:={INPUT_TOPIC}", "-p", f"checkpoint:={checkpoint}"],
-                                stdout=log, stderr=subprocess.STDOUT)
-    return proc, log_path
-
-
 def run_overload(checkpoint: str | Path | None = None, *, duration_s: float = 60.0, factor: float = 3.0,
                  device: str = "cpu", calibration_frames: int = 4, points: int = POINTS,
                  progress=print) -> dict:
     """Start the node, calibrate, overload it, stop it; the measurements as a dict (see module doc)."""
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     workdir = Path(tempfile.mkdtemp(prefix="ssl3d_overload_"))
     if checkpoint is None:
         sys.path.insert(0, str(HERE))
@@ -173,25 +85,24 @@ def run_overload(checkpoint: str | Path | None = None, *, duration_s: float = 60
 
         checkpoint = benchmark_checkpoint(None, workdir)
     msg, source = overload_cloud(points)
-    proc, log_path = start_node(Path(checkpoint), device, workdir)
-    client = Client()
+    node = NodeProcess(workdir, {"device": device, "checkpoint": str(checkpoint),
+                                 "diagnostics": {"period_s": 0.5, "stale_after_s": 60.0, "budget_ms": 100000.0,
+                                                 "error_budget_ms": 200000.0}}, INPUT_TOPIC)
+    # a best-effort publisher like a driver; only segmentation subscribed, arrival times kept
+    client = Harness(INPUT_TOPIC, outputs=("segmentation",), keep_messages=False, depth=5, name="ssl3d_overload")
+    segmentation = client.arrivals[client.topic("output/segmentation")]
     result: dict = {"checkpoint": str(checkpoint), "device": device, "cloud": source, "points": points,
                     "duration_s": duration_s, "factor": factor, "cpus": os.cpu_count()}
     try:
-        def ready():
-            if proc.poll() is not None:
-                raise RuntimeError(f"the node exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            return (client.pub.get_subscription_count() >= 1 and all(s.get_publisher_count() >= 1 for s in client.subs)
-                    and client.diagnostics)
-        client.wait(ready, 180.0, "the node to start")
+        client.wait_for_node(node, 180.0)
         time.sleep(0.5)
 
         # 1. What the node sustains: one frame in flight, next one when the previous came back.
         periods = []
         for _ in range(calibration_frames + 1):
             t0 = time.monotonic()
-            stamp = client.publish(msg)
-            client.wait(lambda: any(s == stamp for s, _ in client.outputs), 120.0, "a calibration frame")
+            stamp = client.publish(msg, stamp_now=True)
+            client.wait(lambda: any(a.stamp_ns == stamp for a in segmentation), 120.0, "a calibration frame")
             periods.append(time.monotonic() - t0)
         period = float(np.median(periods[1:]))  # the first frame pays one-off costs
         sustained_hz = 1.0 / period
@@ -202,48 +113,43 @@ def run_overload(checkpoint: str | Path | None = None, *, duration_s: float = 60
 
         # 2. Overload.
         start_diag = client.fresh_diagnostics()
-        rss_start = node_rss_mb(proc.pid)
+        rss_start = node_rss_mb(node.pid)
         with client.cond:
-            first_output = len(client.outputs)
+            first_output = len(segmentation)
         rss_samples, stamps = [rss_start], []
         rss_by_frames = [(0, rss_start)]  # (frames answered so far, RSS): memory flat over frames
         t_start = time.monotonic()
         next_send, next_sample = t_start, t_start + 1.0
         while (now := time.monotonic()) - t_start < duration_s:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the node died under overload:\n{log_path.read_text()[-3000:]}")
+            node.check_alive("under overload")
             if now >= next_sample:
-                rss_samples.append(node_rss_mb(proc.pid))
+                rss_samples.append(node_rss_mb(node.pid))
                 with client.cond:
-                    rss_by_frames.append((len(client.outputs) - first_output, rss_samples[-1]))
+                    rss_by_frames.append((len(segmentation) - first_output, rss_samples[-1]))
                 next_sample += 1.0
-            stamps.append(client.publish(msg))
+            stamps.append(client.publish(msg, stamp_now=True))
             next_send += 1.0 / publish_hz
             time.sleep(max(0.0, next_send - time.monotonic()))
         elapsed = time.monotonic() - t_start
         # let the frame in the mailbox through, then one diagnostics that counts it
         last = stamps[-1]
         try:
-            client.wait(lambda: any(s == last for s, _ in client.outputs), 10 * period + 10, "the last frame")
+            client.wait(lambda: last in client.by_stamp[client.topic("output/segmentation")], 10 * period + 10,
+                        "the last frame")
         except TimeoutError:
             pass
         time.sleep(0.3)
         end_diag = client.fresh_diagnostics()
-        rss_end = node_rss_mb(proc.pid)
+        rss_end = node_rss_mb(node.pid)
         rss_samples.append(rss_end)
         with client.cond:
-            rss_by_frames.append((len(client.outputs) - first_output, rss_end))
-        alive = proc.poll() is None
+            rss_by_frames.append((len(segmentation) - first_output, rss_end))
+        alive = node.alive()
         with client.cond:
-            outputs = client.outputs[first_output:]
+            outputs = [(a.stamp_ns, a.wall_ns) for a in segmentation[first_output:]]
     finally:
         client.close()
-        proc.send_signal(2)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        node.stop()
 
     sent = set(stamps)
     ours = [(s, r) for s, r in outputs if s in sent]
@@ -281,7 +187,7 @@ def run_overload(checkpoint: str | Path | None = None, *, duration_s: float = 60
         rss_after_100_frames_mb=round(rss_after_100, 1),
         rss_change_after_100_frames_pct=round(100.0 * (rss_end / rss_after_100 - 1.0), 2),
         cuda_mb={k: {"start": v[0], "end": v[1]} for k, v in cuda.items()} or None,
-        node_log_tail=log_path.read_text()[-1500:],
+        node_log_tail=node.log_text()[-1500:],
     )
     return result
 
@@ -295,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", type=int, default=POINTS)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    result = run_overload(args.checkpoint, duration_s=args.duration, factor=args.factor, device=args.device,
-                          points=args.points, progress=lambda text: print(text, file=sys.stderr, flush=True))
+    try:
+        result = run_overload(args.checkpoint, duration_s=args.duration, factor=args.factor, device=args.device,
+                              points=args.points, progress=lambda text: print(text, file=sys.stderr, flush=True))
+    except NodeError as exc:
+        print(f"overload: {exc}", file=sys.stderr)
+        return 1
     text = json.dumps({k: v for k, v in result.items() if k != "node_log_tail"}, indent=2)
     print(text)
     if args.json:

@@ -1,11 +1,22 @@
-"""Real test inputs shared by several test modules: checkpoints written to disk and simulated scans."""
+"""Real test inputs and helpers shared by several test modules: checkpoints written to disk, simulated
+scans, tiny training configs, and the node's test parameters and command line. Test modules import
+from here (or get fixtures from conftest.py), never from each other."""
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ssl3d_ros.models.encoder import EncoderConfig, SparseEncoder
+from ssl3d_ros.preprocessing import PreprocessConfig, feature_channels
 from ssl3d_ros.scan import Scan
+
+if TYPE_CHECKING:
+    from ssl3d_ros.training.config import PretrainConfig
 
 # The simulator's outdoor label space (ssl3d_ros.sim.scenes.OUTDOOR_CLASSES), spelled out so a
 # change there does not silently change what these tests check.
@@ -53,3 +64,134 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------- small checkpoints
+
+PRE = PreprocessConfig(voxel_size=0.4, features=("xyz", "intensity"), coord_scale=5.0, intensity_scale=255.0)
+
+
+def tiny_encoder(seed: int = 0) -> SparseEncoder:
+    torch.manual_seed(seed)
+    cfg = EncoderConfig.preset(
+        "nano", in_channels=feature_channels(PRE), stem_channels=8, stage_channels=(8, 16), stage_depths=(1, 1),
+        attention_stages=(1,), decoder_channels=(8, 16), patch_size=32,
+    )
+    return SparseEncoder(cfg).eval()
+
+
+def rewrite(src: Path, dst: Path, *, tensors=None, document=None) -> Path:
+    """Re-save a checkpoint as plain safetensors with edited tensors or JSON (the 'tampered file')."""
+    from safetensors.torch import load_file, save_file
+
+    from ssl3d_ros.checkpoint import METADATA_KEY, read_metadata
+
+    tensors = dict(load_file(src)) if tensors is None else tensors
+    document = read_metadata(src) if document is None else document
+    save_file(tensors, dst, metadata={METADATA_KEY: json.dumps(document)})
+    return dst
+
+
+# ------------------------------------------------------------------------------- tiny training runs
+
+SCENE = {"scene": {"count": 1, "crop_points": 1500, "center_jitter": 0.5}}
+TINY_VIEWS: dict[str, dict[str, Any]] = {
+    "sonata": {"global": {"count": 2, "crop_points": 1500, "center_jitter": 0.5},
+               "local": {"count": 1, "crop_points": 500, "center_jitter": 2.0}},
+    "msm": {"student": {"count": 1, "crop_points": 1500, "center_jitter": 0.5},
+            "teacher": {"count": 1, "crop_points": 1500, "center_jitter": 0.5}},
+    "jepa": SCENE,
+    "mae": SCENE,
+}
+
+
+def tiny_config(recipe: str, out_dir: Path, steps: int = 6, sources=("sim:outdoor:4",), **run: Any) -> PretrainConfig:
+    """Tiny sizes (16-beam sim LiDAR, 0.2 m voxels, nano encoder): each run takes seconds on a CPU."""
+    from ssl3d_ros.training.config import config_from_dict
+
+    if recipe == "acl":
+        rec = {"name": "acl", "base": "mae", "base_config": {"views": SCENE}, "contrast_warmup": 2, "contrast_ramp": 2}
+    else:
+        rec = {"name": recipe, "views": TINY_VIEWS[recipe]}
+    return config_from_dict({
+        "data": {"sources": list(sources), "sim_lidar": {"beams": 16, "columns": 256}},
+        "preprocessing": {"voxel_size": 0.2, "features": ["xyz", "height", "intensity"], "coord_scale": 20.0},
+        "encoder": {"size": "nano", "backend": "torch"},
+        "recipe": rec,
+        "optim": {"lr": 2e-3, "warmup_steps": 3, "ema_momentum": 0.996},
+        "run": {"steps": steps, "batch_size": 2, "workers": 0, "checkpoint_every": 3, "out_dir": str(out_dir),
+                "threads": 1, "tensorboard": False, **run},
+    })
+
+
+def read_metrics(out_dir: Path) -> list[dict[str, float]]:
+    with open(out_dir / "metrics.csv", newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+# ------------------------------------------------------------------------------- the node over DDS
+
+INPUT_TOPIC = "/ssl3d_test/points"
+OUT = "/ssl3d_perception/output/"
+DEBUG = "/ssl3d_perception/debug/"
+STAMPED = [OUT + "segmentation", OUT + "embeddings", OUT + "visualization", OUT + "occupancy"]
+# The node's parameters in the DDS tests: small grid, generous budgets (the machine is busy).
+NODE_TEST_PARAMS = {
+    "device": "cpu",
+    "input": {"qos": {"reliability": "best_effort"}},
+    "embeddings": {"per_voxel": False},  # per-point embeddings: every input point's row is compared with offline
+    "occupancy": {"resolution": 1.0, "size_x": 80.0, "size_y": 80.0, "origin_x": -40.0, "origin_y": -40.0},
+    "diagnostics": {"period_s": 0.5, "budget_ms": 5000.0, "error_budget_ms": 10000.0, "stale_after_s": 60.0},
+}
+# The node helpers import ssl3d_ros.evaluation.node_harness when used, not when this module is
+# imported: scripts run in subprocesses import builders for checkpoints alone.
+
+
+def __getattr__(name: str):
+    if name == "PARAMS":  # NODE_TEST_PARAMS as a parameter file's text
+        from ssl3d_ros.evaluation.node_harness import params_yaml
+
+        return params_yaml(NODE_TEST_PARAMS)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def ros_env() -> dict[str, str]:
+    """Localhost-only discovery, the large-data profile and a domain of this test process's own."""
+    from ssl3d_ros.evaluation.node_harness import ros_environment
+
+    return ros_environment(private_domain=True)
+
+
+def node_command(params_file: Path, checkpoint: Path, *extra: str) -> list[str]:
+    """The node's command line on the tests' input topic with this checkpoint."""
+    from ssl3d_ros.evaluation.node_harness import node_command as harness_node_command
+
+    return harness_node_command([params_file], INPUT_TOPIC, "-p", f"checkpoint:={checkpoint}", *extra)
+
+
+WRITE_PAUSE_GUARD_S = 240.0  # only stops a hung test: a paused writer is released by the test
+
+
+def wait_for_pause(marker: Path, alive=lambda: True) -> Path:
+    """Wait until a writer paused by the test hook created ``marker``; returns its temporary's path.
+    ``alive()`` false (the writer died) fails at once instead of waiting for the hang guard."""
+    deadline = time.monotonic() + WRITE_PAUSE_GUARD_S
+    while not marker.exists():
+        assert alive(), "the writer ended before it paused"
+        assert time.monotonic() < deadline, f"no write paused within {WRITE_PAUSE_GUARD_S} s: the writer hangs"
+        time.sleep(0.005)
+    while True:  # created empty, then written: wait for the path
+        text = marker.read_text()
+        if text:
+            return Path(text)
+        time.sleep(0.005)
+
+
+# What ../shared/data holds besides scans (its README): label files, label maps, poses, transforms.
+NOT_SCANS = (".yaml", ".txt", ".csv", ".tsv", ".label", ".labels.npy", "_sem_label_all.npy", "_ins_label_all.npy")
+
+
+def scan_files_in(folder: Path) -> list[Path]:
+    """Every scan file under ``folder``, counted from the names rather than known in advance: the
+    shared data grows."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(NOT_SCANS))

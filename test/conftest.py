@@ -1,10 +1,14 @@
-"""Shared fixtures: the real data beside the repository and helpers for skipping cleanly."""
+"""Shared fixtures: the real data beside the repository and helpers for skipping cleanly; the node over
+DDS (its checkpoint, parameters, process, this process's harness, the offline pipeline to compare
+with). Imports stay light here (torch and rclpy load inside fixtures), shared builders are builders.py."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pytest
+
+from ssl3d_ros.evaluation.node_harness import Harness
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SSL3D_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -21,3 +25,79 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+# ------------------------------------------------------------------- the node over DDS (module scope)
+
+
+class NodeTestHarness(Harness):
+    """The tests' participant: every output, messages kept, on the tests' input topic."""
+
+    def __init__(self) -> None:
+        from builders import INPUT_TOPIC, ros_env
+
+        ros_env()
+        super().__init__(INPUT_TOPIC, name="ssl3d_test_harness")
+
+    def messages_for(self, header, timeout: float = 60.0, topics=None) -> dict:
+        """The message per topic (default: every stamped output) stamped like ``header``, waiting for all."""
+        from builders import STAMPED
+
+        return {t: a.msg for t, a in self.outputs_for(header, topics or STAMPED, timeout).items()}
+
+
+# test_node.py and test_reliability_inputs.py each get their own node process; a module may override
+# ``checkpoint`` or ``params_file`` (node_process uses the module's own).
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A random-init nano checkpoint with a linear head and a PCA basis."""
+    from builders import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("node_ckpt") / "nano.safetensors", with_head=True, with_pca=True)
+
+
+@pytest.fixture(scope="module")
+def params_file(tmp_path_factory) -> Path:
+    """The node's test parameters (builders.NODE_TEST_PARAMS) as a parameter file."""
+    from builders import NODE_TEST_PARAMS
+
+    from ssl3d_ros.evaluation.node_harness import write_params
+
+    return write_params(tmp_path_factory.mktemp("node_params") / "perception.yaml", NODE_TEST_PARAMS)
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """This process's participant: publishers onto the node's input, subscriptions to every output."""
+    pytest.importorskip("rclpy", reason="rclpy is not installed (pip install '.[ros]')")
+    h = NodeTestHarness()
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def node_process(harness, checkpoint, params_file, tmp_path_factory):
+    """The node as another process, started after the harness so its first diagnostics are seen;
+    yields (its Popen, its log path)."""
+    from builders import INPUT_TOPIC
+
+    from ssl3d_ros.evaluation.node_harness import NodeProcess
+
+    node = NodeProcess(tmp_path_factory.mktemp("node_log"), None, INPUT_TOPIC, params_files=[params_file],
+                       extra_args=["-p", f"checkpoint:={checkpoint}"], private_domain=True)
+    try:
+        harness.wait_for_node(node, 120.0)
+        yield node.proc, node.log_path
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
+def offline(checkpoint, params_file):
+    """The same checkpoint and parameters, run in this process: what the node must publish."""
+    from ssl3d_ros.pipeline import PerceptionPipeline, load_node_config
+
+    cfg = load_node_config(params_file)
+    return PerceptionPipeline.from_checkpoint(checkpoint, device="cpu", overrides=cfg)

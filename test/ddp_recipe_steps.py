@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_training_recipes import tiny_config  # noqa: E402
+from builders import tiny_config  # noqa: E402
 
 from ssl3d_ros.training.loop import train  # noqa: E402
 

@@ -84,12 +84,20 @@ def scan_to_publish(shared_data: Path | None):
     a simulated scan when ../shared/data is absent."""
     import time
 
-    from test_node import _sim_cloud
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    from ssl3d_ros.codec import encode_cloud, fill_cloud_message
 
     if shared_data is None or not (shared_data / OUSTER_BAG[0]).is_dir():
-        return _sim_cloud(seed=5)
-    from rclpy.serialization import deserialize_message
-    from sensor_msgs.msg import PointCloud2
+        from builders import sim_scan
+
+        scan = sim_scan(seed=5)
+        msg = fill_cloud_message(PointCloud2(), encode_cloud(scan.points, {"intensity": scan.fields["intensity"]}),
+                                 PointField)
+        msg.header.frame_id = scan.frame_id
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns(), 1_000_000_000)
+        return msg
 
     from ssl3d_ros.io.rosbag import BagSource
 
@@ -100,52 +108,43 @@ def scan_to_publish(shared_data: Path | None):
 
 
 def open_harness():
-    """test_node's harness (subscribed to every output) plus the per-stage timing topic."""
-    from std_msgs.msg import Float64MultiArray
-    from test_node import Harness, _ros_env
+    """The library harness (ssl3d_ros.evaluation.node_harness) on INPUT_TOPIC: every output, debug topic
+    and /diagnostics."""
+    from ssl3d_ros.evaluation.node_harness import Harness
 
-    _ros_env()
-    harness = Harness()
-    harness.messages[STAGE_TIME] = []
-    harness.subscriptions.append(harness.node.create_subscription(Float64MultiArray, STAGE_TIME,
-                                                                  harness._keep(STAGE_TIME), 10))
-    return harness
+    return Harness(INPUT_TOPIC)
 
 
 def wait_until_matched(harness, alive, log_text, timeout: float = 180.0) -> None:
-    """Until the launched node subscribes to the input, publishes on every output and has sent its first
-    diagnostics; ``alive()`` False (the launch ended) fails at once with the launch's log."""
+    """Until the launched node subscribes to the input, has matched every output subscription on its own
+    side too (its diagnostics say so) and publishes; ``alive()`` False (the launch ended) fails at once
+    with the launch's log."""
     def ready():
         if not alive():
             raise AssertionError(f"the launch ended before the node was ready; its log:\n{log_text()}")
-        return (harness.reliable.get_subscription_count() >= 1
-                and all(s.get_publisher_count() >= 1 for s in harness.subscriptions)
-                and harness.diagnostics)
+        return harness.node_ready()
     try:
         harness.wait(ready, timeout, "the launched node to match every topic")
-    except AssertionError as exc:
-        if "log:" in str(exc):
-            raise
+    except TimeoutError as exc:
         raise AssertionError(f"{exc}; the launch's log:\n{log_text()}") from None
 
 
 def assert_every_output_answers(harness, msg, timeout: float = 180.0) -> dict:
     """Publish ``msg`` and check that every output arrives: the stamped ones with its header, the
     timing topics, and /diagnostics counting the processed frame. Returns the stamped outputs."""
-    from test_node import DEBUG, STAMPED
-
-    timing_topics = [DEBUG + "processing_time_ms", DEBUG + "pipeline_latency_ms", STAGE_TIME]
+    stamped = [harness.topic(f"output/{o}") for o in ("segmentation", "embeddings", "visualization", "occupancy")]
+    timing_topics = [harness.topic(f"debug/{t}") for t in ("processing_time_ms", "pipeline_latency_ms", "stage_time_ms")]
     with harness.cond:
-        before = {t: len(harness.messages[t]) for t in timing_topics}
-    harness.reliable.publish(msg)
-    outputs = harness.outputs_for(msg.header, timeout=timeout)
-    assert set(outputs) == set(STAMPED)
+        before = {t: len(harness.arrivals[t]) for t in timing_topics}
+    harness.publish(msg, reliable=True)
+    outputs = {t: a.msg for t, a in harness.outputs_for(msg.header, stamped, timeout).items()}
+    assert set(outputs) == set(stamped)
     for topic, out in outputs.items():
         assert out.header.frame_id == msg.header.frame_id, topic
         assert (out.header.stamp.sec, out.header.stamp.nanosec) == (msg.header.stamp.sec, msg.header.stamp.nanosec)
-    assert outputs[STAMPED[0]].width * outputs[STAMPED[0]].height == msg.width * msg.height  # one label per point
+    assert outputs[stamped[0]].width * outputs[stamped[0]].height == msg.width * msg.height  # one label per point
     for topic in timing_topics:
-        harness.wait(lambda: len(harness.messages[topic]) > before[topic], 30, topic)
+        harness.wait(lambda: len(harness.arrivals[topic]) > before[topic], 30, topic)
     harness.latest_diagnostics(lambda v: int(v["frames_processed"]) >= 1 and v["frames_errors"] == "0", 30,
                                "diagnostics counting the scan as processed")
     return outputs

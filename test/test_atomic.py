@@ -12,23 +12,7 @@ import pytest
 
 from ssl3d_ros.atomic import PAUSE_ENV, atomic_write, remove_stale_temporaries
 
-HANG_GUARD_S = 240  # ends a hung test with a message before pytest-timeout (300 s); no assertion depends on speed
-
-
-def wait_for_pause(marker: Path, alive=lambda: True) -> Path:
-    """Wait until a writer paused by the test hook created ``marker``; returns its temporary's path.
-    ``alive()`` false (the writer died) fails at once instead of waiting for the hang guard."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not marker.exists():
-        assert alive(), "the writer ended before it paused"
-        assert time.monotonic() < deadline, f"no write paused within {HANG_GUARD_S} s: the writer hangs"
-        time.sleep(0.005)
-    while True:  # created empty, then written: wait for the path
-        text = marker.read_text()
-        if text:
-            return Path(text)
-        time.sleep(0.005)
-
+from builders import wait_for_pause  # noqa: E402
 
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -23,22 +23,14 @@ from ssl3d_ros.checkpoint import (
     save_checkpoint,
 )
 from ssl3d_ros.config import to_dict
-from ssl3d_ros.models.encoder import EncoderConfig, SparseEncoder
+from ssl3d_ros.models.encoder import SparseEncoder
 from ssl3d_ros.models.heads import LinearSegHead, PCAProjection, StreamingKMeans
-from ssl3d_ros.preprocessing import PreprocessConfig, collate, feature_channels, preprocess, unpool
+from ssl3d_ros.preprocessing import PreprocessConfig, collate, preprocess, unpool
 from ssl3d_ros.scan import Scan
 
-PRE = PreprocessConfig(voxel_size=0.4, features=("xyz", "intensity"), coord_scale=5.0, intensity_scale=255.0)
+from builders import PRE, rewrite, tiny_encoder
+
 CLASSES = ClassInfo(names=["ground", "wall", "thing"], colors=[(0, 255, 0), (128, 128, 128), (255, 0, 0)], ignore_index=0)
-
-
-def tiny_encoder(seed: int = 0) -> SparseEncoder:
-    torch.manual_seed(seed)
-    cfg = EncoderConfig.preset(
-        "nano", in_channels=feature_channels(PRE), stem_channels=8, stage_channels=(8, 16), stage_depths=(1, 1),
-        attention_stages=(1,), decoder_channels=(8, 16), patch_size=32,
-    )
-    return SparseEncoder(cfg).eval()
 
 
 def small_scan() -> Scan:
@@ -77,14 +69,6 @@ def saved(tmp_path_factory):
         extra_tensors={"stats.feature_mean": torch.arange(4.0)},
     )
     return {"path": path, "encoder": encoder, "seg_head": seg_head, "pca": pca, "kmeans": kmeans}
-
-
-def rewrite(src: Path, dst: Path, *, tensors=None, document=None) -> Path:
-    """Re-save a checkpoint as plain safetensors with edited tensors or JSON (the 'tampered file')."""
-    tensors = dict(load_file(src)) if tensors is None else tensors
-    document = read_metadata(src) if document is None else document
-    save_file(tensors, dst, metadata={METADATA_KEY: json.dumps(document)})
-    return dst
 
 
 def test_round_trip_gives_identical_outputs_and_metadata(saved, tmp_path):

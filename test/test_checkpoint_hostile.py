@@ -21,7 +21,7 @@ from ssl3d_ros.checkpoint_validation import MAX_ENCODER_PARAMETERS, check_encode
 from ssl3d_ros.config import to_dict
 from ssl3d_ros.models.encoder import EncoderConfig
 
-from test_checkpoint import PRE, tiny_encoder
+from builders import PRE, tiny_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 IN_NETNS = os.environ.get("SSL3D_IN_NETNS") == "1"
@@ -174,7 +174,7 @@ def test_wide_declarations_are_refused_without_allocating_them(good, tmp_path):
 
 @pytest.mark.skipif(not IN_NETNS, reason="starts ROS 2 participants: run through scripts/netns-run")
 def test_the_node_refuses_hostile_checkpoints_with_one_line(good, tmp_path):
-    from test_node import PARAMS, _node_command, _ros_env
+    from builders import PARAMS, node_command, ros_env
 
     params = tmp_path / "params.yaml"
     params.write_text(PARAMS)
@@ -184,8 +184,8 @@ def test_the_node_refuses_hostile_checkpoints_with_one_line(good, tmp_path):
             f"nested {DEEP + 1} levels deep",
         with_encoder(good, tmp_path / "negative.safetensors", stem_channels=-16): "stem_channels (-16,)",
     }
-    procs = {path: subprocess.Popen(_node_command(params, path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True, env=_ros_env()) for path in cases}
+    procs = {path: subprocess.Popen(node_command(params, path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, env=ros_env()) for path in cases}
     for path, problem in cases.items():
         _, stderr = procs[path].communicate(timeout=240)
         assert procs[path].returncode == 2, (path.name, stderr[-2000:])

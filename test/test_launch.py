@@ -138,9 +138,9 @@ def test_a_colcon_install_finds_its_class_maps_and_recipes(colcon_prefix, tmp_pa
 
 
 def _launch_env(prefix: Path, *pythonpath: Path) -> dict[str, str]:
-    from test_node import _ros_env  # localhost discovery and this run's domain id, shared with the harness
+    from builders import ros_env  # localhost discovery and this run's domain id, shared with the harness
 
-    env = _ros_env()
+    env = ros_env()
     env.update(PYTHON=sys.executable, AMENT_PREFIX_PATH=str(prefix), PYTHONPATH=stack_pythonpath(*pythonpath))
     return env
 

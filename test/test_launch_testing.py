@@ -18,7 +18,7 @@ LAUNCH_TEST = REPO / "test" / "launch" / "perception_launch_test.py"
 
 def test_launch_testing_proof_of_life(tmp_path, request):
     require_launch_stack()
-    from test_node import _ros_env
+    from builders import ros_env
 
     try:
         shared = str(request.getfixturevalue("shared_data"))
@@ -26,7 +26,7 @@ def test_launch_testing_proof_of_life(tmp_path, request):
         shared = ""
     prefix = pip_route_prefix(tmp_path)
     junit = tmp_path / "launch_test.xml"
-    env = {**_ros_env(), "AMENT_PREFIX_PATH": str(prefix), "SSL3D_SHARED_DATA": shared,
+    env = {**ros_env(), "AMENT_PREFIX_PATH": str(prefix), "SSL3D_SHARED_DATA": shared,
            "PYTHONPATH": stack_pythonpath(REPO / "test", REPO)}
     done = subprocess.run([sys.executable, "-m", "launch_testing.launch_test", str(LAUNCH_TEST),
                            "--junit-xml", str(junit)], env=env, cwd=tmp_path, capture_output=True, text=True,

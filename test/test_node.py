@@ -5,25 +5,18 @@ Run inside the private network namespace: ``scripts/netns-run .venv/bin/python -
 """
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (pip install '.[ros]')")
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from nav_msgs.msg import OccupancyGrid  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from rclpy.serialization import deserialize_message  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
-from std_msgs.msg import Float64, Float64MultiArray  # noqa: E402
 
 from ssl3d_ros.codec import FLOAT32, UINT8, decode_cloud, encode_cloud, fill_cloud_message, unpack_rgb, xyz  # noqa: E402
 from ssl3d_ros.node import LatestFrameSlot  # noqa: E402
@@ -31,147 +24,16 @@ from ssl3d_ros.outputs import INVALID_CLASS, OutputEncoder, occupancy_grid  # no
 from ssl3d_ros.params import load_node_config  # noqa: E402
 from ssl3d_ros.pipeline import PerceptionPipeline  # noqa: E402
 
-from builders import make_checkpoint, sim_scan  # noqa: E402
+from builders import DEBUG, OUT, PARAMS, node_command, ros_env, sim_scan  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
-# Fast DDS's default shared-memory segment (512 kB) cannot carry a real scan, and best-effort samples
-# that fall back to UDP fragments are lost: the node would never see them. The package's large-data
-# profile (what scripts/netns-run and the launch file set) is used unless the environment names one.
-# Set at import, before any participant of this process exists.
-if not (os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE")):
-    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(Path(__file__).resolve().parents[1] / "config" / "fastdds_large_data.xml")
-
-INPUT_TOPIC = "/ssl3d_test/points"
-OUT = "/ssl3d_perception/output/"
-DEBUG = "/ssl3d_perception/debug/"
-OUTPUT_TOPICS = {
-    OUT + "segmentation": PointCloud2,
-    OUT + "embeddings": PointCloud2,
-    OUT + "visualization": PointCloud2,
-    OUT + "occupancy": OccupancyGrid,
-    DEBUG + "processing_time_ms": Float64MultiArray,
-    DEBUG + "pipeline_latency_ms": Float64,
-}
-STAMPED = [OUT + "segmentation", OUT + "embeddings", OUT + "visualization", OUT + "occupancy"]
-PARAMS = """\
-/**:
-  ros__parameters:
-    device: cpu
-    input:
-      qos:
-        reliability: best_effort
-    embeddings:
-      per_voxel: false      # per-point embeddings: every input point's row is compared with offline inference
-    occupancy:
-      resolution: 1.0
-      size_x: 80.0
-      size_y: 80.0
-      origin_x: -40.0
-      origin_y: -40.0
-    diagnostics:
-      period_s: 0.5
-      budget_ms: 5000.0
-      error_budget_ms: 10000.0
-      stale_after_s: 60.0
-"""
-
-
-# ------------------------------------------------------------------------------------- plumbing
-
-
-def _ros_env() -> dict[str, str]:
-    """Localhost-only discovery (scripts/netns-run sets it too) and a domain of our own."""
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
-    return dict(os.environ)
+# The harness, the node process, its checkpoint and parameters and the offline pipeline are fixtures
+# of conftest.py (module scope; the harness is ssl3d_ros.evaluation.node_harness.Harness).
 
 
 def _stamp_key(header) -> tuple[int, int]:
     return (header.stamp.sec, header.stamp.nanosec)
-
-
-class Harness:
-    """The test's own ROS participant: publishers onto the node's input, subscribers on every output."""
-
-    def __init__(self) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("ssl3d_test_harness", context=self.context)
-        self.cond = threading.Condition()
-        self.messages: dict[str, list] = {topic: [] for topic in OUTPUT_TOPICS}
-        self.diagnostics: list[DiagnosticStatus] = []
-        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.subscriptions = [
-            self.node.create_subscription(msg_type, topic, self._keep(topic), reliable)
-            for topic, msg_type in OUTPUT_TOPICS.items()
-        ]
-        self.subscriptions.append(self.node.create_subscription(DiagnosticArray, "/diagnostics", self._diag, 50))
-        self.best_effort = self.node.create_publisher(PointCloud2, INPUT_TOPIC, qos_profile_sensor_data)
-        self.reliable = self.node.create_publisher(PointCloud2, INPUT_TOPIC, reliable)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _keep(self, topic: str):
-        def callback(msg) -> None:
-            with self.cond:
-                self.messages[topic].append(msg)
-                self.cond.notify_all()
-        return callback
-
-    def _diag(self, msg: DiagnosticArray) -> None:
-        with self.cond:
-            self.diagnostics += [s for s in msg.status if s.name.startswith("ssl3d_perception")]
-            self.cond.notify_all()
-
-    def wait(self, predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                value = predicate()
-                if value:
-                    return value
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-                self.cond.wait(min(left, 0.2))
-
-    def outputs_for(self, header, timeout: float = 60.0, topics=STAMPED) -> dict:
-        key = _stamp_key(header)
-
-        def found():
-            got = {}
-            for topic in topics:
-                match = [m for m in self.messages[topic] if _stamp_key(m.header) == key]
-                if not match:
-                    return None
-                got[topic] = match[-1]
-            return got
-
-        try:
-            return self.wait(found, timeout, f"outputs stamped {key}")
-        except AssertionError as exc:
-            with self.cond:
-                got = {t: sum(_stamp_key(m.header) == key for m in self.messages[t]) for t in topics}
-                last = {kv.key: kv.value for kv in self.diagnostics[-1].values} if self.diagnostics else {}
-            raise AssertionError(f"{exc}; received per topic: {got}; node diagnostics: {last}") from None
-
-    def latest_diagnostics(self, predicate, timeout: float, what: str) -> dict[str, str]:
-        def found():
-            for status in reversed(self.diagnostics):
-                values = {kv.key: kv.value for kv in status.values}
-                values["_message"], values["_level"] = status.message, status.level
-                if predicate(values):
-                    return values
-            return None
-        return self.wait(found, timeout, what)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
 
 
 def _cloud(points: np.ndarray, fields: dict, frame_id: str, stamp_ns: int, height: int = 1) -> PointCloud2:
@@ -202,71 +64,6 @@ def _sim_cloud(seed: int, index: int = 0, stamp_ns: int | None = None, height: i
 
 def _fields(msg: PointCloud2) -> list[tuple[str, int, int, int]]:
     return [(f.name, f.offset, f.datatype, f.count) for f in msg.fields]
-
-
-# ---------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("node_ckpt") / "nano.safetensors", with_head=True, with_pca=True)
-
-
-@pytest.fixture(scope="module")
-def params_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("node_params") / "perception.yaml"
-    path.write_text(PARAMS)
-    return path
-
-
-def _node_command(params_file: Path, checkpoint: Path, *extra: str) -> list[str]:
-    executable = Path(sys.executable).with_name("ssl3d-perception")
-    program = [str(executable)] if executable.exists() else [sys.executable, "-m", "ssl3d_ros.node"]
-    return [*program, "--ros-args", "--params-file", str(params_file), "-r", f"~/input/points:={INPUT_TOPIC}",
-            "-p", f"checkpoint:={checkpoint}", *extra]
-
-
-@pytest.fixture(scope="module")
-def harness():
-    _ros_env()
-    h = Harness()
-    yield h
-    h.close()
-
-
-@pytest.fixture(scope="module")
-def node_process(harness, checkpoint, params_file, tmp_path_factory):
-    """The node as another process, started after the harness so its first diagnostics are seen."""
-    log_path = tmp_path_factory.mktemp("node_log") / "node.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(_node_command(params_file, checkpoint), stdout=log, stderr=subprocess.STDOUT,
-                                env=_ros_env())
-    try:
-        def ready():
-            if proc.poll() is not None:
-                raise AssertionError(f"node exited with {proc.returncode}:\n{log_path.read_text()}")
-            return (harness.best_effort.get_subscription_count() >= 1
-                    and all(s.get_publisher_count() >= 1 for s in harness.subscriptions)
-                    and harness.diagnostics)
-        try:
-            harness.wait(ready, 120.0, "the node to start and match every topic")
-        except AssertionError:
-            raise AssertionError(f"node not ready; its log:\n{log_path.read_text()}") from None
-        yield proc, log_path
-    finally:
-        proc.send_signal(2)  # SIGINT: rclpy shuts down cleanly
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def offline(checkpoint, params_file) -> PerceptionPipeline:
-    """The same checkpoint and parameters, run in this process: what the node must publish."""
-    cfg = load_node_config(params_file)
-    return PerceptionPipeline.from_checkpoint(checkpoint, device="cpu", overrides=cfg)
 
 
 # ------------------------------------------------------------------------------------------ tests
@@ -360,14 +157,14 @@ def test_organized_simulated_scan_from_a_best_effort_publisher(harness, node_pro
     msg = _sim_cloud(seed=3, height=16)
     assert msg.height == 16 and np.isnan(xyz(decode_cloud(msg))).any()
     harness.best_effort.publish(msg)
-    outputs = harness.outputs_for(msg.header)
+    outputs = harness.messages_for(msg.header)
     _check_against_offline(outputs, msg, offline)
     # Timing topics for this frame.
-    timing = harness.wait(lambda: harness.messages[DEBUG + "processing_time_ms"], 10, "processing time")[-1]
+    timing = harness.wait(lambda: harness.received(DEBUG + "processing_time_ms"), 10, "processing time")[-1]
     pre, inference, post, total = timing.data
     assert timing.layout.dim[0].label == "pre,inference,post,total"
     assert min(pre, inference, post) >= 0 and total >= inference
-    latency = harness.wait(lambda: harness.messages[DEBUG + "pipeline_latency_ms"], 10, "latency")[-1]
+    latency = harness.wait(lambda: harness.received(DEBUG + "pipeline_latency_ms"), 10, "latency")[-1]
     assert latency.data > 0
 
 
@@ -379,7 +176,7 @@ def test_real_ouster_scan_from_a_reliable_publisher(harness, node_process, offli
     assert msg.point_step == 22  # packed x y z intensity ring range: not the layout the node writes
     msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(_now_ns(), 1_000_000_000)
     harness.reliable.publish(msg)
-    outputs = harness.outputs_for(msg.header)
+    outputs = harness.messages_for(msg.header)
     _check_against_offline(outputs, msg, offline)
 
 
@@ -398,7 +195,7 @@ def test_malformed_clouds_are_rejected_counted_and_the_node_goes_on(harness, nod
         time.sleep(0.3)  # one at a time, so the latest-frame slot keeps each of them
     good.header.stamp.sec, good.header.stamp.nanosec = divmod(_now_ns(), 1_000_000_000)
     harness.reliable.publish(good)
-    outputs = harness.outputs_for(good.header)
+    outputs = harness.messages_for(good.header)
     _check_against_offline(outputs, good, offline)
     harness.latest_diagnostics(
         lambda v: int(v["frames_rejected"]) >= rejected_before + 3, 10, "three more rejected clouds")
@@ -412,7 +209,7 @@ def test_burst_keeps_the_latest_scan_and_counts_every_frame(harness, node_proces
     msgs = [_sim_cloud(seed=7, index=0, stamp_ns=_now_ns() + k) for k in range(6)]
     for msg in msgs:
         harness.reliable.publish(msg)
-    outputs = harness.outputs_for(msgs[-1].header)  # the newest scan is never the one dropped
+    outputs = harness.messages_for(msgs[-1].header)  # the newest scan is never the one dropped
     assert outputs[OUT + "segmentation"].width == msgs[-1].width
 
     def settled(values):
@@ -431,8 +228,8 @@ def test_burst_keeps_the_latest_scan_and_counts_every_frame(harness, node_proces
      ("cpu_threads:=-1", "cpu_threads")],
 )
 def test_invalid_parameters_stop_the_node_at_start_up(checkpoint, params_file, override, named):
-    result = subprocess.run(_node_command(params_file, checkpoint, "-p", override), capture_output=True, text=True,
-                            timeout=120, env=_ros_env())
+    result = subprocess.run(node_command(params_file, checkpoint, "-p", override), capture_output=True, text=True,
+                            timeout=120, env=ros_env())
     assert result.returncode == 2, result.stderr
     assert named in result.stderr
 
@@ -441,7 +238,7 @@ def test_no_work_without_subscribers(harness, node_process):
     """Last in this module: it removes the harness's output subscriptions."""
     before = harness.latest_diagnostics(lambda v: True, 10, "diagnostics")
     skipped_before, processed_before = int(before["frames_skipped_no_subscribers"]), int(before["frames_processed"])
-    for sub in harness.subscriptions[:4]:  # segmentation, embeddings, visualization, occupancy
+    for sub in harness.subscriptions[:4]:  # segmentation, embeddings, visualization, occupancy (outputs first)
         harness.node.destroy_subscription(sub)
     time.sleep(1.0)  # let the node's publishers see the subscriptions go
     msg = _sim_cloud(seed=9)

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("rclpy", reason="rclpy is not installed (pip install '.[ros]')")
 
-from builders import make_checkpoint  # noqa: E402
+from builders import make_checkpoint, ros_env  # noqa: E402
 
 pytestmark = [
     pytest.mark.ros,
@@ -32,9 +32,7 @@ def load_overload():
 
 
 def test_overload_keeps_latency_bounded_counts_drops_and_memory_flat(tmp_path):
-    from test_node import _ros_env
-
-    _ros_env()
+    ros_env()
     duration = float(os.environ.get("SSL3D_SOAK") or 10.0)
     checkpoint = make_checkpoint(tmp_path / "nano.safetensors", with_head=True, with_pca=False)
     r = load_overload().run_overload(checkpoint, duration_s=duration, factor=3.0, device="cpu")

@@ -19,15 +19,7 @@ from ssl3d_ros.io import (
     open_sources,
 )
 
-
-# What ../shared/data holds besides scans (its README): label files, label maps, poses, transforms.
-NOT_SCANS = (".yaml", ".txt", ".csv", ".tsv", ".label", ".labels.npy", "_sem_label_all.npy", "_ins_label_all.npy")
-
-
-def scan_files_in(folder: Path) -> list[Path]:
-    """Every scan file under ``folder``, counted from the names rather than known in advance: the
-    shared data grows."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(NOT_SCANS))
+from builders import scan_files_in  # noqa: E402
 
 
 def kitti_files(shared_data: Path) -> list[Path]:

@@ -56,7 +56,7 @@ WRITER = textwrap.dedent("""
     from pathlib import Path
     from ssl3d_ros.checkpoint import save_checkpoint
     from ssl3d_ros.training import state as state_io
-    from test_checkpoint import PRE, tiny_encoder
+    from builders import PRE, tiny_encoder
 
     out, k = Path(sys.argv[1]), int(sys.argv[2])
     encoder = tiny_encoder()
@@ -75,8 +75,7 @@ def test_sigkill_during_checkpoint_writes_never_corrupts_the_latest(tmp_path):
     holds the writer there), alternately in the checkpoint's and the state's write: afterwards both
     load, whole and from the last completed write, and the next writer removes the dead one's
     temporaries."""
-    from test_atomic import wait_for_pause
-    from test_checkpoint import PRE, tiny_encoder
+    from builders import PRE, tiny_encoder, wait_for_pause
 
     from ssl3d_ros.atomic import PAUSE_ENV
     from ssl3d_ros.checkpoint import save_checkpoint
@@ -137,7 +136,7 @@ DISK_FULL = textwrap.dedent("""
     from ssl3d_ros.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from ssl3d_ros.evaluation import replay
     from ssl3d_ros.training import state as state_io
-    from test_checkpoint import PRE, tiny_encoder
+    from builders import PRE, tiny_encoder
 
     disk, bag, ckpt = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     result = {}
@@ -176,7 +175,7 @@ DISK_FULL = textwrap.dedent("""
     # 4. pretraining onto the full disk: a clear error, not a traceback
     import tempfile, yaml
     from ssl3d_ros.training import pretrain
-    from test_training_recipes import tiny_config
+    from builders import tiny_config
     config = Path(tempfile.mkdtemp()) / "mae.yaml"
     config.write_text(yaml.safe_dump(tiny_config("mae", disk / "run", steps=2).to_dict()))
     result["pretrain_rc"] = pretrain.main(["--config", str(config), "--no-progress"])
@@ -303,7 +302,7 @@ def test_a_truncated_bag_keeps_its_readable_messages(small_bag, tmp_path):
 
 @needs_netns
 def test_the_node_refuses_bad_checkpoints_naming_file_and_problem(tmp_path, small_checkpoint):
-    from test_node import PARAMS, _node_command, _ros_env
+    from builders import PARAMS, node_command as _node_command, ros_env as _ros_env
 
     params = tmp_path / "params.yaml"
     params.write_text(PARAMS)
@@ -315,7 +314,7 @@ def test_the_node_refuses_bad_checkpoints_naming_file_and_problem(tmp_path, smal
         "pickle.safetensors": (pickle.dumps({"w": CreatesMarker(marker)}, protocol=4),
                                "a Python pickle, not a safetensors checkpoint; refusing"),
     }
-    from test_checkpoint import rewrite
+    from builders import rewrite
 
     from safetensors.torch import load_file
 
@@ -356,7 +355,7 @@ def test_out_of_memory_during_a_frame_is_skipped_counted_and_the_node_goes_on(sm
     from ssl3d_ros.codec import decode_cloud, encode_cloud, fill_cloud_message
     from ssl3d_ros.node import PerceptionNode
     from ssl3d_ros.pipeline import PerceptionPipeline
-    from test_node import _ros_env
+    from builders import ros_env as _ros_env
 
     _ros_env()
     context = rclpy.Context()

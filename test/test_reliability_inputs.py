@@ -36,9 +36,9 @@ from ssl3d_ros.codec import (  # noqa: E402
 from ssl3d_ros.outputs import INVALID_CLASS  # noqa: E402
 from ssl3d_ros.pipeline import PerceptionPipeline  # noqa: E402
 
-from test_node import OUT, Harness, _now_ns  # noqa: E402
-from test_node import harness, node_process, offline  # noqa: E402,F401  (fixtures, used by name)
-from builders import make_checkpoint, sim_scan  # noqa: E402
+from ssl3d_ros.evaluation.node_harness import Harness, write_params  # noqa: E402
+
+from builders import NODE_TEST_PARAMS, OUT, make_checkpoint, sim_scan  # noqa: E402
 
 HANG_GUARD_S = 240  # waits end at once when what they wait for happens; this only ends a hung test
 
@@ -58,21 +58,14 @@ MAX_INPUT_POINTS = 200_000  # the node's input.max_points here (default 4M; a 5M
 
 @pytest.fixture(scope="module")
 def params_file(tmp_path_factory) -> Path:
-    """test_node's parameters plus a lower input size guard (overrides test_node's fixture)."""
-    import yaml
-
-    from test_node import PARAMS
-
-    doc = yaml.safe_load(PARAMS)
-    doc["/**"]["ros__parameters"]["input"]["max_points"] = MAX_INPUT_POINTS
-    path = tmp_path_factory.mktemp("reliability_params") / "perception.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    """The node's test parameters plus a lower input size guard (overrides conftest's fixture)."""
+    return write_params(tmp_path_factory.mktemp("reliability_params") / "perception.yaml",
+                        {**NODE_TEST_PARAMS, "input.max_points": MAX_INPUT_POINTS})
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """The node's checkpoint, at a path full of shell syntax (overrides test_node's fixture)."""
+    """The node's checkpoint, at a path full of shell syntax (overrides conftest's fixture)."""
     folder = tmp_path_factory.mktemp("hostile") / HOSTILE_DIR
     folder.mkdir()
     return make_checkpoint(folder / "nano $(id).safetensors", with_head=True, with_pca=True)
@@ -92,7 +85,7 @@ def base_scan():
 
 def stamp(msg: PointCloud2, frame_id: str = "lidar") -> PointCloud2:
     msg.header.frame_id = frame_id
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(_now_ns(), 1_000_000_000)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns(), 1_000_000_000)
     return msg
 
 
@@ -320,7 +313,7 @@ def assert_matches_offline(out: PointCloud2, msg: PointCloud2, offline: Percepti
 def check_next_valid(harness, offline) -> None:
     good = valid_cloud()
     harness.reliable.publish(good)
-    out = harness.outputs_for(good.header, timeout=60, topics=[SEG])[SEG]
+    out = harness.messages_for(good.header, timeout=60, topics=[SEG])[SEG]
     assert_matches_offline(out, good, offline)
 
 
@@ -360,7 +353,7 @@ def test_bad_or_unusual_cloud(case, harness, node_process, offline):
         time.sleep(0.25)  # one at a time: the one-slot mailbox would replace a waiting copy
     if outcome == PROCESSED:
         for m in copies:
-            out = harness.outputs_for(m.header, timeout=60, topics=[SEG])[SEG]
+            out = harness.messages_for(m.header, timeout=60, topics=[SEG])[SEG]
             assert_matches_offline(out, m, offline)
         assert out.header.frame_id == f"case_{case}"
 

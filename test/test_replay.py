@@ -135,6 +135,18 @@ def test_dds_replay_through_the_node_matches_the_bag(bag, checkpoint, expected_s
     assert report["node_counts"]["received"] == N_GOOD + 1
     assert report["node_counts"]["rejected"] == 1 and report["node_counts"]["processed"] == N_GOOD
     assert report["unmatched_outputs"] == 0
+    assert report["errors"] == 0
+    # The node's log and parameters are in the report folder and listed in the report.
+    assert report["node_files"] == {"node_log": str(out / "node.log"), "node_params": str(out / "node_params.yaml")}
+    assert "listening on" in (out / "node.log").read_text() and "node.log" in (out / "replay.md").read_text()
+    # Keep-up: the player waits for each answer while the simulated clock runs on, so the node's raw
+    # "its clock - stamp" includes that wait; the node latency excludes it. It runs from the send to the
+    # node's end of the frame, so it can never exceed the end-to-end latency, which ends later.
+    ok = [f for f in report["frames"] if f["status"] == "ok"]
+    for f in ok:
+        assert f["node_latency_ms"] == pytest.approx(f["node_reported_latency_ms"] - f["stamp_age_ms"])
+        assert f["node_latency_ms"] <= f["latency_ms"] + 1.0, f
+    assert report["node_latency_ms"]["count"] == N_GOOD
     # The recording holds every input and the node's segmentation of each good frame.
     inputs = BagSource(recorded, topics=[TOPIC])
     outputs = BagSource(recorded, topics=["/ssl3d_perception/output/segmentation"])
@@ -199,3 +211,65 @@ def test_recording_keeps_outputs_in_input_order_when_a_latency_exceeds_the_frame
     recorded = BagSource(tmp_path / "rec", topics=["/seg"])
     got = [recorded.message(i).header.stamp for i in range(len(recorded))]
     assert [(t.sec, t.nanosec) for t in got] == [(s // 10**9, s % 10**9) for s in stamps]
+
+
+# ------------------------------------------------------------------------- issue 14, item 6: reports
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["packaged-default", "explicit-path"])
+def test_a_class_map_the_checkpoint_does_not_have_is_refused_with_or_without_checkpoint(explicit, tmp_path, capsys):
+    """The packaged checkpoint's 11 simulator classes against SemanticKITTI's 19: refused before the bag
+    is read (it does not exist here), in one line and exit 2, whether the checkpoint is named or not."""
+    from ssl3d_ros.evaluation.replay import main
+    from ssl3d_ros.pipeline import packaged_checkpoint
+
+    packaged = packaged_checkpoint()
+    out = tmp_path / "report"
+    args = [str(tmp_path / "never_read"), "--offline", "--label-field", "label", "--class-map", "semantickitti",
+            "--out", str(out)] + (["--checkpoint", str(packaged)] if explicit else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("ssl3d-replay: ") and str(packaged) in err
+    assert "'semantickitti'" in err and "scores would compare different classes" in err
+    assert ("packaged default checkpoint" in err) is not explicit
+    assert not out.exists()
+
+
+def test_a_malformed_node_param_is_refused_in_one_line(tmp_path, capsys):
+    from ssl3d_ros.evaluation.replay import main
+
+    assert main([str(tmp_path / "never_read"), "--node-param", "input.qos.depth=2", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "ssl3d-replay: --node-param 'input.qos.depth=2': expected NAME:=VALUE"
+
+
+def test_node_failures_are_errors_not_rejections(tmp_path):
+    """A frame the node failed on (frames_errors) is an error, a malformed one (frames_rejected) rejected,
+    in keep-up mode as it happens and at the recorded rate from the node's totals; the report counts
+    them apart and lists the node's log."""
+    from ssl3d_ros.evaluation.replay import assign_unanswered, failure_status
+    from ssl3d_ros.evaluation.replay_stats import FrameRecord, summarise, write_replay_report
+
+    before = {"received": 3, "rejected": 1, "errors": 0}
+    assert failure_status(before, {**before, "errors": 1}) == "error"
+    assert failure_status(before, {**before, "rejected": 2}) == "rejected"
+    assert failure_status(before, {**before, "errors": 1, "rejected": 2}) == "error"
+    assert failure_status(before, {**before, "received": 4}) is None
+
+    records = [FrameRecord(i, 100 + i, 10, sent_s=float(i)) for i in range(6)]
+    records[0].received_s, records[0].status = 0.05, "ok"
+    records[1].status = "error"  # told apart in keep-up mode
+    assign_unanswered(records, {"rejected": 2, "errors": 2, "dropped": 1})
+    assert [r.status for r in records] == ["ok", "error", "rejected", "rejected", "error", "dropped"]
+
+    summary = summarise(records, mode="dds/recorded x1", source="bag", topic="/points", checkpoint="",
+                        frames_in_bag=6, node_files={"node_log": str(tmp_path / "node.log")})
+    assert (summary.rejected, summary.errors, summary.dropped, summary.outputs) == (2, 2, 1, 1)
+    write_replay_report(summary, records, tmp_path)
+    report = json.loads((tmp_path / "replay.json").read_text())
+    assert report["errors"] == 2 and report["rejected"] == 2
+    assert report["node_files"]["node_log"] == str(tmp_path / "node.log")
+    md = (tmp_path / "replay.md").read_text()
+    assert " errors " in md.splitlines()[md.splitlines().index("## Counts") + 2]
+    assert f"node_log: `{tmp_path / 'node.log'}`" in md

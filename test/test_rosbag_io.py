@@ -111,7 +111,7 @@ def test_topic_selection_and_explicit_scale(shared_data):
 
 
 def test_shared_data_root_mixes_files_and_bags(shared_data):
-    from test_readers import scan_files_in
+    from builders import scan_files_in
 
     with Reader(real_bag(shared_data)) as reader:
         bag_messages = sum(c.msgcount for c in reader.connections if c.msgtype == POINTCLOUD2)

@@ -9,7 +9,7 @@ from ssl3d_ros.sim import SimConfig, simulate_sequence, with_lidar
 from ssl3d_ros.training.data import DataConfig, open_data
 from ssl3d_ros.training.loop import train
 
-from test_training_recipes import tiny_config
+from builders import tiny_config
 
 
 def write_bags(root):

@@ -14,7 +14,7 @@ from ssl3d_ros.training.recipes.msm import full_hierarchy
 from ssl3d_ros.training.data import DataConfig, simulated_source
 from ssl3d_ros.training.voxels import VoxelBatch
 
-from test_training_recipes import tiny_config
+from builders import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -1,49 +1,14 @@
 """Every recipe trains end to end through the real loop on simulated scans and its loss goes down.
 
 Sizes are tiny (16-beam sim LiDAR, 0.2 m voxels, nano encoder) so each run takes seconds on a CPU.
-``tiny_config`` is shared with the other training tests.
+``tiny_config`` (test/builders.py) is shared with the other training tests.
 """
 from __future__ import annotations
-
-import csv
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from ssl3d_ros.training.config import PretrainConfig, config_from_dict
-
-SCENE = {"scene": {"count": 1, "crop_points": 1500, "center_jitter": 0.5}}
-TINY_VIEWS: dict[str, dict[str, Any]] = {
-    "sonata": {"global": {"count": 2, "crop_points": 1500, "center_jitter": 0.5},
-               "local": {"count": 1, "crop_points": 500, "center_jitter": 2.0}},
-    "msm": {"student": {"count": 1, "crop_points": 1500, "center_jitter": 0.5},
-            "teacher": {"count": 1, "crop_points": 1500, "center_jitter": 0.5}},
-    "jepa": SCENE,
-    "mae": SCENE,
-}
-
-
-def tiny_config(recipe: str, out_dir: Path, steps: int = 6, sources=("sim:outdoor:4",), **run: Any) -> PretrainConfig:
-    if recipe == "acl":
-        rec = {"name": "acl", "base": "mae", "base_config": {"views": SCENE}, "contrast_warmup": 2, "contrast_ramp": 2}
-    else:
-        rec = {"name": recipe, "views": TINY_VIEWS[recipe]}
-    return config_from_dict({
-        "data": {"sources": list(sources), "sim_lidar": {"beams": 16, "columns": 256}},
-        "preprocessing": {"voxel_size": 0.2, "features": ["xyz", "height", "intensity"], "coord_scale": 20.0},
-        "encoder": {"size": "nano", "backend": "torch"},
-        "recipe": rec,
-        "optim": {"lr": 2e-3, "warmup_steps": 3, "ema_momentum": 0.996},
-        "run": {"steps": steps, "batch_size": 2, "workers": 0, "checkpoint_every": 3, "out_dir": str(out_dir),
-                "threads": 1, "tensorboard": False, **run},
-    })
-
-
-def read_metrics(out_dir: Path) -> list[dict[str, float]]:
-    with open(out_dir / "metrics.csv", newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+from builders import read_metrics, tiny_config
 
 
 @pytest.mark.parametrize("recipe", ["sonata", "msm", "jepa", "mae", "acl"])

@@ -18,7 +18,7 @@ import yaml
 from ssl3d_ros.training import state as state_io
 from ssl3d_ros.training.loop import train
 
-from test_training_recipes import read_metrics, tiny_config
+from builders import read_metrics, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,15 +3,25 @@
 The player publishes the bag's PointCloud2 messages (the recorded bytes, unchanged) on the node's
 input topic, with ``/clock`` for ``use_sim_time``, either at the recorded rate (``--mode recorded``,
 ``--rate`` scales it) or as fast as the node keeps up (``--mode keep-up``: the next frame goes out
-when the previous one's segmentation came back, was rejected, or timed out). Subscriptions record
-the node's segmentation (matched to inputs by header stamp), its ``~/debug/processing_time_ms``
-stage timings and ``~/debug/pipeline_latency_ms`` (matched by order: the node publishes them right
-after each frame's outputs) and its ``/diagnostics`` counters (rejected inputs, mailbox drops).
+when the previous one's segmentation came back, the node counted it rejected or failed, or it timed
+out). The node runs as a child process (``ssl3d_ros.evaluation.node_harness``); subscriptions record
+its segmentation (matched to inputs by header stamp), its ``~/debug/processing_time_ms`` stage
+timings and ``~/debug/pipeline_latency_ms`` (matched by order: the node publishes them right after
+each frame's outputs) and its ``/diagnostics`` counters (rejected inputs, failed frames, drops).
 
 Report: per-frame end-to-end latency (p50/p90/p99) and per stage, throughput, frames sent /
-answered / dropped / rejected, and, when the bag carries a label field and a class map is given,
-mIoU per frame and overall. Files: ``replay.json``, ``replay.md``, ``latency_histogram.png``,
-``latency_timeline.png``; ``--record-out BAG`` also writes inputs and outputs into a new bag.
+answered / dropped / rejected (malformed input) / errors (the node failed on the frame), and, when
+the bag carries a label field and a class map is given, mIoU per frame and overall. Files:
+``replay.json``, ``replay.md``, ``latency_histogram.png``, ``latency_timeline.png``, and the node's
+``node.log`` and ``node_params.yaml``; ``--record-out BAG`` also writes inputs and outputs into a bag.
+
+Latencies: *end to end* is publishing the input to receiving its segmentation, on this process's
+monotonic clock. *Node latency* is the node's own: its ``pipeline_latency_ms`` (its clock at the end
+of the frame - the header stamp) less the stamp's age on that clock when the frame was sent, i.e.
+send -> done on the node's clock (input transport, mailbox wait, processing). In keep-up mode the
+simulated clock runs on while the player waits for each answer, so the raw figure would include that
+wait; it is kept in ``replay.json`` as ``node_reported_latency_ms``. With ``/clock`` the node's time
+advances in 10 ms steps, so node latency reads up to about 10 ms low.
 
 ``--offline`` runs the same frames through :class:`PerceptionPipeline` in-process (no ROS), for
 quick checks; its latency is the pipeline call (decode included).
@@ -26,7 +36,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -133,132 +142,47 @@ def score_frame(record: FrameRecord, frame: BagFrame, class_id: np.ndarray, scor
     record.accuracy = None if not np.isfinite(s.accuracy) else s.accuracy
 
 
-def check_classes(checkpoint: str, class_map: ClassMap | None) -> None:
-    """The node's class ids must mean the class map's classes for the scores to mean anything."""
-    if class_map is None or not checkpoint:
-        return
-    from ..checkpoint import load_checkpoint
+class ReplayInputError(ValueError):
+    """Inputs that cannot give a meaningful replay; the message names what is wrong."""
 
-    names = load_checkpoint(checkpoint).class_names
+
+def check_classes(checkpoint: str, class_map: ClassMap | None) -> None:
+    """The node's class ids must mean the class map's classes for the scores to mean anything; without
+    ``checkpoint`` the node runs the packaged default, which is checked the same way."""
+    if class_map is None:
+        return
+    from ..checkpoint import CheckpointError, load_checkpoint
+    from ..config import ConfigError
+    from ..pipeline import packaged_checkpoint
+
+    try:
+        path = checkpoint or str(packaged_checkpoint())
+        names = load_checkpoint(path).class_names
+    except (CheckpointError, ConfigError) as exc:
+        raise ReplayInputError(str(exc)) from None
     if names and list(names) != list(class_map.class_names):
-        raise SystemExit(f"checkpoint classes {names} differ from class map {class_map.name!r} classes "
-                         f"{class_map.class_names}: scores would compare different classes")
+        which = f"checkpoint {path}" if checkpoint else f"the packaged default checkpoint {path}"
+        raise ReplayInputError(f"{which} has classes {list(names)}, class map {class_map.name!r} has "
+                               f"{list(class_map.class_names)}: scores would compare different classes")
+
+
+def parse_node_params(assignments: Sequence[str]) -> dict[str, Any]:
+    """``["input.qos.reliability:=reliable", ...]`` -> parameters (values read as YAML, as ROS reads -p)."""
+    import yaml
+
+    params: dict[str, Any] = {}
+    for text in assignments:
+        name, sep, value = text.partition(":=")
+        if not sep or not name.strip():
+            raise ReplayInputError(f"--node-param {text!r}: expected NAME:=VALUE")
+        try:
+            params[name.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ReplayInputError(f"--node-param {text!r}: value is not valid YAML: {exc}") from None
+    return params
 
 
 # --------------------------------------------------------------------------- DDS replay
-
-
-class NodeProcess:
-    """The perception node as a child process (its log goes to ``log_path``)."""
-
-    def __init__(self, cfg: ReplayConfig, log_path: Path) -> None:
-        args = [sys.executable, "-m", "ssl3d_ros.node", "--ros-args", "-r", f"__node:={cfg.node_name}",
-                "-r", f"~/input/points:={cfg.input_topic}", "-p", f"device:={cfg.device}"]
-        if cfg.checkpoint:
-            args += ["-p", f"checkpoint:={cfg.checkpoint}"]
-        if cfg.params_file:
-            args += ["--params-file", cfg.params_file]
-        if cfg.clock:
-            args += ["-p", "use_sim_time:=true"]
-        for param in cfg.node_params:
-            args += ["-p", param]
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> int | None:
-        if self.alive():
-            self.proc.send_signal(2)  # SIGINT: rclpy shuts down cleanly
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-
-class Recorder:
-    """Subscriptions to the node's outputs, filled from the executor thread."""
-
-    def __init__(self, node: Any, node_name: str, keep_raw: bool, embeddings: bool = False) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import PointCloud2
-        from std_msgs.msg import Float64, Float64MultiArray
-
-        self.lock = threading.RLock()  # re-entrant: counters are read inside `with arrived:` blocks
-        self.arrived = threading.Condition(self.lock)
-        self.outputs: dict[int, tuple[float, np.ndarray, bytes | None]] = {}  # stamp -> (time, class_id, raw)
-        self.output_order: list[int] = []
-        self.timings: list[list[float]] = []
-        self.latencies: list[float] = []
-        self.node_counts: dict[str, int] = {}
-        self.diagnostics_seen = 0
-        self.keep_raw = keep_raw
-        base = f"/{node_name}"
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        self.seg_topic = f"{base}/output/segmentation"
-        self.subs = [
-            node.create_subscription(PointCloud2, self.seg_topic, self._on_segmentation, qos, raw=True),
-            node.create_subscription(Float64MultiArray, f"{base}/debug/processing_time_ms", self._on_timing, qos),
-            node.create_subscription(Float64, f"{base}/debug/pipeline_latency_ms", self._on_latency, qos),
-            node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10),
-        ]
-        if embeddings:  # the node computes only outputs with subscribers: this makes it embed too
-            self.subs.append(node.create_subscription(PointCloud2, f"{base}/output/embeddings",
-                                                      self._on_embeddings, qos, raw=True))
-        self.embedding_messages = 0
-        self._cloud_type = PointCloud2
-
-    def _on_embeddings(self, raw: bytes) -> None:
-        with self.lock:
-            self.embedding_messages += 1
-
-    def _on_segmentation(self, raw: bytes) -> None:
-        from rclpy.serialization import deserialize_message
-
-        from ..codec import decode_cloud
-
-        now = time.monotonic()
-        msg = deserialize_message(raw, self._cloud_type)
-        class_id = np.array(decode_cloud(msg).field_values("class_id"), dtype=np.uint8)
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        with self.arrived:
-            self.outputs[stamp] = (now, class_id, bytes(raw) if self.keep_raw else None)
-            self.output_order.append(stamp)
-            self.arrived.notify_all()
-
-    def _on_timing(self, msg: Any) -> None:
-        with self.lock:
-            self.timings.append(list(msg.data))
-
-    def _on_latency(self, msg: Any) -> None:
-        with self.lock:
-            self.latencies.append(float(msg.data))
-
-    def _on_diagnostics(self, msg: Any) -> None:
-        for status in msg.status:
-            if not status.name.endswith(": pipeline"):
-                continue
-            counts = {kv.key.removeprefix("frames_"): int(kv.value) for kv in status.values
-                      if kv.key.startswith("frames_")}
-            with self.arrived:
-                self.node_counts = counts
-                self.diagnostics_seen += 1
-                self.arrived.notify_all()
-
-    def node_failures(self) -> int:
-        with self.lock:
-            return self.node_counts.get("rejected", 0) + self.node_counts.get("errors", 0)
 
 
 class SimClock:
@@ -301,51 +225,63 @@ class SimClock:
             self._thread.join(timeout=1.0)
 
 
+def node_params(cfg: ReplayConfig) -> dict[str, Any]:
+    """The launched node's parameters (read after ``cfg.params_file``, so these override it)."""
+    params: dict[str, Any] = {"device": cfg.device}
+    if cfg.checkpoint:
+        params["checkpoint"] = cfg.checkpoint
+    if cfg.clock:
+        params["use_sim_time"] = True
+    params.update(parse_node_params(cfg.node_params))
+    return params
+
+
+def decode_class_id(msg: Any) -> np.ndarray:
+    from ..codec import decode_cloud
+
+    return np.array(decode_cloud(msg).field_values("class_id"), dtype=np.uint8)
+
+
 def replay_dds(frames: Sequence[BagFrame], cfg: ReplayConfig, out_dir: Path, scores: ScoreAccumulator | None,
                record_out: str | None = None, topic: str = "") -> tuple[list[FrameRecord], dict, int]:
     """Publish the frames to the node and record what comes back; returns records, the node's final
-    counters and the number of outputs that matched no sent frame."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    counters and the number of outputs that matched no sent frame. NodeError if the launched node
+    exits or does not come up."""
     from rosgraph_msgs.msg import Clock
-    from sensor_msgs.msg import PointCloud2
 
-    node_proc = NodeProcess(cfg, out_dir / "node.log") if cfg.launch_node else None
-    context = rclpy.Context()
-    rclpy.init(context=context, args=[])
-    node = rclpy.create_node("ssl3d_replay", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    from .node_harness import Harness, NodeProcess, numbers
+
+    node_proc = (NodeProcess(out_dir, node_params(cfg), cfg.input_topic, node_name=cfg.node_name,
+                             params_files=[cfg.params_file] if cfg.params_file else [])
+                 if cfg.launch_node else None)
+    seg = f"/{cfg.node_name}/output/segmentation"
     records = [FrameRecord(f.index, f.stamp_ns, f.points) for f in frames]
     clock: SimClock | None = None
+    harness = None
     try:
-        recorder = Recorder(node, cfg.node_name, keep_raw=record_out is not None, embeddings=cfg.embeddings)
-        pub_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        pub = node.create_publisher(PointCloud2, cfg.input_topic, pub_qos)
-        clock_pub = node.create_publisher(Clock, CLOCK_TOPIC, 10) if cfg.clock else None
-        spinner.start()
+        # the node computes only outputs with subscribers: embeddings only when asked for
+        harness = Harness(cfg.input_topic, node_name=cfg.node_name,
+                          outputs=("segmentation", "embeddings") if cfg.embeddings else ("segmentation",),
+                          keep_messages=False, convert={seg: decode_class_id,
+                                                        f"/{cfg.node_name}/debug/processing_time_ms": numbers,
+                                                        f"/{cfg.node_name}/debug/pipeline_latency_ms": numbers},
+                          raw=[seg] if record_out is not None else [], depth=100, name="ssl3d_replay",
+                          best_effort_input=False)  # the recorded bytes go out on the reliable publisher
+        clock_pub = harness.node.create_publisher(Clock, CLOCK_TOPIC, 10) if cfg.clock else None
 
         def publish_clock(ns: int) -> None:
             msg = Clock()
             msg.clock.sec, msg.clock.nanosec = divmod(int(ns), 1_000_000_000)
             clock_pub.publish(msg)
 
-        # Ready when the node (after its warm-up) publishes segmentation and subscribes to the input.
-        deadline = time.monotonic() + cfg.startup_timeout_s
-        while not (pub.get_subscription_count() > 0 and node.count_publishers(recorder.seg_topic) > 0):
-            if node_proc is not None and not node_proc.alive():
-                raise RuntimeError(f"the node exited with code {node_proc.proc.returncode}:\n{node_proc.log_tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the node did not come up within {cfg.startup_timeout_s} s"
-                                   + (f":\n{node_proc.log_tail()}" if node_proc else ""))
-            time.sleep(0.1)
+        # Ready when the node (after its warm-up) subscribes to the input and publishes every topic.
+        harness.wait_for_node(node_proc, cfg.startup_timeout_s, diagnostics=False)
         time.sleep(1.0)  # let the node's side of the matching finish too
 
         if clock_pub is not None and frames:
             # Sim time starts at the first frame once the node is up (it needs no clock to start).
             clock = SimClock(publish_clock, frames[0].bag_ns, cfg.rate if cfg.mode == "recorded" else 1.0).start()
+        answered = harness.by_stamp[seg]
         t0 = time.monotonic()
         for rec, frame in zip(records, frames):
             if cfg.mode == "recorded":
@@ -354,42 +290,44 @@ def replay_dds(frames: Sequence[BagFrame], cfg: ReplayConfig, out_dir: Path, sco
                     time.sleep(min(wait, 0.005))
             if clock is not None:
                 clock.advance_to(frame.bag_ns)
-            failures_before = recorder.node_failures()
+            before = harness.counts()
             rec.sent_s = time.monotonic()
-            pub.publish(frame.raw)  # the recorded CDR bytes as they are
+            # how old the stamp is on the node's clock as the frame leaves: subtracted from its latency
+            rec.stamp_age_ms = ((clock.now_ns() if clock is not None else time.time_ns()) - frame.stamp_ns) / 1e6
+            harness.publish(frame.raw, reliable=True)  # the recorded CDR bytes as they are
             if cfg.mode == "keep-up":
-                with recorder.arrived:
-                    recorder.arrived.wait_for(
-                        lambda: frame.stamp_ns in recorder.outputs or recorder.node_failures() > failures_before,
-                        timeout=cfg.frame_timeout_s)
-                    if frame.stamp_ns not in recorder.outputs and recorder.node_failures() > failures_before:
-                        rec.status = "rejected"  # alone in flight, so the failure the node counted is this frame
+                with harness.cond:
+                    harness.cond.wait_for(lambda: frame.stamp_ns in answered
+                                          or failure_status(before, harness.counts()) is not None,
+                                          timeout=cfg.frame_timeout_s)
+                    if frame.stamp_ns not in answered:  # alone in flight: what the node counted is this frame
+                        rec.status = failure_status(before, harness.counts()) or rec.status
         # Late outputs: wait until every frame is answered or nothing new arrives for settle_s.
         last_count, last_change = -1, time.monotonic()
         while True:
-            with recorder.lock:
-                count = len(recorder.outputs)
+            with harness.cond:
+                count = len(answered)
             if count != last_count:
                 last_count, last_change = count, time.monotonic()
             if count >= len(frames) or time.monotonic() - last_change > cfg.settle_s:
                 break
             time.sleep(0.05)
-        # Final node counters: the first /diagnostics published after everything settled.
-        with recorder.arrived:
-            seen = recorder.diagnostics_seen
-            recorder.arrived.wait_for(lambda: recorder.diagnostics_seen > seen + 1, timeout=5.0)
-            node_counts = dict(recorder.node_counts)
+        # Final node counters: the second /diagnostics published after everything settled.
+        with harness.cond:
+            seen = len(harness.diagnostics)
+            harness.cond.wait_for(lambda: len(harness.diagnostics) > seen + 1, timeout=5.0)
+            node_counts = harness.counts()
             if cfg.embeddings:
-                node_counts["embedding_messages_received"] = recorder.embedding_messages
-            outputs = dict(recorder.outputs)
-            order = list(recorder.output_order)
-            timings, latencies = list(recorder.timings), list(recorder.latencies)
+                node_counts["embedding_messages_received"] = len(harness.arrivals[f"/{cfg.node_name}/output/embeddings"])
+            outputs = {stamp: (a.mono_s, a.value, a.raw) for stamp, a in answered.items()}
+            order = [a.stamp_ns for a in harness.arrivals[seg]]
+            timings = [a.value for a in harness.arrivals[f"/{cfg.node_name}/debug/processing_time_ms"]]
+            latencies = [a.value[0] for a in harness.arrivals[f"/{cfg.node_name}/debug/pipeline_latency_ms"]]
     finally:
         if clock is not None:
             clock.stop()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
+        if harness is not None:
+            harness.close()
         if node_proc is not None:
             node_proc.stop()
 
@@ -406,20 +344,39 @@ def replay_dds(frames: Sequence[BagFrame], cfg: ReplayConfig, out_dir: Path, sco
         rec.received_s, rec.status = t_recv, "ok"
         if stamp in timing_of:
             rec.stages_ms = dict(zip(STAGES, timing_of[stamp]))
-        rec.node_latency_ms = latency_of.get(stamp)
+        rec.node_reported_latency_ms = latency_of.get(stamp)
+        if rec.node_reported_latency_ms is not None and rec.stamp_age_ms is not None:
+            rec.node_latency_ms = rec.node_reported_latency_ms - rec.stamp_age_ms
         score_frame(rec, frame, class_id, scores)
-    # Unanswered frames: rejected ones were told apart in keep-up mode (one frame in flight). At the
-    # recorded rate several frames are in flight and the node's counter does not say which it refused,
-    # so the remaining count is assigned to the earliest unanswered frames (totals exact, identities not).
-    node_rejected = node_counts.get("rejected", 0) + node_counts.get("errors", 0)
-    still = node_rejected - sum(r.status == "rejected" for r in records)
+    assign_unanswered(records, node_counts)
+    if record_out:
+        write_recording(record_out, frames, records, outputs, topic, seg)
+    return records, node_counts, unmatched
+
+
+def failure_status(before: dict[str, int], after: dict[str, int]) -> str | None:
+    """What the node's counters say happened to the one frame in flight: "error" when it counted a failed
+    frame (frames_errors), "rejected" when it refused a malformed input (frames_rejected), else None."""
+    if after.get("errors", 0) > before.get("errors", 0):
+        return "error"
+    if after.get("rejected", 0) > before.get("rejected", 0):
+        return "rejected"
+    return None
+
+
+def assign_unanswered(records: Sequence[FrameRecord], node_counts: dict[str, int]) -> None:
+    """Statuses for sent frames still "pending" after the replay. In keep-up mode (one frame in flight)
+    rejected and failed frames were told apart as they happened. At the recorded rate several frames
+    are in flight and the node's counters do not say which frame they were, so what is left of each
+    count goes to the earliest unanswered frames (totals exact, identities not), rejections first; the
+    rest were dropped (replaced in the node's mailbox, or lost)."""
+    left = {"rejected": node_counts.get("rejected", 0) - sum(r.status == "rejected" for r in records),
+            "error": node_counts.get("errors", 0) - sum(r.status == "error" for r in records)}
     for rec in records:
         if rec.sent_s is not None and rec.status == "pending":
-            rec.status = "rejected" if still > 0 else "dropped"
-            still -= rec.status == "rejected"
-    if record_out:
-        write_recording(record_out, frames, records, outputs, topic, recorder.seg_topic)
-    return records, node_counts, unmatched
+            rec.status = next((k for k, n in left.items() if n > 0), "dropped")
+            if rec.status in left:
+                left[rec.status] -= 1
 
 
 def write_recording(path: str, frames: Sequence[BagFrame], records: Sequence[FrameRecord],
@@ -486,11 +443,15 @@ def replay_offline(frames: Sequence[BagFrame], checkpoint: str, scores: ScoreAcc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl3d-replay", description=__doc__.split("\n\n")[0], epilog=EXIT_CODES_EPILOG,
+    paragraphs = __doc__.split("\n\n")
+    parser = argparse.ArgumentParser(prog="ssl3d-replay", description=paragraphs[0],
+                                     epilog="\n\n".join([p for p in paragraphs if p.startswith(("Report:", "Latencies:"))] + [EXIT_CODES_EPILOG]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bag", help="rosbag2 folder or .mcap/.db3 file")
     parser.add_argument("--topic", help="PointCloud2 topic of the bag (default: its only one)")
-    parser.add_argument("--checkpoint", default="", help="checkpoint for the node (default: the packaged one)")
+    parser.add_argument("--checkpoint", default="",
+                        help="checkpoint for the node (default: the packaged one); with --attach, the running "
+                             "node's, for the class check of --class-map")
     parser.add_argument("--params-file", help="node parameter file (e.g. config/perception.yaml)")
     parser.add_argument("--mode", choices=["keep-up", "recorded"], default="keep-up")
     parser.add_argument("--rate", type=float, default=1.0, help="recorded mode: speed factor")
@@ -505,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--with-embeddings", action="store_true",
                         help="also subscribe to the node's embeddings (it computes only subscribed outputs)")
     parser.add_argument("--label-field", help="PointCloud2 field with labels (enables mIoU)")
-    parser.add_argument("--class-map", help="class map of the labels (name or YAML); must match the node's classes")
+    parser.add_argument("--class-map", help="class map of the labels (name or YAML); must match the classes of the "
+                                             "node's checkpoint (the packaged one without --checkpoint), else exit 2")
     parser.add_argument("--max-frames", type=int)
     parser.add_argument("--frame-timeout", type=float, default=10.0)
     parser.add_argument("--device", default="cpu")
@@ -521,8 +483,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     class_map = load_class_map(args.class_map) if args.class_map else None
     if args.label_field and class_map is None:
         raise SystemExit("--label-field needs --class-map (the label ids' class map)")
-    check_classes(args.checkpoint, class_map)
+    try:
+        check_classes(args.checkpoint, class_map)
+        parse_node_params(args.node_param)
+    except ReplayInputError as exc:
+        print(f"ssl3d-replay: {exc}", file=sys.stderr)
+        return 2
     from ..io.errors import ScanReadError, TopicSelectionError
+    from .node_harness import NodeError
 
     unreadable: list[tuple[int, int, str]] = []
     try:
@@ -532,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"ssl3d-replay: {exc}") from None
     scores = ScoreAccumulator(class_map.num_classes) if class_map is not None else None
     out = Path(args.out)
-    node_counts, unmatched = {}, 0
+    node_counts, unmatched, node_files = {}, 0, {}
     if args.offline:
         if args.record_out:
             raise SystemExit("--record-out needs the DDS replay (drop --offline)")
@@ -544,14 +512,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                            checkpoint=os.path.abspath(args.checkpoint) if args.checkpoint else "",
                            params_file=args.params_file, device=args.device, frame_timeout_s=args.frame_timeout,
                            node_params=tuple(args.node_param), embeddings=args.with_embeddings)
-        records, node_counts, unmatched = replay_dds(frames, cfg, out, scores, args.record_out, topic)
+        try:
+            records, node_counts, unmatched = replay_dds(frames, cfg, out, scores, args.record_out, topic)
+        except NodeError as exc:
+            print(f"ssl3d-replay: {exc}", file=sys.stderr)
+            return 1
         mode = f"dds/{args.mode}" + (f" x{args.rate:g}" if args.mode == "recorded" else "")
+        if cfg.launch_node:
+            node_files = {"node_log": str(out / "node.log"), "node_params": str(out / "node_params.yaml")}
     if unreadable:  # in the report as frames that were never sent
         records = sorted([*records, *(FrameRecord(i, stamp, 0, status="unreadable") for i, stamp, _ in unreadable)],
                          key=lambda r: r.index)
     summary = summarise(records, mode=mode, source=str(args.bag), topic=topic, checkpoint=args.checkpoint,
                         frames_in_bag=total, unmatched_outputs=unmatched, node_counts=node_counts, scores=scores,
-                        class_names=class_map.class_names if class_map else None)
+                        class_names=class_map.class_names if class_map else None, node_files=node_files)
     try:
         written = write_replay_report(summary, records, out)
     except OSError as exc:
@@ -559,8 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "files written there earlier are unchanged", file=sys.stderr)
         return 1
     print(f"sent {summary.sent}, outputs {summary.outputs}, dropped {summary.dropped}, rejected {summary.rejected}, "
-          f"unreadable {summary.unreadable}; latency p50 {summary.latency_ms['p50']} ms")
-    for name, path in written.items():
+          f"errors {summary.errors}, unreadable {summary.unreadable}; latency p50 {summary.latency_ms['p50']} ms")
+    for name, path in {**written, **node_files}.items():
         print(f"{name}: {path}")
     return 0
 

@@ -29,9 +29,13 @@ class FrameRecord:
     points: int  # height * width of the input cloud
     sent_s: float | None = None  # monotonic send time (DDS) or start of processing (offline)
     received_s: float | None = None  # monotonic time the output arrived / processing returned
-    status: str = "pending"  # "ok", "dropped" (no output), "rejected" (node refused the input)
+    # "ok", "dropped" (no output), "rejected" (the node refused the input as malformed), "error" (the
+    # node failed while processing it), "unreadable" (not readable from the bag, never sent)
+    status: str = "pending"
     stages_ms: dict[str, float] = field(default_factory=dict)  # pre, inference, post, total
-    node_latency_ms: float | None = None  # the node's ~/debug/pipeline_latency_ms (its clock - stamp)
+    node_reported_latency_ms: float | None = None  # the node's ~/debug/pipeline_latency_ms (its clock - stamp)
+    stamp_age_ms: float | None = None  # the node's clock - stamp as the frame was sent
+    node_latency_ms: float | None = None  # reported - stamp age: send -> done on the node's clock
     valid_points: int | None = None
     miou: float | None = None
     accuracy: float | None = None
@@ -73,11 +77,15 @@ class ReplaySummary:
     segmentation: dict | None  # overall scores when the bag carries labels
     frames: list[dict]
     unreadable: int = 0  # bag messages that could not be read or deserialized (never sent)
+    errors: int = 0  # frames the node failed on (counted frames_errors), apart from rejected input
+    node_reported_latency_ms: dict = field(default_factory=dict)  # raw ~/debug/pipeline_latency_ms
+    node_files: dict = field(default_factory=dict)  # the launched node's log and parameter file
 
 
 def summarise(records: Sequence[FrameRecord], *, mode: str, source: str, topic: str, checkpoint: str,
               frames_in_bag: int, unmatched_outputs: int = 0, node_counts: dict | None = None,
-              scores: ScoreAccumulator | None = None, class_names: Sequence[str] | None = None) -> ReplaySummary:
+              scores: ScoreAccumulator | None = None, class_names: Sequence[str] | None = None,
+              node_files: dict[str, str] | None = None) -> ReplaySummary:
     sent = [r for r in records if r.sent_s is not None]
     ok = [r for r in sent if r.status == "ok"]
     rejected = sum(r.status == "rejected" for r in sent)
@@ -96,6 +104,9 @@ def summarise(records: Sequence[FrameRecord], *, mode: str, source: str, topic: 
         segmentation=None if scores is None else scores.scores().to_dict(list(class_names) if class_names else None),
         frames=[{**asdict(r), "latency_ms": r.latency_ms} for r in records],
         unreadable=sum(r.status == "unreadable" for r in records),
+        errors=sum(r.status == "error" for r in sent),
+        node_reported_latency_ms=percentiles([r.node_reported_latency_ms for r in ok]),
+        node_files=dict(node_files or {}),
     )
 
 
@@ -108,9 +119,12 @@ def replay_markdown(s: ReplaySummary, plots: dict[str, str]) -> str:
         f"# Replay report ({s.mode})", "",
         f"- source: `{s.source}` topic `{s.topic}`; checkpoint `{s.checkpoint or 'packaged default'}`",
         "", "## Counts", "",
-        markdown_table(["frames in bag", "sent", "outputs", "dropped", "rejected", "unreadable", "unmatched outputs"],
+        markdown_table(["frames in bag", "sent", "outputs", "dropped", "rejected", "errors", "unreadable",
+                        "unmatched outputs"],
                        [[str(s.frames_in_bag), str(s.sent), str(s.outputs), str(s.dropped), str(s.rejected),
-                         str(s.unreadable), str(s.unmatched_outputs)]]),
+                         str(s.errors), str(s.unreadable), str(s.unmatched_outputs)]]),
+        "", "Rejected: the node refused the input as malformed. Errors: the node failed while processing "
+        "the frame (see its log).",
     ]
     if s.node_counts:
         lines += ["", "Node's own counters (last /diagnostics): "
@@ -120,11 +134,17 @@ def replay_markdown(s: ReplaySummary, plots: dict[str, str]) -> str:
         "", "## Latency (ms)", "",
         markdown_table(["", "n", "mean", "p50", "p90", "p99", "max"],
                        [row("end to end", s.latency_ms)] + [row(f"node: {k}", v) for k, v in s.stages_ms.items()]
-                       + [row("node-reported latency (its clock - stamp)", s.node_latency_ms)]),
+                       + [row("node latency (send -> done, its clock)", s.node_latency_ms)]),
         "", "End to end: from publishing the input (or calling the pipeline, offline) to receiving its "
         "segmentation. Stages from `~/debug/processing_time_ms` (pre = decode + preprocessing, inference, "
-        "post = heads, encoding and publishing).",
+        "post = heads, encoding and publishing). Node latency: the node's `~/debug/pipeline_latency_ms` "
+        "(its clock at the end of the frame - the header stamp) less the stamp's age on the node's clock "
+        "when the frame was sent, so it excludes the player's wait between frames (keep-up mode) and the "
+        "bag's stamp age; with `/clock` the node's time moves in 10 ms steps. The raw figure is "
+        "`node_reported_latency_ms` in replay.json.",
     ]
+    if s.node_files:
+        lines += ["", "## Node files", ""] + [f"- {k}: `{v}`" for k, v in s.node_files.items()]
     if s.segmentation is not None:
         seg = s.segmentation
         lines += ["", "## Segmentation (frames with labels)", "",
@@ -141,7 +161,7 @@ def replay_markdown(s: ReplaySummary, plots: dict[str, str]) -> str:
 
 
 def plot_latency(records: Sequence[FrameRecord], out_dir: Path) -> dict[str, str]:
-    """latency_histogram.png and latency_timeline.png (dropped/rejected frames marked)."""
+    """latency_histogram.png and latency_timeline.png (dropped, rejected and failed frames marked)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,7 +199,7 @@ def plot_latency(records: Sequence[FrameRecord], out_dir: Path) -> dict[str, str
             ax.bar(idx, vals, bottom=stacked_bottom, width=0.8, label=f"node {stage}", alpha=0.8)
             stacked_bottom += vals
         ax.plot(idx, e2e, "k.-", linewidth=1, label="end to end")
-    for status, color in (("dropped", "tab:red"), ("rejected", "tab:orange")):
+    for status, color in (("dropped", "tab:red"), ("rejected", "tab:orange"), ("error", "tab:purple")):
         bad = [r.index for r in records if r.status == status]
         if bad:
             ax.scatter(bad, np.zeros(len(bad)), marker="x", color=color, s=60, zorder=5, label=status)
