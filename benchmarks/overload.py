@@ -112,7 +112,11 @@ def run_overload(checkpoint: str | Path | None = None, *, duration_s: float = 60
                  f"for {duration_s:.0f} s")
 
         # 2. Overload.
-        start_diag = client.fresh_diagnostics()
+        # a status that counts every calibration frame: a "fresh" one could still be an older status
+        # delivered late on a loaded machine, which made the overload's counts look larger than what was sent
+        calibrated = calibration_frames + 1
+        start_diag = client.latest_diagnostics(lambda v: int(v["frames_processed"]) >= calibrated, 60.0,
+                                               "diagnostics counting the calibration frames")
         rss_start = node_rss_mb(node.pid)
         with client.cond:
             first_output = len(segmentation)

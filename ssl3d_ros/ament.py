@@ -28,7 +28,7 @@ from .locations import PACKAGE, SOURCE_ROOT
 # The files under share/ssl3d_ros, as setup.py's data_files install them (test_launch.py checks that
 # a setup.py-built prefix and this one hold the same files).
 SHARE_GLOBS = ("package.xml", "launch/*.launch.py", "config/*.yaml", "config/*.xml", "config/classes/*.yaml",
-               "config/pretrain/*.yaml", "rviz/*.rviz")
+               "config/pretrain/*.yaml", "config/finetune/*.yaml", "rviz/*.rviz")
 EXECUTABLES = {"perception_node": "ssl3d_ros.node"}
 INDEX_MARKER = Path("share") / "ament_index" / "resource_index" / "packages" / PACKAGE
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 

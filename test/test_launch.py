@@ -22,7 +22,7 @@ from launch_stack import (INPUT_TOPIC, ROS2_LAUNCH, assert_every_output_answers,
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "perception.launch.py"
-EXPECTED_ARGUMENTS = {"input_topic", "params_file", "checkpoint", "device", "use_sim_time"}
+EXPECTED_ARGUMENTS = {"input_topic", "params_file", "checkpoint", "device", "use_sim_time", "managed"}
 
 
 def _calls(tree: ast.AST, name: str) -> list[ast.Call]:

@@ -248,6 +248,35 @@ def m_too_many_points():
     return cloud(rng.uniform(-30, 30, (n, 3)).astype(np.float32), {"intensity": rng.uniform(0, 1, n).astype(np.float32)})
 
 
+def m_height_zero():
+    msg = valid_cloud()
+    msg.height, msg.width = 0, 100  # no point, yet 100 columns: not a layout any driver sends
+    return msg
+
+
+def m_intensity_count3():
+    scan = base_scan()
+    return cloud(scan.points, {"intensity": np.repeat(scan.fields["intensity"][:, None], 3, axis=1)})
+
+
+def m_overlapping_fields():
+    msg = valid_cloud()
+    msg.fields = [PointField(name=f.name, offset=(2 if f.name == "intensity" else f.offset), datatype=f.datatype,
+                             count=f.count) for f in msg.fields]  # intensity inside x
+    return msg
+
+
+def m_point_40_km_away():
+    scan = base_scan()
+    pts = scan.points.copy()
+    pts[::50] = (40_000.0, 0.0, 0.0)  # beyond the 0.5 m voxel grid's +-32.8 km (and the range limit)
+    return cloud(pts, {"intensity": scan.fields["intensity"]})
+
+
+def m_no_intensity_field():
+    return cloud(base_scan().points)  # an xyz-only driver: intensity fed as zeros
+
+
 REJECTED, PROCESSED = "rejected", "processed"
 # name -> (builder, outcome, diagnostics counter that must grow, log text of its warning or None)
 CASES = {
@@ -271,6 +300,11 @@ CASES = {
     "intensity_float64": (m_intensity_float64, PROCESSED, "frames_processed", None),
     "points_1e9_m_away": (m_far_1e9, PROCESSED, "points_invalid_total", None),
     "too_many_points": (m_too_many_points, REJECTED, "frames_rejected", "exceeds parameter input.max_points"),
+    "height_zero_width_100": (m_height_zero, REJECTED, "frames_rejected", "height is 0 but width is 100"),
+    "intensity_count_3": (m_intensity_count3, REJECTED, "frames_rejected", "intensity needs count 1"),
+    "overlapping_fields": (m_overlapping_fields, REJECTED, "frames_rejected", "overlap"),
+    "point_40_km_away": (m_point_40_km_away, PROCESSED, "points_invalid_total", None),
+    "no_intensity_field": (m_no_intensity_field, PROCESSED, "frames_without_intensity", "fed as zeros"),
 }
 BURST = 3  # copies of each bad message: one warning per period, every copy counted
 

@@ -1,7 +1,7 @@
 """Replay: a labelled bag through the offline pipeline and through the real node over DDS.
 
 The bag holds simulated LiDAR scans with a ``label`` field and, in the middle, one cloud without the
-intensity field the checkpoint needs (the node must reject it). Counts in the report must match the
+intensity field of three values per point (the node must reject it). Counts in the report must match the
 bag, and the scores must equal scoring the pipeline's own predictions directly.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ssl3d_ros.evaluation.metrics import segmentation_scores
 
 TOPIC = "/lidar/points"
 N_GOOD = 4
-BAD_INDEX = 2  # position of the cloud without intensity
+BAD_INDEX = 2  # position of the cloud whose intensity has count 3
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,9 @@ def bag(scans, tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("bags") / "labelled"
     bad = scans[BAD_INDEX - 1].select(np.arange(0, len(scans[BAD_INDEX - 1]), 7))
-    bad.fields = {}  # no intensity: the checkpoint's features need it
+    # an intensity of three values per point: malformed for the model (a cloud without intensity is
+    # processed with zero intensity since input.missing_intensity, so it no longer serves as the bad frame)
+    bad.fields = {"intensity": np.zeros((len(bad), 3), np.float32)}
     bad.stamp_ns = (scans[BAD_INDEX - 1].stamp_ns + scans[BAD_INDEX].stamp_ns) // 2
     frames = scans[:BAD_INDEX] + [bad] + scans[BAD_INDEX:]
     with BagWriter(path) as writer:
@@ -131,7 +133,7 @@ def test_dds_replay_through_the_node_matches_the_bag(bag, checkpoint, expected_s
                  "--class-map", "sim-outdoor", "--out", str(out), "--record-out", str(recorded),
                  "--node-param", "input.qos.reliability:=reliable"]) == 0
     report = check_report(out, expected_scores, "dds/keep-up")
-    # The node's own counters agree: it received every frame and rejected the one without intensity.
+    # The node's own counters agree: it received every frame and rejected the malformed one.
     assert report["node_counts"]["received"] == N_GOOD + 1
     assert report["node_counts"]["rejected"] == 1 and report["node_counts"]["processed"] == N_GOOD
     assert report["unmatched_outputs"] == 0
@@ -221,7 +223,7 @@ def test_a_class_map_the_checkpoint_does_not_have_is_refused_with_or_without_che
     """The packaged checkpoint's 11 simulator classes against SemanticKITTI's 19: refused before the bag
     is read (it does not exist here), in one line and exit 2, whether the checkpoint is named or not."""
     from ssl3d_ros.evaluation.replay import main
-    from ssl3d_ros.pipeline import packaged_checkpoint
+    from ssl3d_ros.device import packaged_checkpoint
 
     packaged = packaged_checkpoint()
     out = tmp_path / "report"

@@ -153,7 +153,7 @@ def check_classes(checkpoint: str, class_map: ClassMap | None) -> None:
         return
     from ..checkpoint import CheckpointError, load_checkpoint
     from ..config import ConfigError
-    from ..pipeline import packaged_checkpoint
+    from ..device import packaged_checkpoint
 
     try:
         path = checkpoint or str(packaged_checkpoint())

@@ -3,4 +3,5 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing the package's modules (tests walk them) runs nothing
+    sys.exit(main())

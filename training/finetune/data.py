@@ -60,7 +60,9 @@ class LabelledDataset(PretrainDataset):
     """PretrainDataset whose sample is a LabelledView (a view without any labelled point is unusable:
     the scan is replaced by the next one, counted)."""
 
-    def make_views(self, scan: Scan, rng: np.random.Generator) -> LabelledView:
+    def make_views(self, scan: Scan, rng: np.random.Generator, index: int = -1,
+                   counts: dict[str, int] | None = None) -> LabelledView:
+        """One labelled view (fine-tuning has no temporal partner; ``index``/``counts`` as the base's)."""
         if len(scan) < self.cfg.min_voxels:
             raise UnusableScan(f"only {len(scan)} points")
         view = self.view_maker(scan, rng)
