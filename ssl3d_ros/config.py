@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Literal, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -150,6 +150,20 @@ def set_dotted(data: dict, assignment: str) -> dict:
         node = child
     node[parts[-1]] = value
     return data
+
+
+def load_with_overrides(path: str | Path | None, overrides: Sequence[str], build: Callable[[dict], T]) -> T:
+    """``build(data)`` of the YAML mapping in ``path`` (None: an empty one) with ``SECTION.KEY=VALUE``
+    overrides applied first; every ConfigError is prefixed with the file."""
+    data = (read_yaml(path) or {}) if path else {}
+    try:
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a mapping, got {type(data).__name__}")
+        for assignment in overrides:
+            set_dotted(data, assignment)
+        return build(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
 
 
 def load_yaml(cls: type[T], path: str | Path, section: str | None = None) -> T:

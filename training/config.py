@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-from ssl3d_ros.config import ConfigError, from_dict, read_yaml, set_dotted, to_dict
+from ssl3d_ros.config import ConfigError, from_dict, load_with_overrides, to_dict
 from ssl3d_ros.preprocessing import PreprocessConfig
 
 from . import recipes
@@ -111,15 +111,7 @@ def encoder_config(spec: dict[str, Any], in_channels: int, overrides: dict[str, 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
     """The config in ``path`` with ``SECTION.KEY=VALUE`` overrides applied before validation."""
-    data = read_yaml(path) or {}
-    try:
-        if not isinstance(data, dict):
-            raise ConfigError(f"expected a mapping, got {type(data).__name__}")
-        for assignment in overrides:
-            set_dotted(data, assignment)
-        return config_from_dict(data)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    return load_with_overrides(path, overrides, config_from_dict)
 
 
 __all__ = ["OptimConfig", "RunConfig", "PretrainConfig", "config_from_dict", "load_config", "encoder_config"]

@@ -182,6 +182,28 @@ def model_config_changes(saved: dict[str, Any], cfg: PretrainConfig,
     return changes
 
 
+def restore_latest(ckpt_dir: Path, cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   counters: dict[str, Any], is_main: bool, sections: tuple[str, ...] = MODEL_SECTIONS,
+                   what: str = "model") -> tuple[int, dict[str, Any]]:
+    """``--resume``: load the newest training state of ``ckpt_dir`` into ``model``/``optimizer``/``counters``
+    and return (its step, its extra data); (0, {}) when there is none. A state written with another
+    config in ``sections`` is refused (ConfigError naming each change), never loaded half."""
+    saved = state_io.load_latest(ckpt_dir)
+    if saved is None:
+        log.warning("--resume: no training state in %s; starting from step 0", ckpt_dir)
+        return 0, {}
+    changed = model_config_changes(saved.extra.get("config", {}), cfg, sections)
+    if changed:
+        raise ConfigError(f"{saved.path} was written with another {what}: {'; '.join(changed)}. Resume with "
+                          "the config that started the run, or choose another --out")
+    model.load_state_dict(saved.model)
+    optimizer.load_state_dict(saved.optimizer)
+    counters.update(saved.extra.get("counters", {}))
+    if is_main:
+        log.info("resumed from %s at step %d", saved.path, saved.step)
+    return saved.step, saved.extra
+
+
 def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> TrainResult:
     """Run (or, with ``resume``, continue) pretraining up to ``cfg.run.steps``.
 
@@ -206,20 +228,7 @@ def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop
     counters: dict[str, Any] = {"scans_seen": 0, "scans_skipped": 0, **dict.fromkeys(SAMPLE_COUNTERS, 0)}
     start_step = 0
     if resume:
-        saved = state_io.load_latest(ckpt_dir)
-        if saved is None:
-            log.warning("--resume: no training state in %s; starting from step 0", ckpt_dir)
-        else:
-            changed = model_config_changes(saved.extra.get("config", {}), cfg)
-            if changed:
-                raise ConfigError(f"{saved.path} was written with another model: {'; '.join(changed)}. Resume with "
-                                  "the config that started the run, or choose another --out")
-            recipe.load_state_dict(saved.model)
-            optimizer.load_state_dict(saved.optimizer)
-            start_step = saved.step
-            counters.update(saved.extra.get("counters", {}))
-            if dist_info.is_main:
-                log.info("resumed from %s at step %d", saved.path, start_step)
+        start_step, _ = restore_latest(ckpt_dir, cfg, recipe, optimizer, counters, dist_info.is_main)
 
     model: nn.Module = distributed_model(recipe, device) if dist_info.distributed else recipe
     ignored = [p for n, p in recipe.named_parameters() if n in set(recipe.unused_parameters())]

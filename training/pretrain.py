@@ -34,19 +34,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="YAML config (config/pretrain/<recipe>.yaml)")
     p.add_argument("--data", nargs="+", metavar="PATH", help="scan sources replacing data.sources (bags, folders, files, sim:outdoor)")
     p.add_argument("--topics", nargs="+", metavar="TOPIC", help="PointCloud2 topics to read from bags")
+    add_run_arguments(p, "preprocessing.voxel_size=0.15")
+    return p.parse_args(argv)
+
+
+def add_run_arguments(p: argparse.ArgumentParser, set_example: str) -> None:
+    """The runtime options pretraining and fine-tuning share (the ``run`` section and ``--set``)."""
     p.add_argument("--steps", type=int, help="total optimisation steps (run.steps)")
     p.add_argument("--batch-size", type=int, help="scans per process per step (run.batch_size)")
     p.add_argument("--out", help="output folder (run.out_dir)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT/checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the latest training state in OUT/checkpoints")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="run.device")
     p.add_argument("--workers", type=int, help="DataLoader workers per process (run.workers)")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (run.checkpoint_every)")
-    p.add_argument("--seed", type=int, help="run.seed")
+    p.add_argument("--checkpoint-every", type=int, help="steps between resumable states (run.checkpoint_every)")
+    p.add_argument("--seed", type=int, help="run.seed (weights of fresh layers, augmentations, order)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
-                   help="override any config entry (value parsed as YAML), e.g. --set preprocessing.voxel_size=0.15; "
-                        "repeatable")
-    return p.parse_args(argv)
+                   help=f"override any config entry (value parsed as YAML), e.g. --set {set_example}; repeatable")
 
 
 def apply_overrides(cfg, args: argparse.Namespace):

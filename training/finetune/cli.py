@@ -32,6 +32,8 @@ import sys
 
 from ssl3d_ros.config import ConfigError
 
+from ..pretrain import add_run_arguments
+
 PROG = "ssl3d-finetune"
 
 
@@ -54,17 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-data", nargs="+", metavar="PATH", help="held-out labelled scans (validation.sources)")
     p.add_argument("--val-holdout", type=int, help="hold out the last N scans of --data (validation.holdout_scans)")
     p.add_argument("--val-every", type=int, help="steps between validations (validation.every)")
-    p.add_argument("--steps", type=int, help="total optimisation steps (run.steps)")
-    p.add_argument("--batch-size", type=int, help="scans per process per step (run.batch_size)")
-    p.add_argument("--out", help="output folder (run.out_dir)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest state in OUT/checkpoints")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="run.device")
-    p.add_argument("--workers", type=int, help="DataLoader workers per process (run.workers)")
-    p.add_argument("--checkpoint-every", type=int, help="steps between resumable states (run.checkpoint_every)")
-    p.add_argument("--seed", type=int, help="run.seed (weights of fresh layers, augmentations, order)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
-                   help="override any config entry (value parsed as YAML), e.g. --set optim.layer_decay=0.8; repeatable")
+    add_run_arguments(p, "optim.layer_decay=0.8")
     return p
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ssl3d_ros.config import ConfigError, from_dict, read_yaml, set_dotted, to_dict
+from ssl3d_ros.config import ConfigError, from_dict, load_with_overrides, to_dict
 from ssl3d_ros.preprocessing import PreprocessConfig
 
 from ..config import encoder_config
@@ -165,15 +165,7 @@ def config_from_dict(data: Any) -> FinetuneConfig:
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> FinetuneConfig:
     """The config in ``path`` (None: the defaults) with ``SECTION.KEY=VALUE`` overrides applied."""
-    data = (read_yaml(path) or {}) if path else {}
-    try:
-        if not isinstance(data, dict):
-            raise ConfigError(f"expected a mapping, got {type(data).__name__}")
-        for assignment in overrides:
-            set_dotted(data, assignment)
-        return config_from_dict(data)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    return load_with_overrides(path, overrides, config_from_dict)
 
 
 __all__ = ["LabelConfig", "ValidationConfig", "FinetuneOptimConfig", "LossConfig", "FinetuneRunConfig",

@@ -29,7 +29,7 @@ from ssl3d_ros.config import ConfigError
 
 from .. import distributed, schedules, state as state_io
 from ..data import StepSampler, make_loader
-from ..loop import _ignore_sigint, model_config_changes, record_skipped, step_seed, StopRequest
+from ..loop import _ignore_sigint, record_skipped, restore_latest, step_seed, StopRequest
 from ..metrics import MetricsLogger
 from .config import MODEL_KEYS, FinetuneConfig
 from .data import LabelledDataset, LabelledViewMaker, collate_labelled
@@ -102,21 +102,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, s
     best: dict[str, Any] = {}
     start_step = 0
     if resume:
-        saved = state_io.load_latest(ckpt_dir)
-        if saved is None:
-            log.warning("--resume: no training state in %s; starting from step 0", ckpt_dir)
-        else:
-            changed = model_config_changes(saved.extra.get("config", {}), cfg, MODEL_KEYS)
-            if changed:
-                raise ConfigError(f"{saved.path} was written with another model or label selection: {'; '.join(changed)}. "
-                                  "Resume with the config that started the run, or choose another --out")
-            model.load_state_dict(saved.model)
-            optimizer.load_state_dict(saved.optimizer)
-            start_step = saved.step
-            counters.update(saved.extra.get("counters", {}))
-            best = dict(saved.extra.get("best", {}))
-            if dist_info.is_main:
-                log.info("resumed from %s at step %d", saved.path, start_step)
+        start_step, extra = restore_latest(ckpt_dir, cfg, model, optimizer, counters, dist_info.is_main, MODEL_KEYS,
+                                           what="model or label selection")
+        best = dict(extra.get("best", {}))
     if dist_info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         doc = json.dumps({**data.selection.record, "class_map": data.class_map.name,
