@@ -5,7 +5,7 @@ The node runs as its own process (the ``ssl3d-perception`` console script); this
 real scans at a fixed rate, each stamped with the wall clock just before publishing, and subscribes
 to ``~/output/segmentation``. Per scan type it reports:
 
-- latency p50/p90/max (ms): receive time in this process minus the header stamp, measured at a low
+- latency p50/p90/p99/max (ms): receive time in this process minus the header stamp, measured at a low
   input rate (``--latency-rate``, default 2 Hz) so no scan waits behind another;
 - sustained output rate (Hz) at ``--rate`` (default 10 Hz), with the latency at that rate (which
   includes waiting in the node's latest-frame slot) and the frames the node dropped;
@@ -137,13 +137,13 @@ def benchmark_checkpoint(path: str | None, workdir: Path) -> Path:
 # --------------------------------------------------------------------------------------- baseline
 
 
-def in_process_ms(checkpoint: Path, msg, frames: int) -> float:
+def in_process_ms(checkpoint: Path, msg, frames: int, device: str = "cpu") -> float:
     """Median wall time of the same pipeline on the same message in this process, without ROS (the
     in-run baseline: node latency / this = what topics, the worker thread and DDS add)."""
     from ssl3d_ros.params import NodeConfig
     from ssl3d_ros.pipeline import PerceptionPipeline
 
-    pipeline = PerceptionPipeline.from_config(NodeConfig(checkpoint=str(checkpoint), device="cpu"))
+    pipeline = PerceptionPipeline.from_config(NodeConfig(checkpoint=str(checkpoint), device=device))
     pipeline.warm_up()
     times = []
     for _ in range(frames):
@@ -202,6 +202,7 @@ def run(harness: Harness, msg, rate_hz: float, duration_s: float) -> dict:
         "latency_ms": {
             "p50": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
             "p90": round(float(np.percentile(lat, 90)), 1) if lat.size else None,
+            "p99": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
             "max": round(float(lat.max()), 1) if lat.size else None,
         },
         "node_stage_ms_median": {

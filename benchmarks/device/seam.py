@@ -1,9 +1,8 @@
 """The device script's one door into the benchmark code: every function it takes from
 ``benchmarks/bench_*.py`` is imported here and nowhere else in ``benchmarks/device/``.
 
-The node benchmark's rclpy harness (``bench_node.Bench``) is being moved into a library harness; when it
-moves, re-point ``NodeBench``, ``load_node_scan`` and ``benchmark_checkpoint`` here and the device
-script follows.
+The node section drives the node through the library harness (``ssl3d_ros.evaluation.node_harness``:
+``NodeProcess``, ``Harness``) with bench_node's own functions on top of it (see :func:`node_bench`).
 """
 from __future__ import annotations
 
@@ -55,8 +54,9 @@ def time_recipe(name: str, scans, steps: int, warmup: int, device, **options) ->
 
 
 def node_bench():
-    """The node benchmark module: ``Bench`` (rclpy harness: publish, receive, latencies), ``load_scan``,
-    ``benchmark_checkpoint``, the topic names and the Fast DDS profile."""
+    """The node benchmark module: ``open_harness(all_outputs)`` (the library ``Harness`` on the bench
+    topics), ``run(harness, msg, rate_hz, duration_s)`` (latency p50/p90/p99, stage medians, node RSS),
+    ``in_process_ms`` (the no-ROS baseline), ``load_scan``, ``benchmark_checkpoint`` and the topic names."""
     import bench_node
 
     return bench_node
