@@ -147,8 +147,25 @@ def _launch_env(prefix: Path, *pythonpath: Path) -> dict[str, str]:
 
 def _ros2_launch(prefix: Path, pythonpath: list[Path], args: list[str], cwd: Path, **popen) -> subprocess.Popen:
     require_launch_stack()
+    # its own process group, so that _end_launch can take every process it started down with it
     return subprocess.Popen([str(ROS2_LAUNCH / "ros2"), "launch", "ssl3d_ros", "perception.launch.py", *args],
-                            env=_launch_env(prefix, *pythonpath), cwd=cwd, **popen)
+                            env=_launch_env(prefix, *pythonpath), cwd=cwd, start_new_session=True, **popen)
+
+
+def _end_launch(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """SIGINT to `ros2 launch` (it stops its node), and whatever of its process group is still there
+    after ``timeout`` is killed: a node left behind would answer the next tests' scans on their topics."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the group outlives its leader when a child lingers
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _route(name: str, request) -> tuple[Path, list[Path]]:
@@ -201,9 +218,7 @@ def test_a_bad_launch_stops_with_one_line_and_a_nonzero_exit(pip_prefix, tmp_pat
     try:
         output, _ = proc.communicate(timeout=240)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _end_launch(proc, timeout=0)
     assert proc.returncode == 1, output
     assert f"[ERROR] [launch]: Caught exception in launch (see debug for traceback): {line}" in output
     assert "Traceback" not in output
@@ -235,11 +250,5 @@ def test_ros2_launch_runs_the_node_on_a_real_scan(route, request, tmp_path):
         assert f"loaded {packaged} on cpu" in log_path.read_text()
     finally:
         harness.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _end_launch(proc)
     assert proc.returncode == 0, log_path.read_text()
