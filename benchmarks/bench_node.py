@@ -156,17 +156,28 @@ def in_process_ms(checkpoint: Path, msg, frames: int, device: str = "cpu") -> fl
 # ------------------------------------------------------------------------------------------ bench
 
 
-def open_harness(all_outputs: bool) -> Harness:
+def open_harness(all_outputs: bool, decode_outputs: bool = False) -> Harness:
     """Segmentation (and with ``all_outputs`` every other output) subscribed; arrival times kept, and of
-    the debug topics only their numbers."""
+    the debug topics only their numbers. Outputs are received serialized and only their header stamp
+    is read, unless ``decode_outputs``: on a 2-core machine a Python subscriber deserializing four
+    multi-MB messages per frame takes CPU from the node it measures (``client_cpu_percent`` says how much)."""
     convert = {f"/{NODE_NAME}/debug/{t}": numbers for t in DEBUG_TOPICS}
     outputs = OUTPUTS if all_outputs else ("segmentation",)
-    return Harness(INPUT_TOPIC, outputs=outputs, keep_messages=False, convert=convert, depth=5, name="ssl3d_bench")
+    stamp_only = () if decode_outputs else [f"/{NODE_NAME}/output/{o}" for o in outputs]
+    return Harness(INPUT_TOPIC, outputs=outputs, keep_messages=False, convert=convert, stamp_only=stamp_only,
+                   depth=5, name="ssl3d_bench")
 
 
-def run(harness: Harness, msg, rate_hz: float, duration_s: float) -> dict:
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc; its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(harness: Harness, msg, rate_hz: float, duration_s: float, node_pid: int) -> dict:
     """Publish ``msg`` freshly stamped at ``rate_hz`` for ``duration_s`` from the best-effort publisher."""
     harness.clear()
+    cpu_start = time.process_time(), process_cpu_s(node_pid), time.monotonic()
     with harness.cond:
         diag_start = len(harness.diagnostics)
     period = 1.0 / rate_hz
@@ -180,6 +191,9 @@ def run(harness: Harness, msg, rate_hz: float, duration_s: float) -> dict:
         time.sleep(max(0.0, next_time - time.monotonic()))
     elapsed = time.monotonic() - start
     time.sleep(min(5.0, 2.0 + 2 * period))  # let the last frame through and one more diagnostics
+    wall = time.monotonic() - cpu_start[2]
+    client_cpu = 100 * (time.process_time() - cpu_start[0]) / wall
+    node_cpu = 100 * (process_cpu_s(node_pid) - cpu_start[1]) / wall
     harness.check()
     with harness.cond:
         seg = harness.arrivals[SEGMENTATION]
@@ -217,6 +231,10 @@ def run(harness: Harness, msg, rate_hz: float, duration_s: float) -> dict:
             "after_node": round(float(np.median(lat)) - node_latency, 1) if lat.size and node_latency else None,
         },
         "node_frames_dropped_total": int(last.get("frames_dropped", 0)),
+        # CPU used over the run (publishing and the drain after it), % of one core: the node, and this
+        # process (the publisher of the scans and the receiver of the outputs)
+        "node_cpu_percent": round(node_cpu, 1),
+        "client_cpu_percent": round(client_cpu, 1),
         "node_rss_mb": {"start": rss[0] if rss else None, "end": rss[-1] if rss else None,
                         "max": max(rss) if rss else None},
     }
@@ -232,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per run (two runs per scan type)")
     parser.add_argument("--all-outputs", action="store_true",
                         help="also subscribe to embeddings, visualization and occupancy (default: segmentation only)")
+    parser.add_argument("--decode-outputs", action="store_true",
+                        help="deserialize every output received, as a Python consumer would (default: read "
+                             "only the header stamp from the serialized message)")
     parser.add_argument("--baseline-frames", type=int, default=20,
                         help="frames of the in-process baseline (same pipeline, no ROS) per scan")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -241,18 +262,18 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = benchmark_checkpoint(args.checkpoint, workdir)
     node = NodeProcess(workdir, {"device": args.device, "checkpoint": str(checkpoint),
                                  "diagnostics": {"period_s": 1.0, "stale_after_s": 30.0}}, INPUT_TOPIC)
-    harness = open_harness(args.all_outputs)
+    harness = open_harness(args.all_outputs, args.decode_outputs)
     results: dict = {
         "checkpoint": str(checkpoint), "device": args.device, "rate_hz": args.rate,
         "latency_rate_hz": args.latency_rate, "duration_s": args.duration,
-        "all_outputs": args.all_outputs, "load_average": os.getloadavg(), "cpus": os.cpu_count(), "scans": {},
+        "all_outputs": args.all_outputs, "decode_outputs": args.decode_outputs, "load_average": os.getloadavg(), "cpus": os.cpu_count(), "scans": {},
     }
     try:
         harness.wait_for_node(node, 180.0)
         for name in args.scans:
             msg, description = load_scan(name)
-            latency = run(harness, msg, args.latency_rate, args.duration)
-            sustained = run(harness, msg, args.rate, args.duration)
+            latency = run(harness, msg, args.latency_rate, args.duration, node.pid)
+            sustained = run(harness, msg, args.rate, args.duration, node.pid)
             baseline = in_process_ms(checkpoint, msg, args.baseline_frames)
             results["scans"][name] = {"description": description, "points": latency["points"],
                                       "latency_run": latency, "sustained_run": sustained,
@@ -264,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(at {latency['input_rate_hz']} Hz)  sustained {sustained['output_rate_hz']}/"
                   f"{sustained['input_rate_hz']} Hz p50 {sustained['latency_ms']['p50']} ms  "
                   + " ".join(f"{s} {v}" for s, v in stages.items())
+                  + f"  cpu node {sustained['node_cpu_percent']}% client {sustained['client_cpu_percent']}%"
                   + f"  rss {latency['node_rss_mb']['start']}->{sustained['node_rss_mb']['end']} MB"
                   + f"  in-process baseline {baseline:.1f} ms (latency p50 / baseline = "
                   f"{results['scans'][name]['latency_p50_over_in_process']})", flush=True)

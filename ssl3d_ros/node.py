@@ -4,7 +4,8 @@ It wires topics, parameters, QoS, timers and one worker thread to library functi
 :mod:`ssl3d_ros.params`, inference :mod:`ssl3d_ros.pipeline`, what is published
 :mod:`ssl3d_ros.outputs`, statistics and diagnostics :mod:`ssl3d_ros.health`. Subscribes
 ``~/input/points`` (sensor_msgs/PointCloud2), keeps only the newest scan in a one-slot mailbox, and
-runs inference on the worker thread so executor callbacks never block. Every output carries the
+runs inference on the worker thread so executor callbacks never block; a second thread encodes and
+publishes a frame's outputs while the next frame is inferred. Every output carries the
 input's header (never restamped) and, for per-point clouds, the input's point order (height/width
 kept; filtered points have class_id 255 rather than being removed).
 
@@ -38,10 +39,11 @@ from .codec import fill_cloud_message
 from .config import ConfigError
 from .device import apply_process_settings
 from .health import FINE_STAGES, STAGES, DiagnosticsPolicy, NodeStats, WarningThrottle, frame_timings, frame_warnings
-from .outputs import OutputEncoder, OutputSelection, shared_memory_segment, transport_warning, typical_scan_warning
+from .outputs import (ComputedFrame, OutputEncoder, OutputSelection, shared_memory_segment, transport_warning,
+                      typical_scan_warning)
 from .params import NodeConfig, is_list_parameter, leaf_parameters, node_config_from_params, node_usage, unknown_parameters
 from .pipeline import PerceptionPipeline
-from .worker import InferenceWorker, LatestFrameSlot, frame_failure  # noqa: F401 (LatestFrameSlot: tests)
+from .worker import InferenceWorker, LatestFrameSlot, OutputStage, frame_failure  # noqa: F401 (LatestFrameSlot: tests)
 
 NODE_NAME = "ssl3d_perception"
 # Outputs: reliable keep-last-1 (the newest result matters), which best-effort and reliable
@@ -95,6 +97,7 @@ class PerceptionShell:
         apply_process_settings(self.config.cpu_threads, self.config.retain_freed_memory)
         self._worker = InferenceWorker(self._load, self.process_message, self._frame_failed)
         warm_ms = self._worker.start()
+        self._output_stage = OutputStage(self.publish_frame, self._frame_failed)
         pipe, log = self.pipeline, self.get_logger()
         self.outputs = OutputEncoder.for_classes(pipe.class_names, pipe.class_colors, self.config)
         self._health = DiagnosticsPolicy(self.config.diagnostics, time.monotonic())
@@ -139,9 +142,9 @@ class PerceptionShell:
         self.subscription = self.diagnostics_timer = None
 
     def _shutdown(self) -> None:
-        worker = getattr(self, "_worker", None)
-        if worker is not None:
-            worker.stop()
+        for thread in (getattr(self, "_worker", None), getattr(self, "_output_stage", None)):
+            if thread is not None:  # inference first: it may be handing a frame to the output stage
+                thread.stop()
 
     def destroy_node(self) -> None:
         self._shutdown()
@@ -156,7 +159,7 @@ class PerceptionShell:
 
     # -- worker thread ------------------------------------------------------------------------------
 
-    def _frame_failed(self, msg: PointCloud2, exc: BaseException) -> None:
+    def _frame_failed(self, msg: PointCloud2 | ComputedFrame, exc: BaseException) -> None:
         counter, message, kind = frame_failure(exc, msg.header.frame_id, self.pipeline.device)
         if isinstance(exc, torch.OutOfMemoryError):  # a (huge) frame did not fit: skip it, free the cache
             self.stats.count("out_of_memory")
@@ -175,7 +178,7 @@ class PerceptionShell:
                                   for name, pub in self.publishers_by_output.items()})
 
     def process_message(self, msg: PointCloud2) -> None:
-        """Decode, infer, encode and publish one cloud (worker thread)."""
+        """Decode and infer one cloud (worker thread), then hand it to the output stage."""
         t_start = time.perf_counter()
         selection = self._selection()
         if not selection.any:
@@ -190,8 +193,16 @@ class PerceptionShell:
                                             self.pipeline.preprocess_cfg.max_points, cloud.intensity_missing,
                                             self.config.input.intensity_field):
             self._warn_throttled(kind, message)
+        self._output_stage.submit(ComputedFrame(header, cloud, selection, (time.perf_counter() - t_start) * 1e3))
+
+    # -- output thread ------------------------------------------------------------------------------
+
+    def publish_frame(self, frame: ComputedFrame) -> None:
+        """Encode and publish one computed frame's outputs and its timings (output thread)."""
+        t_start = time.perf_counter()
+        cloud, header = frame.cloud, frame.header
         encode_ms = publish_ms = 0.0
-        for name, payload, ms in self.outputs.encode(cloud, selection):
+        for name, payload, ms in self.outputs.encode(cloud, frame.selection):
             encode_ms += ms
             if name == "occupancy":
                 out = occupancy_message(payload, header)
@@ -204,8 +215,8 @@ class PerceptionShell:
             t = time.perf_counter()
             self.publishers_by_output[name].publish(out)
             publish_ms += (time.perf_counter() - t) * 1e3
-        total_ms = (time.perf_counter() - t_start) * 1e3
-        stages, coarse = frame_timings(cloud.decode_ms, result.timings_ms, encode_ms, publish_ms, total_ms)
+        total_ms = frame.compute_ms + (time.perf_counter() - t_start) * 1e3  # not the wait between the threads
+        stages, coarse = frame_timings(cloud.decode_ms, cloud.result.timings_ms, encode_ms, publish_ms, total_ms)
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
         latency_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
         self.pub_processing_time.publish(_float_array(STAGES, coarse))

@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -165,6 +165,17 @@ class OutputSelection:
 
 
 @dataclass
+class ComputedFrame:
+    """A frame between inference and publishing: the input's header, its results, which outputs
+    to encode, and the ms spent computing it."""
+
+    header: Any
+    cloud: "CloudResult"
+    selection: OutputSelection
+    compute_ms: float
+
+
+@dataclass
 class OutputEncoder:
     """The lookups outputs need, built once per node from the model's classes and the parameters."""
 
@@ -199,34 +210,31 @@ def encode_outputs(
     """
     result, xyz = cloud.result, cloud.xyz
     height = cloud.height if len(xyz) else 1  # an empty cloud (even of height 0) encodes as 0 points
-    t = time.perf_counter()
-
-    def done() -> float:
-        nonlocal t
-        now = time.perf_counter()
-        elapsed, t = (now - t) * 1e3, now
-        return elapsed
-
+    steps: list[tuple[str, Callable[[], Any]]] = []
     if selection.segmentation:
-        payload = encode_cloud(
+        steps.append(("segmentation", lambda: encode_cloud(
             xyz,
             {"class_id": result.class_id, "probability": result.probability, "entropy": result.entropy},
             height=height,
             align=True,  # x y z class_id(+3 pad) probability entropy = 24 bytes, Autoware's layout
-        )
-        yield "segmentation", payload, done()
+        )))
     if selection.visualization:
-        payload = encode_cloud(xyz, {"rgb": colorize(result.class_id, encoder.color_table)}, height=height, align=True)
-        yield "visualization", payload, done()
+        steps.append(("visualization", lambda: encode_cloud(
+            xyz, {"rgb": colorize(result.class_id, encoder.color_table)}, height=height, align=True)))
     if selection.embeddings:
         if encoder.embeddings_per_voxel:
-            payload = encode_cloud(result.voxel_coord, {"embedding": result.voxel_embedding}, align=True)
+            steps.append(("embeddings", lambda: encode_cloud(
+                result.voxel_coord, {"embedding": result.voxel_embedding}, align=True)))
         else:
-            payload = encode_cloud(xyz, {"embedding": result.embedding}, height=height, align=True)
-        yield "embeddings", payload, done()
+            steps.append(("embeddings", lambda: encode_cloud(
+                xyz, {"embedding": result.embedding}, height=height, align=True)))
     if selection.occupancy:
-        grid = occupancy_grid(xyz, result.class_id, result.valid, encoder.obstacle, encoder.occupancy)
-        yield "occupancy", grid, done()
+        steps.append(("occupancy", lambda: occupancy_grid(
+            xyz, result.class_id, result.valid, encoder.obstacle, encoder.occupancy)))
+    for name, build in steps:
+        t = time.perf_counter()  # each output's own time: not what the caller did with the previous one
+        payload = build()
+        yield name, payload, (time.perf_counter() - t) * 1e3
 
 
 # --------------------------------------------------------------------------------------------------

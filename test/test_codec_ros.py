@@ -157,3 +157,23 @@ def test_decode_and_encode_match_upstream_sensor_msgs_py_on_real_bags(shared_dat
         for name, values in scan.fields.items():
             packed[name] = values
         assert bytes(encoded.data) == bytes(pc2.create_cloud(None, fields, packed).data)
+
+
+def test_header_stamp_is_read_from_serialized_bytes_as_deserializing_reads_it():
+    """The benchmark's stamp-only receiver: the stamp from CDR bytes equals the deserialized one,
+    for a cloud and a grid, a negative second included; a truncated buffer is refused."""
+    from nav_msgs.msg import OccupancyGrid
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from ssl3d_ros.evaluation.node_harness import cdr_header_stamp_ns, set_stamp, stamp_ns
+
+    cloud = fill_cloud_message(PointCloud2(), encode_cloud(np.ones((5, 3), np.float32)), PointField)
+    cloud.header.frame_id = "lidar"
+    for msg in (set_stamp(cloud, 1_733_000_000_123_456_789), set_stamp(OccupancyGrid(), 42),
+                set_stamp(PointCloud2(), -2 * 1_000_000_000 + 5)):
+        data = serialize_message(msg)
+        assert cdr_header_stamp_ns(data) == stamp_ns(deserialize_message(data, type(msg)).header) == stamp_ns(msg.header)
+    big_endian = b"\x00\x00\x00\x00" + (7).to_bytes(4, "big") + (9).to_bytes(4, "big")
+    assert cdr_header_stamp_ns(big_endian) == 7_000_000_009
+    with pytest.raises(ValueError, match="11 bytes"):
+        cdr_header_stamp_ns(serialize_message(cloud)[:11])

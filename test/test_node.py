@@ -19,7 +19,7 @@ from rclpy.serialization import deserialize_message  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 
 from ssl3d_ros.codec import FLOAT32, UINT8, decode_cloud, encode_cloud, fill_cloud_message, unpack_rgb, xyz  # noqa: E402
-from ssl3d_ros.node import LatestFrameSlot  # noqa: E402
+from ssl3d_ros.node import LatestFrameSlot, OutputStage  # noqa: E402
 from ssl3d_ros.outputs import INVALID_CLASS, OutputEncoder, occupancy_grid  # noqa: E402
 from ssl3d_ros.params import load_node_config  # noqa: E402
 from ssl3d_ros.pipeline import PerceptionPipeline  # noqa: E402
@@ -84,6 +84,38 @@ def test_latest_frame_slot_replaces_a_waiting_frame():
     assert results == ["c"]
     slot.close()
     assert slot.take(timeout=5) is None  # closed: returns at once
+
+
+def test_output_stage_publishes_one_frame_while_the_next_is_computed_and_never_drops_one():
+    """Double buffering under test control: a second frame is taken while the first is published, a
+    third waits until the first is done; a failing frame is reported and the thread goes on; stop
+    publishes what was handed over."""
+    release = {name: threading.Event() for name in "abcd"}
+    published, failed = [], []
+
+    def publish(item):
+        release[item].wait(10)
+        if item == "b":
+            raise RuntimeError("encode failed")
+        published.append(item)
+
+    stage = OutputStage(publish, lambda item, exc: failed.append((item, str(exc))))
+    assert stage.submit("a")  # taken at once: nothing in flight
+    third_done = threading.Event()
+    second = threading.Thread(target=lambda: (stage.submit("b"), stage.submit("c"), third_done.set()))
+    second.start()
+    assert not third_done.wait(0.2)  # "b" waits for "a", "c" for "b": the submitter is held back
+    release["a"].set()
+    release["b"].set()
+    assert third_done.wait(10)
+    release["c"].set()
+    assert stage.wait_idle(10)
+    assert published == ["a", "c"] and failed == [("b", "encode failed")] and stage.is_alive()
+    assert stage.submit("d")
+    release["d"].set()
+    stage.stop()
+    assert published == ["a", "c", "d"] and not stage.is_alive()
+    assert stage.submit("e") is False  # stopped: not taken
 
 
 def test_diagnostics_before_the_first_scan(harness, node_process):

@@ -274,6 +274,29 @@ def test_intensity_field_mapping_and_pca_reduced_embeddings(checkpoint_path, sca
     np.testing.assert_array_equal(cloud.result.class_id, full.class_id)  # same model input
 
 
+def test_reduced_embeddings_and_classes_read_out_level_by_level_equal_the_hypercolumn_model(checkpoint_path, scan):
+    """The head and the PCA are applied per level in one fused call: the same numbers as the
+    hypercolumn model spelled out by hand, and the same classes as a frame without embeddings."""
+    from ssl3d_ros.checkpoint import load_checkpoint
+    from ssl3d_ros.preprocessing import collate, preprocess
+
+    pipe = PerceptionPipeline.from_checkpoint(checkpoint_path, device="cpu",
+                                              overrides=node_config_from_params({"embeddings.dims": 3}))
+    both = pipe.process(scan, point_embeddings=False)
+    seg_only = pipe.process(scan, embeddings=False)
+    np.testing.assert_array_equal(both.class_id, seg_only.class_id)
+    np.testing.assert_allclose(both.probability, seg_only.probability, atol=1e-6)
+    assert seg_only.voxel_embedding is None and both.embedding is None
+
+    ckpt = load_checkpoint(checkpoint_path, device="cpu", backend=CPU_BACKEND)
+    with torch.inference_mode():
+        vox = preprocess(scan, ckpt.preprocessing)
+        hyper = ckpt.encoder.eval().hypercolumn(ckpt.encoder(collate([vox])))
+        by_hand = ckpt.pca(hyper)[:, :3].numpy()
+    assert both.voxel_embedding.shape == by_hand.shape
+    np.testing.assert_allclose(both.voxel_embedding, by_hand, atol=1e-4, rtol=1e-4)
+
+
 def test_parameters_that_do_not_fit_the_checkpoint_fail_clearly(checkpoint_path, tmp_path):
     with pytest.raises(ConfigError, match="classes.names"):
         PerceptionPipeline.from_checkpoint(

@@ -54,8 +54,9 @@ def time_recipe(name: str, scans, steps: int, warmup: int, device, **options) ->
 
 
 def node_bench():
-    """The node benchmark module: ``open_harness(all_outputs)`` (the library ``Harness`` on the bench
-    topics), ``run(harness, msg, rate_hz, duration_s)`` (latency p50/p90/p99, stage medians, node RSS),
+    """The node benchmark module: ``open_harness(all_outputs, decode_outputs)`` (the library ``Harness``
+    on the bench topics), ``run(harness, msg, rate_hz, duration_s, node_pid)`` (latency p50/p90/p99,
+    stage medians, node RSS and CPU),
     ``in_process_ms`` (the no-ROS baseline), ``load_scan``, ``benchmark_checkpoint`` and the topic names."""
     import bench_node
 

@@ -46,11 +46,11 @@ def memory_series(diagnostics: list[dict], key: str) -> dict:
     return {"first": values[0], "last": values[-1], "max": max(values), "samples": len(values)} if values else {}
 
 
-def one_run(bench_mod, harness, msg, rate: float, seconds: float) -> dict:
+def one_run(bench_mod, harness, msg, rate: float, seconds: float, node_pid: int) -> dict:
     """bench_node's run, with the node's CUDA memory from the diagnostics it sent during the run."""
     with harness.cond:
         diag_start = len(harness.diagnostics)
-    r = bench_mod.run(harness, msg, rate, seconds)
+    r = bench_mod.run(harness, msg, rate, seconds, node_pid)
     with harness.cond:
         diags = [status_values(s) for s in harness.diagnostics[diag_start:]]
     r["cuda_allocated_mb"] = memory_series(diags, "memory_cuda_allocated_mb")
@@ -94,12 +94,13 @@ def section_node(ctx) -> dict:
         node = NodeProcess(ctx.work / f"node_{tag}", {"device": ctx.device, "checkpoint": str(checkpoint),
                                                       "diagnostics": {"period_s": 1.0, "stale_after_s": 30.0}},
                            bench_mod.INPUT_TOPIC)
-        harness = bench_mod.open_harness(all_outputs=False)
+        # decoded outputs: offline_check compares one frame's segmentation with the offline pipeline
+        harness = bench_mod.open_harness(all_outputs=False, decode_outputs=True)
         entry: dict = {"checkpoint": checkpoint.name, "runs": []}
         try:
             harness.wait_for_node(node, max(10.0, min(120.0, ctx.left() - 10)))
             for rate, seconds in runs[tag]:
-                r = one_run(bench_mod, harness, msg, rate, seconds)
+                r = one_run(bench_mod, harness, msg, rate, seconds, node.pid)
                 entry["runs"].append(r)
                 lat = r["latency_ms"]
                 ctx.log(f"  {tag:8s} {rate:4.0f} Hz for {seconds:.0f} s: received {r['received']}/{r['sent']} "

@@ -192,6 +192,17 @@ def stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
+def cdr_header_stamp_ns(serialized: bytes) -> int:
+    """The header stamp of a serialized message whose first field is a std_msgs/Header
+    (PointCloud2, OccupancyGrid, ...), read from its CDR bytes without deserializing the message:
+    a 4-byte encapsulation (its second byte 1 = little endian), then int32 sec, uint32 nanosec."""
+    if len(serialized) < 12:
+        raise ValueError(f"{len(serialized)} bytes cannot hold a CDR header stamp")
+    order = "little" if serialized[1] & 1 else "big"
+    sec = int.from_bytes(serialized[4:8], order, signed=True)
+    return sec * 1_000_000_000 + int.from_bytes(serialized[8:12], order)
+
+
 def set_stamp(msg: Any, ns: int) -> Any:
     msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(ns), 1_000_000_000)
     return msg
@@ -219,14 +230,16 @@ class Harness:
     Per topic (full name) ``arrivals`` lists what came, in order, and ``by_stamp`` the last arrival per
     header stamp; arrivals hold the messages themselves when ``keep_messages`` (tests; a long run keeps
     only stamps and times). ``convert[topic](msg)`` is stored as the arrival's ``value``; topics in ``raw``
-    are subscribed serialized and keep their bytes. ``diagnostics`` keeps the node's statuses. Every
-    store changes under ``cond``, which is notified on each arrival.
+    are subscribed serialized and keep their bytes. Topics in ``stamp_only`` are subscribed serialized
+    too, but only their header stamp is read (no message, no bytes kept): a benchmark's receiver that
+    does not spend the CPU the node it measures needs. ``diagnostics`` keeps the node's statuses.
+    Every store changes under ``cond``, which is notified on each arrival.
     """
 
     def __init__(self, input_topic: str, *, node_name: str = NODE_NAME, outputs: Iterable[str] = OUTPUTS,
                  keep_messages: bool = True, convert: Mapping[str, Callable[[Any], Any]] | None = None,
-                 raw: Iterable[str] = (), depth: int = 10, name: str = "ssl3d_harness",
-                 best_effort_input: bool = True) -> None:
+                 raw: Iterable[str] = (), stamp_only: Iterable[str] = (), depth: int = 10,
+                 name: str = "ssl3d_harness", best_effort_input: bool = True) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from nav_msgs.msg import OccupancyGrid
@@ -246,6 +259,7 @@ class Harness:
         self.keep_messages = keep_messages
         self.convert = dict(convert or {})
         self.raw = set(raw)
+        self.stamp_only = set(stamp_only)
         types = {**{f"output/{o}": (OccupancyGrid if o == "occupancy" else PointCloud2) for o in outputs},
                  "debug/processing_time_ms": Float64MultiArray, "debug/pipeline_latency_ms": Float64,
                  "debug/stage_time_ms": Float64MultiArray}
@@ -257,7 +271,7 @@ class Harness:
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE)
         self.subscriptions = [  # outputs first, in the order given
             self.node.create_subscription(msg_type, topic, self._receiver(topic, msg_type), reliable,
-                                          raw=topic in self.raw)
+                                          raw=topic in self.raw or topic in self.stamp_only)
             for topic, msg_type in self.topic_types.items()
         ]
         self.subscriptions.append(self.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, 50))
@@ -281,14 +295,19 @@ class Harness:
         from rclpy.serialization import deserialize_message
 
         is_raw, convert = topic in self.raw, self.convert.get(topic)
+        only_stamp = topic in self.stamp_only and not is_raw
 
         def callback(received: Any) -> None:
             wall, mono = time.time_ns(), time.monotonic()
             try:
-                msg = deserialize_message(received, msg_type) if is_raw else received
-                stamp = stamp_ns(msg.header) if hasattr(msg, "header") else None
-                arrival = Arrival(stamp, wall, mono, msg if self.keep_messages else None,
-                                  convert(msg) if convert else None, bytes(received) if is_raw else None)
+                if only_stamp:
+                    arrival = Arrival(cdr_header_stamp_ns(received), wall, mono)
+                else:
+                    msg = deserialize_message(received, msg_type) if is_raw else received
+                    arrival = Arrival(stamp_ns(msg.header) if hasattr(msg, "header") else None, wall, mono,
+                                      msg if self.keep_messages else None, convert(msg) if convert else None,
+                                      bytes(received) if is_raw else None)
+                stamp = arrival.stamp_ns
             except Exception as exc:  # an exception would end the spin thread: every wait() raises it instead
                 with self.cond:
                     self.failure = self.failure or exc
