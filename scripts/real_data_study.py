@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=REPO / "runs" / "real_study_geo")
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
                    help="the shared data folder (pretraining scans, the presets' scans)")
-    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
+    p.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=RECIPES,
+                   help="recipes at their shipped settings (default: all five; '--recipes' alone: only the --variant runs)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=RECIPE:KEY=VALUE[;KEY=VALUE]",
                    help="an extra pretraining variant, e.g. 'jepa-fine=jepa:recipe.patch_size=0.8;recipe.level=-2' (YAML values)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
