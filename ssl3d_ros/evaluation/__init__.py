@@ -1,10 +1,12 @@
 """Evaluation of encoders and of the running node; imports nothing heavy on package import.
 
 - ``probe`` (``ssl3d-probe``): linear / kNN / multi-level probes on frozen features, with the
-  random-init, raw-input and supervised baselines; ``--write-head`` ships the linear probe.
+  random-init, raw-input and supervised baselines; ``--write-head`` ships the linear probe. Its
+  labelled scans, encoder and features (shared with ``audit``): ``probe_data``.
 - ``audit`` (``ssl3d-audit``): how decodable height, normals and xyz are next to semantics.
 - ``viz`` (``ssl3d-viz``): PNG pictures (PCA, k-means, classes, ground truth, query similarity).
-- ``replay`` (``ssl3d-replay``): a rosbag2 through the real node over DDS (or offline), with a report.
+- ``replay`` (``ssl3d-replay``): a rosbag2 through the real node over DDS (or offline), with a report;
+  the bag's frames, their scores and the recorded bag: ``replay_frames``.
 - the real-data study (``scripts/real_data_study.py``, docs/results.md): ``study_data`` (labelled-scan
   specs), ``perturbations`` (half beams, range noise), ``study`` (pretraining and probe pieces),
   ``study_report`` (tables).

@@ -26,6 +26,10 @@ advances in 10 ms steps, so node latency reads up to about 10 ms low.
 ``--offline`` runs the same frames through :class:`PerceptionPipeline` in-process (no ROS), for
 quick checks; its latency is the pipeline call (decode included).
 
+Reading the bag's frames, scoring them, the statuses of unanswered frames and the ``--record-out``
+bag: :mod:`ssl3d_ros.evaluation.replay_frames`; records, statistics and report files:
+:mod:`ssl3d_ros.evaluation.replay_stats`.
+
 Examples::
 
     scripts/netns-run ssl3d-replay BAG --checkpoint model.safetensors --mode keep-up --out replay_out
@@ -47,13 +51,14 @@ import numpy as np
 
 from ..cli import EXIT_CODES_EPILOG, console_script
 from .class_maps import ClassMap, load_class_map
-from .metrics import IGNORE, ScoreAccumulator
+from .metrics import ScoreAccumulator
+from .replay_frames import (BagFrame, assign_unanswered, failure_status, load_bag_frames, score_frame,
+                            write_recording)
 from .replay_stats import STAGES, FrameRecord, summarise, write_replay_report
 
 log = logging.getLogger(__name__)
 
 CLOCK_TOPIC = "/clock"
-INVALID_CLASS = 255
 
 
 @dataclass
@@ -72,74 +77,6 @@ class ReplayConfig:
     frame_timeout_s: float = 10.0  # keep-up: give up on a frame's output after this
     settle_s: float = 3.0  # after the last frame: wait this long for late outputs
     startup_timeout_s: float = 180.0
-
-
-@dataclass
-class BagFrame:
-    """One input message, read before the replay starts so reading never delays sending."""
-
-    index: int
-    bag_ns: int
-    stamp_ns: int
-    raw: bytes
-    points: int
-    truth: np.ndarray | None  # (height*width,) class indices in message order, IGNORE where unlabelled
-
-
-def load_bag_frames(path: str | Path, topic: str | None, label_field: str | None, class_map: ClassMap | None,
-                    max_frames: int | None = None,
-                    unreadable: list[tuple[int, int, str]] | None = None) -> tuple[list[BagFrame], str, int]:
-    """The frames of one PointCloud2 topic (the only one, or ``topic``), the topic, and its message count.
-
-    A message that cannot be read or deserialized is skipped with a warning (never sent) and, when
-    ``unreadable`` is given, appended to it as ``(index, bag time ns, reason)``.
-    """
-    from ..codec import scan_from_cloud
-    from ..io.errors import ScanReadError
-    from ..io.rosbag import BagSource
-
-    source = BagSource(path, topics=[topic] if topic else None)
-    if len(source.topics) != 1:
-        raise SystemExit(f"{path} has PointCloud2 topics {source.topics}; choose one with --topic")
-    topic = source.topics[0]
-    total = len(source)
-    frames = []
-    for i in range(total if max_frames is None else min(total, max_frames)):
-        try:
-            raw = bytes(source.raw_message(i))
-            msg = source.message(i)
-        except ScanReadError as exc:  # a corrupt record: the rest of the bag is still replayed
-            log.warning("frame %d unreadable, not sent: %s", i, exc)
-            if unreadable is not None:
-                unreadable.append((i, int(source.stamps_ns[i]), exc.reason))
-            continue
-        n = int(msg.height) * int(msg.width)
-        truth = None
-        if label_field and class_map is not None:
-            try:
-                scan, index = scan_from_cloud(msg, label_field=label_field)
-                truth = np.full(n, IGNORE, dtype=np.int64)
-                truth[index] = class_map.apply(scan.labels)
-            except ValueError as exc:  # no label field in this message: no score for it
-                log.warning("frame %d: no labels (%s)", i, exc)
-        stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-        frames.append(BagFrame(i, int(source.stamps_ns[i]), stamp or int(source.stamps_ns[i]), raw, n, truth))
-    source.close()
-    return frames, topic, total
-
-
-def score_frame(record: FrameRecord, frame: BagFrame, class_id: np.ndarray, scores: ScoreAccumulator | None) -> None:
-    """Per-frame mIoU against the bag's labels; invalid outputs (255) count as misses."""
-    record.valid_points = int((class_id != INVALID_CLASS).sum())
-    if scores is None or frame.truth is None:
-        return
-    pred = np.where(class_id == INVALID_CLASS, IGNORE, class_id.astype(np.int64))
-    if len(pred) != len(frame.truth):
-        log.warning("frame %d: %d outputs for %d input points; not scored", frame.index, len(pred), len(frame.truth))
-        return
-    s = scores.add(frame.truth, pred)
-    record.miou = None if not np.isfinite(s.miou) else s.miou
-    record.accuracy = None if not np.isfinite(s.accuracy) else s.accuracy
 
 
 class ReplayInputError(ValueError):
@@ -353,53 +290,6 @@ def replay_dds(frames: Sequence[BagFrame], cfg: ReplayConfig, out_dir: Path, sco
         write_recording(record_out, frames, records, outputs, topic, seg)
     return records, node_counts, unmatched
 
-
-def failure_status(before: dict[str, int], after: dict[str, int]) -> str | None:
-    """What the node's counters say happened to the one frame in flight: "error" when it counted a failed
-    frame (frames_errors), "rejected" when it refused a malformed input (frames_rejected), else None."""
-    if after.get("errors", 0) > before.get("errors", 0):
-        return "error"
-    if after.get("rejected", 0) > before.get("rejected", 0):
-        return "rejected"
-    return None
-
-
-def assign_unanswered(records: Sequence[FrameRecord], node_counts: dict[str, int]) -> None:
-    """Statuses for sent frames still "pending" after the replay. In keep-up mode (one frame in flight)
-    rejected and failed frames were told apart as they happened. At the recorded rate several frames
-    are in flight and the node's counters do not say which frame they were, so what is left of each
-    count goes to the earliest unanswered frames (totals exact, identities not), rejections first; the
-    rest were dropped (replaced in the node's mailbox, or lost)."""
-    left = {"rejected": node_counts.get("rejected", 0) - sum(r.status == "rejected" for r in records),
-            "error": node_counts.get("errors", 0) - sum(r.status == "error" for r in records)}
-    for rec in records:
-        if rec.sent_s is not None and rec.status == "pending":
-            rec.status = next((k for k, n in left.items() if n > 0), "dropped")
-            if rec.status in left:
-                left[rec.status] -= 1
-
-
-def write_recording(path: str, frames: Sequence[BagFrame], records: Sequence[FrameRecord],
-                    outputs: dict, input_topic: str, output_topic: str) -> None:
-    """Inputs at their bag time, outputs at bag time + measured end-to-end latency.
-
-    The node answers frames one at a time and in order, so outputs keep the order of their inputs: an
-    output's time is raised to just after the previous output's where a long latency (a loaded CPU, a
-    keep-up replay whose frames were sent faster than the bag's clock) would otherwise put it
-    before an output of a later frame."""
-    from ..io.rosbag import POINTCLOUD2, BagWriter
-
-    last_output_ns = None
-    with BagWriter(path) as writer:
-        for frame, rec in zip(frames, records):
-            writer.write_serialized(input_topic or "/points", POINTCLOUD2, frame.raw, frame.bag_ns)
-            out = outputs.get(frame.stamp_ns)
-            if out is not None and out[2] is not None and rec.latency_ms is not None:
-                output_ns = frame.bag_ns + int(rec.latency_ms * 1e6)
-                if last_output_ns is not None and output_ns <= last_output_ns:
-                    output_ns = last_output_ns + 1
-                writer.write_serialized(output_topic, POINTCLOUD2, out[2], output_ns)
-                last_output_ns = output_ns
 
 
 # --------------------------------------------------------------------------- offline replay

@@ -156,7 +156,7 @@ class StudyScan:
         return self.spec.name
 
     def labelled(self, seed: int, max_points: int):
-        """The scan as :class:`~ssl3d_ros.evaluation.probe.LabelledScans` with the labelled points used
+        """The scan as :class:`~ssl3d_ros.evaluation.probe_data.LabelledScans` with the labelled points used
         with ``seed`` (the probe's seeded subset of at most ``max_points``) and the fixed split."""
         from .probe import label_scans
 
