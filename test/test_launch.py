@@ -145,11 +145,21 @@ def _launch_env(prefix: Path, *pythonpath: Path) -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default action. A shell starts background jobs
+    with SIGINT ignored, and an ignored SIGINT stays ignored across exec; Python then installs no
+    handler for it, and `ros2 launch` (which only listens for signals that reach Python's wakeup fd)
+    never hears the test's SIGINT. Seen: a suite started with `make test &` failed both launch
+    tests, `ros2 launch` killed after 60 s with nothing in its log."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _ros2_launch(prefix: Path, pythonpath: list[Path], args: list[str], cwd: Path, **popen) -> subprocess.Popen:
     require_launch_stack()
     # its own process group, so that _end_launch can take every process it started down with it
     return subprocess.Popen([str(ROS2_LAUNCH / "ros2"), "launch", "ssl3d_ros", "perception.launch.py", *args],
-                            env=_launch_env(prefix, *pythonpath), cwd=cwd, start_new_session=True, **popen)
+                            env=_launch_env(prefix, *pythonpath), cwd=cwd, start_new_session=True,
+                            preexec_fn=_default_sigint, **popen)
 
 
 def _end_launch(proc: subprocess.Popen, timeout: float = 60.0) -> None:
