@@ -94,6 +94,8 @@ def collect(study: Study, scans: list[LabelledScanSpec]) -> tuple[dict, str]:
     b = study.budget
     doc: dict = {"budget": {"steps": b.steps, "batch_size": b.batch_size, "crop_points": b.crop_points,
                             "threads": study.threads, "pretrain_sources": list(PRETRAIN_SOURCES)},
+                 # a variant's overrides may replace the data (e.g. data.sources): the header says so
+                 "variant_overrides": {v: list(study.overrides.get(v, [])) for v in study.variants},
                  "split": {s.name: s.split().describe() for s in scans},
                  "perturbations": {s.name: records[s.name].get("perturbations", {}) for s in scans
                                    if study.robustness},
@@ -129,9 +131,12 @@ def write_report(study: Study, doc: dict, md: str) -> Path:
     b = study.budget
     robustness = ", ".join(f"{name}: {desc}" for name, desc in doc["perturbations"].items()) or "none"
     header = ["# Real-data study", "",
-              f"- pretraining: {', '.join(PRETRAIN_SOURCES)} (unlabelled), every variant {b.steps} steps x batch "
+              f"- pretraining: {', '.join(PRETRAIN_SOURCES)} (unlabelled; a variant's overrides below may replace "
+              f"them), every variant {b.steps} steps x batch "
               f"{b.batch_size} x {b.crop_points}-point crops, {study.threads} thread(s); "
               f"input features {' + '.join(b.features)}",
+              *[f"- `{variant}`: {study.variants[variant]} with {'; '.join(items)}"
+                for variant, items in doc.get("variant_overrides", {}).items() if items],
               f"- seeds: {study.seeds}; values mean ± sample std over seeds (n < 3 marked)",
               f"- split: {doc['split']}", f"- perturbations: {robustness}", ""]
     path = study.out / "study.md"
