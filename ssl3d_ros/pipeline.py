@@ -131,6 +131,7 @@ class PerceptionPipeline:
         self.class_colors = class_colors  # (K, 3) uint8 stored in the checkpoint; may be empty
         self.pca = checkpoint.pca.to(device).eval() if embedding_dims > 0 else None
         self.embedding_dims = embedding_dims
+        self._readouts: dict[tuple[bool, bool], tuple[torch.Tensor, torch.Tensor] | None] = {}
         in_channels = int(checkpoint.encoder_config.in_channels)
         capacity = int(getattr(preprocess_cfg, "max_points", 0) or 0) or 150_000
         self._staging = DeviceStaging(device, dtype, in_channels, capacity) if device.type == "cuda" else None
@@ -329,7 +330,7 @@ class PerceptionPipeline:
         output = self.encoder(sparse)
         # The (M, C_total) hypercolumn is the largest tensor of a frame. A linear head and the PCA
         # embedding are linear maps of it, so they run level by level in one fused call instead
-        # (measured: seg + 32-D embeddings of an HDL-64 scan 135 -> 80 ms on 2 CPU cores); only
+        # (measured: seg + 32-D embeddings of an HDL-64 scan 135 -> 89 ms on 2 CPU cores); only
         # k-means and full-width embeddings need the hypercolumn itself. Heads run in fp32.
         readout = self._linear_readout(segmentation, embeddings)
         fused = self.encoder.linear_over_levels(output, *readout) if readout is not None else None
@@ -420,16 +421,18 @@ class PerceptionPipeline:
     def _linear_readout(self, segmentation: bool, embeddings: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(weight, bias) of every linear output of the hypercolumn asked for this frame, stacked:
         the segmentation head's logits first, then the PCA embedding, ``(x - mean) @ basis[:, :k]``
-        written as ``x @ basis_k - mean @ basis_k``. None when nothing linear is asked for."""
-        parts = []
-        if segmentation and self.seg_head is not None:
-            parts.append((self.seg_head.weight.float(), self.seg_head.bias.float()))
-        if embeddings and self.pca is not None:
-            basis = self.pca.basis[:, : self.embedding_dims]
-            parts.append((basis.T, -(self.pca.mean @ basis)))
-        if not parts:
-            return None
-        return torch.cat([w for w, _ in parts]), torch.cat([b for _, b in parts])
+        written as ``x @ basis_k - mean @ basis_k``. None when nothing linear is asked for. Built
+        once per combination (the weights never change), not per frame."""
+        key = (segmentation, embeddings)
+        if key not in self._readouts:
+            parts = []
+            if segmentation and self.seg_head is not None:
+                parts.append((self.seg_head.weight.float(), self.seg_head.bias.float()))
+            if embeddings and self.pca is not None:
+                basis = self.pca.basis[:, : self.embedding_dims]
+                parts.append((basis.T, -(self.pca.mean @ basis)))
+            self._readouts[key] = (torch.cat([w for w, _ in parts]), torch.cat([b for _, b in parts])) if parts else None
+        return self._readouts[key]
 
     def memory_bytes(self) -> dict[str, int]:
         """Device memory in use (CUDA allocator) for diagnostics; empty on CPU."""

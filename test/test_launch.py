@@ -149,8 +149,8 @@ def _default_sigint() -> None:
     """In the child before exec: SIGINT back to its default action. A shell starts background jobs
     with SIGINT ignored, and an ignored SIGINT stays ignored across exec; Python then installs no
     handler for it, and `ros2 launch` (which only listens for signals that reach Python's wakeup fd)
-    never hears the test's SIGINT. Seen: a suite started with `make test &` failed both launch
-    tests, `ros2 launch` killed after 60 s with nothing in its log."""
+    never hears the test's SIGINT. Seen: a suite started as a background job (nohup ... &) failed
+    both launch tests, `ros2 launch` killed after 60 s with nothing in its log."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
