@@ -10,6 +10,7 @@ the tables (mIoU %, mean ± std over seeds).
     python scripts/finetune_study.py --pretrained A.safetensors --other msm=B.safetensors \\
         --protocols seq01-to-000700 000700-to-seq01 --fractions 0.001 --seeds 0 --steps 100 --out runs/ft_small
     python scripts/finetune_study.py --protocols seq01-to-000700 --scans 1 3 ...   # 1 vs 3 labelled scans
+    python scripts/finetune_study.py ... --variant 'warm=pretrained:optim.freeze_encoder_steps=50'  # another setting
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from ssl3d_ros.config import ConfigError  # noqa: E402
+from ssl3d_ros.config import ConfigError, parse_variant  # noqa: E402
 from ssl3d_ros.training.finetune.study import PROTOCOLS, Cell, run_cell, summarize  # noqa: E402
 
 
@@ -32,6 +33,9 @@ def main(argv=None) -> int:
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--pretrained", required=True, help="the pretrained encoder (row 'pretrained'; 'scratch' is its architecture, fresh weights)")
     p.add_argument("--other", action="append", default=[], metavar="NAME=CKPT", help="another recipe's checkpoint as a row")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=ROW:KEY=VALUE[;KEY=VALUE]",
+                   help="a row with another fine-tuning setting, starting from ROW's weights, e.g. "
+                        "'pretrained-warm=pretrained:optim.freeze_encoder_steps=50;optim.layer_decay=0.5' (YAML values)")
     p.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=list(PROTOCOLS))
     p.add_argument("--fractions", nargs="+", type=float, default=[0.001, 0.01, 0.1, 1.0], help="label budgets (fraction of points)")
     p.add_argument("--scans", nargs="+", type=int, default=[0], help="labelled train scans K (0: all)")
@@ -53,11 +57,24 @@ def main(argv=None) -> int:
             print(f"finetune_study: --other {spec!r}: expected NAME=CKPT", file=sys.stderr)
             return 2
         inits[name] = path
-    rows = args.rows or list(inits)
+    variants = {}
+    for spec in args.variant:
+        try:
+            name, base, items = parse_variant(spec, list(inits))
+        except ConfigError as exc:
+            print(f"finetune_study: --{exc}", file=sys.stderr)
+            return 2
+        variants[name] = (base, tuple(items))
+    rows = args.rows or [*inits, *variants]
+    unknown = [row for row in rows if row not in inits and row not in variants]
+    if unknown:
+        print(f"finetune_study: --rows {' '.join(unknown)}: not a row (rows: {', '.join([*inits, *variants])})", file=sys.stderr)
+        return 2
     records = []
     for protocol, row, mode, fraction, scans, seed in itertools.product(args.protocols, rows, args.modes, args.fractions,
                                                                        args.scans, args.seeds):
-        cell = Cell(protocol, row, str(inits[row]), mode, fraction, scans, seed)
+        base, overrides = variants.get(row, ("", ()))
+        cell = Cell(protocol, row, str(inits[base or row]), mode, fraction, scans, seed, base, overrides)
         try:
             record = run_cell(cell, args.data, args.out, args.steps)
         except ConfigError as exc:

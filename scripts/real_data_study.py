@@ -29,7 +29,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ssl3d_ros.config import ConfigError, set_dotted
+from ssl3d_ros.config import ConfigError, parse_variant
 from ssl3d_ros.evaluation.perturbations import PERTURBATIONS
 from ssl3d_ros.evaluation.study import MAIN_TABLE_FEATURES, RECIPES, Study, StudyBudget
 from ssl3d_ros.evaluation.study_data import DEFAULT_LABELLED, PRESETS, StudyInputError, parse_labelled
@@ -87,16 +87,10 @@ def parse_args(argv=None) -> tuple[Study, list, argparse.Namespace]:
     variants = {r: r for r in args.recipes}
     overrides = {}
     for spec in args.variant:
-        name, _, rest = spec.partition("=")
-        recipe, _, assignments = rest.partition(":")
-        if recipe not in RECIPES or not name:
-            p.error(f"--variant {spec!r}: expected NAME=RECIPE[:KEY=VALUE;...] with RECIPE one of {', '.join(RECIPES)}")
-        items = [item.strip() for item in assignments.split(";") if item.strip()]
         try:
-            for item in items:
-                set_dotted({}, item)  # malformed assignments fail here, not after hours of other runs
+            name, recipe, items = parse_variant(spec, RECIPES)
         except ConfigError as exc:
-            p.error(f"--variant {spec!r}: {exc}")
+            p.error(f"--{exc}")
         variants[name], overrides[name] = recipe, items
     if "none" in args.robustness and len(args.robustness) > 1:
         p.error("--robustness none cannot be combined with other passes")

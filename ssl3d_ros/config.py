@@ -152,6 +152,23 @@ def set_dotted(data: dict, assignment: str) -> dict:
     return data
 
 
+def parse_variant(spec: str, bases: Sequence[str]) -> tuple[str, str, list[str]]:
+    """``NAME=BASE:KEY=VALUE;KEY=VALUE`` (a study's ``--variant``) as (name, base, assignments).
+
+    Every assignment is parsed here, so a malformed one fails before hours of other runs."""
+    name, _, rest = spec.partition("=")
+    base, _, assignments = rest.partition(":")
+    if not name or base not in bases:
+        raise ConfigError(f"variant {spec!r}: expected NAME=BASE[:KEY=VALUE;...] with BASE one of {', '.join(bases)}")
+    items = [item.strip() for item in assignments.split(";") if item.strip()]
+    for item in items:
+        try:
+            set_dotted({}, item)
+        except ConfigError as exc:
+            raise ConfigError(f"variant {spec!r}: {exc}") from None
+    return name, base, items
+
+
 def load_with_overrides(path: str | Path | None, overrides: Sequence[str], build: Callable[[dict], T]) -> T:
     """``build(data)`` of the YAML mapping in ``path`` (None: an empty one) with ``SECTION.KEY=VALUE``
     overrides applied first; every ConfigError is prefixed with the file."""

@@ -57,3 +57,15 @@ def test_load_yaml_section_and_errors(tmp_path):
     path.write_text("outer: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_yaml(Outer, path, section="outer")
+
+
+def test_parse_variant_checks_the_base_and_every_assignment():
+    from ssl3d_ros.config import parse_variant
+
+    assert parse_variant("warm=pretrained:optim.lr=0.001; run.steps=5", ["scratch", "pretrained"]) == (
+        "warm", "pretrained", ["optim.lr=0.001", "run.steps=5"])
+    assert parse_variant("same=scratch", ["scratch"]) == ("same", "scratch", [])
+    with pytest.raises(ConfigError, match="BASE one of scratch, pretrained"):
+        parse_variant("warm=pretrianed:optim.lr=1", ["scratch", "pretrained"])
+    with pytest.raises(ConfigError, match="'optim.lr': expected SECTION.KEY=VALUE"):
+        parse_variant("warm=scratch:optim.lr", ["scratch"])

@@ -122,6 +122,44 @@ def test_warm_start_frozen_warm_up_resume_and_node_ready_output(warm_run, init_c
     assert (result.class_id[valid].astype(np.int64) == expected[valid]).mean() > 0.99
 
 
+def test_evaluate_scores_a_model_as_its_validation_did_and_init_head_continues_it(warm_run, init_checkpoint, tmp_path):
+    from ssl3d_ros.checkpoint import load_checkpoint
+    from ssl3d_ros.training.finetune.loop import evaluate
+
+    out, _, _, second = warm_run
+    model_path = out / "model.safetensors"
+    # --evaluate: the output model scored on the run's validation scans gives the run's best mIoU
+    report = evaluate(config_from_dict(tiny(tmp_path / "eval", init=str(model_path), init_head=True)))
+    assert report["miou"] == pytest.approx(second.best["miou"], abs=1e-6) and report["scans"] == 1
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["iou"].keys() == set(
+        load_class_map("sim-outdoor").class_names)
+    # the same scans as an xyz-only sensor sends them: another score, said in the rule
+    dark = evaluate(config_from_dict(tiny(tmp_path / "dark", init=str(model_path), init_head=True,
+                                          validation={"zero_intensity": True})))
+    assert "intensity zeroed" in dark["validation"] and dark["miou"] != report["miou"]
+    # --init-head: training continues from the model's head instead of a fresh one; --pca-dims: the
+    # output carries a PCA basis of its own hypercolumns, which the node's auto embedding size uses
+    cont = finetune(config_from_dict(tiny(tmp_path / "cont", steps=2, init=str(model_path), init_head=True, pca_dims=4,
+                                          optim={"freeze_encoder_steps": 2, "lr": 1e-9, "min_lr": 1e-9})), progress=False)
+    start, continued = load_checkpoint(model_path), load_checkpoint(cont.model_path)
+    assert torch.allclose(continued.seg_head.weight, start.seg_head.weight, atol=1e-6)
+    assert continued.pca.basis.shape == (continued.encoder.hypercolumn_channels, 4)
+    from ssl3d_ros.pipeline import PerceptionPipeline
+
+    assert PerceptionPipeline.from_checkpoint(cont.model_path, device="cpu").embedding_dims == 4
+    with pytest.raises(ConfigError, match="pca_dims=9999"):
+        finetune(config_from_dict(tiny(tmp_path / "big", init=str(model_path), pca_dims=9999)), progress=False)
+    # a head of other classes, or an encoder without a head, is refused before anything trains
+    with pytest.raises(ConfigError, match="predicts"):
+        evaluate(config_from_dict(tiny(tmp_path / "x", init=str(model_path), init_head=True,
+                                       data={"sources": ["sim:indoor:1"]}, validation={"sources": ["sim:indoor:1"]})))
+    with pytest.raises(ConfigError, match="has no segmentation head"):
+        evaluate(config_from_dict(tiny(tmp_path / "y", init=str(init_checkpoint), init_head=True)))
+    proc = subprocess.run([sys.executable, "-m", "ssl3d_ros.training.finetune", "--evaluate", "--init",
+                           str(out.parent / "does-not-matter")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_label_selection_is_seeded_recorded_and_clustered(warm_run):
     out, _, _, second = warm_run
     recorded = json.loads((out / "labels.json").read_text())
@@ -283,7 +321,8 @@ def test_help_documents_the_options():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     for option in ("--init", "--class-map", "--scans", "--label-fraction", "--label-blocks", "--val-data",
-                   "--resume", "--random-weights", "model.safetensors", "torchrun", "labels.json"):
+                   "--resume", "--random-weights", "model.safetensors", "torchrun", "labels.json", "--init-head",
+                   "--evaluate", "--pca-dims", "evaluation.json"):
         assert option in proc.stdout, option
 
 
@@ -297,6 +336,15 @@ def test_study_cells_are_valid_configs_and_summaries_say_the_seeds(tmp_path, ini
             assert cfg.random_weights == (row == "scratch") and cfg.labels.seed == cfg.run.seed == 1
             assert cfg.optim.freeze_encoder_steps == (50 if mode == "probe" else 0) and cfg.validation.every == 50
             assert (cfg.validation.split == "block") == (not PROTOCOLS[name].test)
+    # a variant row: another row's weights (fresh ones for base scratch) with its own settings, which win
+    warm = Cell("000700-blocks", "scratch-warm", str(init_checkpoint), "probe", 0.01, 0, 1, "scratch",
+                ("optim.freeze_encoder_steps=10", "optim.layer_decay=0.5"))
+    cfg = config_from_dict(cell_config(warm, tmp_path, tmp_path / warm.key, steps=50))
+    assert cfg.random_weights and cfg.optim.freeze_encoder_steps == 10 and cfg.optim.layer_decay == 0.5
+    assert warm.key.startswith("000700-blocks__scratch-warm__probe")
+    with pytest.raises(ConfigError, match=r"optim: unknown key\(s\) \[.nope.\]"):
+        config_from_dict(cell_config(Cell("000700-blocks", "v", str(init_checkpoint), "finetune", 0.01, 0, 1,
+                                          "pretrained", ("optim.nope=1",)), tmp_path, tmp_path / "v", steps=50))
     records = [{"protocol": "000700-blocks", "row": "pretrained", "mode": "finetune", "fraction": 0.001, "scans": 0,
                 "miou": m} for m in (0.30, 0.40)] + [
                {"protocol": "000700-blocks", "row": "scratch", "mode": "finetune", "fraction": 0.001, "scans": 0, "miou": 0.2}]

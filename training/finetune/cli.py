@@ -17,6 +17,9 @@ node checkpoint): its architecture, weights and preprocessing, checked against t
 --random-weights for the same network from fresh weights. --init none: the config's encoder and
 preprocessing sections, fresh weights.
 
+--evaluate scores a finished model (--init CKPT with its head) on --val-data the way validation
+does, without training: a packaged and a fine-tuned model compare like for like.
+
 Writes DIR/model.safetensors (encoder + head + class names/colours + preprocessing: loadable by
 ssl3d-perception, ssl3d-replay and ssl3d-probe; the best validation checkpoint when validating),
 DIR/best.safetensors, DIR/labels.json (the seeded label selection: scans, points, per-scan digests),
@@ -44,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
                                     "config/finetune/default.yaml)")
     p.add_argument("--init", help="'none' (scratch) or a checkpoint to start from (init)")
     p.add_argument("--random-weights", action="store_true", help="with --init CKPT: its architecture and preprocessing, fresh weights")
+    p.add_argument("--init-head", action="store_true",
+                   help="start the head from --init's segmentation head (a node checkpoint whose classes are the "
+                        "class map's, in order): continue training a model instead of a fresh head (init_head)")
+    p.add_argument("--pca-dims", type=int, metavar="K",
+                   help="also store a K-component PCA basis of the trained hypercolumns in model.safetensors, for "
+                        "the node's reduced embeddings (pca_dims; 0: none)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="no training: score --init's encoder + head on the validation scans (--val-data, "
+                        "--val-holdout or --set validation.split=block) and write OUT/evaluation.json")
     p.add_argument("--data", nargs="+", metavar="PATH", help="labelled training scans (data.sources): paths, bags, sim:outdoor[:N]")
     p.add_argument("--topics", nargs="+", metavar="TOPIC", help="PointCloud2 topics to read from bags (data.topics)")
     p.add_argument("--label-field", help="PointCloud2 field holding labels (labels.label_field)")
@@ -62,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: command-line option -> dotted config key
 OPTION_KEYS = {
-    "init": "init", "data": "data.sources", "topics": "data.topics", "label_field": "labels.label_field",
+    "init": "init", "pca_dims": "pca_dims", "data": "data.sources", "topics": "data.topics", "label_field": "labels.label_field",
     "class_map": "labels.class_map", "scans": "labels.scans", "label_fraction": "labels.fraction",
     "label_seed": "labels.seed", "val_data": "validation.sources", "val_holdout": "validation.holdout_scans",
     "val_every": "validation.every", "steps": "run.steps", "batch_size": "run.batch_size", "out": "run.out_dir",
@@ -77,6 +89,8 @@ def options_as_overrides(args: argparse.Namespace) -> list[str]:
     out = [f"{key}={json.dumps(getattr(args, attr))}" for attr, key in OPTION_KEYS.items() if getattr(args, attr) is not None]
     if args.random_weights:
         out.append("random_weights=true")
+    if args.init_head or args.evaluate:
+        out.append("init_head=true")
     if args.label_blocks is not None:
         out += ["labels.selection=blocks", f"labels.block_size={args.label_blocks}"]
     return out
@@ -90,10 +104,16 @@ def main(argv=None) -> int:
     from ..distributed import cleanup
     from ..loop import EXIT_INTERRUPTED
     from .config import load_config
-    from .loop import finetune
+    from .loop import evaluate, finetune
 
     try:
         cfg = load_config(args.config, [*args.overrides, *options_as_overrides(args)])
+        if args.evaluate:
+            report = evaluate(cfg)
+            miou, acc = (float("nan") if report[k] is None else report[k] for k in ("miou", "accuracy"))
+            print(f"{PROG}: {cfg.init} on {report['scans']} scan(s) ({report['validation']}): mIoU {miou:.3f}, "
+                  f"accuracy {acc:.3f}; written to {cfg.run.out_dir}/evaluation.json")
+            return 0
         result = finetune(cfg, resume=args.resume, progress=not args.no_progress)
     except KeyboardInterrupt:  # a second Ctrl-C: stop without saving
         print(f"{PROG}: interrupted", file=sys.stderr)

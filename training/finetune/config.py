@@ -1,6 +1,6 @@
 """The fine-tuning configuration: one YAML file per run (``config/finetune/default.yaml``).
 
-Top-level keys: ``init`` (``none`` or a checkpoint path), ``random_weights``, ``data``, ``labels``,
+Top-level keys: ``init`` (``none`` or a checkpoint path), ``random_weights``, ``init_head``, ``pca_dims``, ``data``, ``labels``,
 ``validation``, ``augment`` (views.py's ViewGroupConfig: crop + AugmentConfig), ``encoder`` and
 ``preprocessing`` (used only from scratch: a checkpoint brings its own), ``optim``, ``loss``, ``run``.
 Unknown keys anywhere are errors (ConfigError naming the key path).
@@ -62,6 +62,7 @@ class ValidationConfig:
     every: int = 50
     seed: int = 0  # seed of the block split (fixed across label seeds: every run is scored on the same blocks)
     sim_seed: int = 1000  # seed of simulated validation sources (distinct from data.sim_seed)
+    zero_intensity: bool = False  # score with intensity zeroed, as the node feeds a cloud without that field
 
 
 @dataclass
@@ -104,6 +105,8 @@ class FinetuneRunConfig:
 class FinetuneConfig:
     init: str = "none"  # "none" (scratch) or a checkpoint (ssl3d-pretrain's encoder.safetensors, ...)
     random_weights: bool = False  # with a checkpoint: its architecture and preprocessing, fresh weights
+    init_head: bool = False  # start the head from init's segmentation head (its classes: the class map's)
+    pca_dims: int = 0  # > 0: the output also holds a PCA basis of its hypercolumns (the node's reduced embeddings)
     data: DataConfig = field(default_factory=DataConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -123,7 +126,7 @@ class FinetuneConfig:
 
 
 #: what shapes the weights and the labels trained on: a resumed run must keep these
-MODEL_KEYS = ("init", "random_weights", "encoder", "preprocessing", "labels")
+MODEL_KEYS = ("init", "random_weights", "init_head", "encoder", "preprocessing", "labels")
 
 
 def validate(cfg: FinetuneConfig) -> FinetuneConfig:
@@ -135,9 +138,13 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
             raise ConfigError("encoder.in_channels is derived from preprocessing.features; remove it")
         cfg.preprocessing = cfg.preprocessing or PreprocessConfig()
         encoder_config(cfg.encoder, 1)
-    elif cfg.encoder is not None or cfg.preprocessing is not None:
+    if cfg.init_head and (cfg.from_scratch or cfg.random_weights):
+        raise ConfigError("init_head needs init: a checkpoint with a segmentation head, and no random_weights")
+    if not cfg.from_scratch and (cfg.encoder is not None or cfg.preprocessing is not None):
         raise ConfigError(f"init: {cfg.init} brings its own encoder and preprocessing; remove the "
                           "'encoder' / 'preprocessing' sections (they apply to init: none)")
+    if cfg.pca_dims < 0:
+        raise ConfigError(f"pca_dims must be >= 0, got {cfg.pca_dims}")
     lab = cfg.labels
     if not 0 < lab.fraction <= 1:
         raise ConfigError(f"labels.fraction must be in (0, 1], got {lab.fraction}")

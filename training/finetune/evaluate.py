@@ -23,6 +23,20 @@ def predict_points(model: torch.nn.Module, scan: Scan, preprocessing: Preprocess
 
 
 @torch.no_grad()
+def voxel_hypercolumns(encoder: torch.nn.Module, scans: Sequence[Scan], preprocessing: PreprocessConfig,
+                       device: torch.device) -> torch.Tensor:
+    """(V, C) hypercolumns of every voxel of ``scans``, as the node computes them (for a PCA basis)."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        parts = [encoder.hypercolumn(encoder(collate([preprocess(scan, preprocessing)], device=device))).float().cpu()
+                 for scan in scans]
+    finally:
+        encoder.train(was_training)
+    return torch.cat(parts)
+
+
+@torch.no_grad()
 def score_scans(model: torch.nn.Module, scans: Sequence[Scan], preprocessing: PreprocessConfig, num_classes: int,
                 device: torch.device) -> SegmentationScores:
     """Overall scores over ``scans`` (labels: class indices, negative = not scored)."""
@@ -39,4 +53,4 @@ def score_scans(model: torch.nn.Module, scans: Sequence[Scan], preprocessing: Pr
     return acc.scores()
 
 
-__all__ = ["predict_points", "score_scans"]
+__all__ = ["predict_points", "score_scans", "voxel_hypercolumns"]

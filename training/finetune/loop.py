@@ -33,16 +33,17 @@ from ..loop import _ignore_sigint, record_skipped, restore_latest, step_seed, St
 from ..metrics import MetricsLogger
 from .config import MODEL_KEYS, FinetuneConfig
 from .data import LabelledDataset, LabelledViewMaker, collate_labelled
-from .evaluate import score_scans
+from .evaluate import score_scans, voxel_hypercolumns
 from .labels import ScanList
 from .model import SegmentationModel, class_weights, layerwise_groups, segmentation_loss
-from .prepare import FinetuneData, check_input, initial_encoder, prepare_data
+from .prepare import FinetuneData, InitialEncoder, check_head_classes, check_input, initial_encoder, prepare_data
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
 LABELS_FILE = "labels.json"
+EVALUATION_FILE = "evaluation.json"
 
 
 @dataclass
@@ -74,9 +75,58 @@ def export(path: Path, model: SegmentationModel, cfg: FinetuneConfig, data: Fine
     )
 
 
+PCA_SCANS = 16  # training scans whose voxel hypercolumns fit the output's PCA basis
+
+
+def add_pca_basis(model_path: Path, scans: list, dims: int, device: torch.device) -> None:
+    """Store a ``dims``-component PCA basis of the output model's own hypercolumns (the weights it
+    ships, the best validation ones when validating) in ``model_path``, as ssl3d-probe --pca-dims does
+    for a probe head: the node's auto embedding size uses it."""
+    from ssl3d_ros.checkpoint import add_heads, load_checkpoint
+    from ssl3d_ros.models.heads import PCAProjection
+
+    ckpt = load_checkpoint(model_path, backend="auto" if device.type == "cuda" else "torch")
+    features = voxel_hypercolumns(ckpt.encoder.to(device), scans[:PCA_SCANS], ckpt.preprocessing, device)
+    add_heads(model_path, model_path, pca=PCAProjection.fit(features, dims, generator=torch.Generator().manual_seed(0)))
+
+
 def set_learning_rates(optimizer: torch.optim.Optimizer, lr: float, frozen: bool) -> None:
     for group in optimizer.param_groups:
         group["lr"] = 0.0 if frozen and group["encoder"] else lr * group["lr_scale"]
+
+
+def initial_model(init: InitialEncoder, data: FinetuneData, cfg: FinetuneConfig) -> SegmentationModel:
+    """Encoder + head; with init_head the head starts as init's (checked against the class map)."""
+    check_head_classes(init, data.class_map, cfg.init)
+    model = SegmentationModel(init.encoder, data.class_map.num_classes)
+    if init.head is not None:
+        model.head.load_state_dict(init.head.state_dict())
+    return model
+
+
+def evaluate(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Score init's own encoder + head on the validation scans, without training (``--evaluate``):
+    the same scoring as the validation of a fine-tuning run, so a packaged model and a fine-tuned
+    one compare like for like. Writes OUT/evaluation.json."""
+    if not cfg.init_head:
+        raise ConfigError("evaluation scores init's segmentation head: set init_head (--evaluate does)")
+    device = distributed.init_distributed(cfg.run.device).device
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    init = initial_encoder(cfg, device)
+    data = prepare_data(cfg)
+    if not data.validation:
+        raise ConfigError("nothing to evaluate on: give --val-data, --val-holdout or validation.split: block")
+    check_input(init.preprocessing, data.validation, cfg.init)
+    model = initial_model(init, data, cfg).to(device)
+    scores = score_scans(model, data.validation, init.preprocessing, data.class_map.num_classes, device)
+    report = {"checkpoint": str(cfg.init), "validation": data.validation_rule, "scans": len(data.validation),
+              **scores.to_dict(list(data.class_map.class_names))}
+    out_dir = Path(cfg.run.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = json.dumps(report, indent=1)
+    atomic_write(out_dir / EVALUATION_FILE, lambda tmp: tmp.write_text(doc))
+    return report
 
 
 def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> FinetuneResult:
@@ -95,7 +145,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, s
     init = initial_encoder(cfg, device)  # before the data: a bad checkpoint fails at once
     data = prepare_data(cfg)
     check_input(init.preprocessing, data.selection.scans, cfg.init if not cfg.from_scratch else "preprocessing")
-    model = SegmentationModel(init.encoder, data.class_map.num_classes).to(device)
+    model = initial_model(init, data, cfg).to(device)
+    if cfg.pca_dims > model.encoder.hypercolumn_channels:  # said now, not after the training
+        raise ConfigError(f"pca_dims={cfg.pca_dims}: the hypercolumn has {model.encoder.hypercolumn_channels} channels")
     optimizer = torch.optim.AdamW(layerwise_groups(model, cfg.optim), lr=cfg.optim.lr, betas=cfg.optim.betas)
     weights = class_weights(torch.tensor(data.selection.record["class_counts"]), cfg.loss)
     counters: dict[str, Any] = {"scans_seen": 0, "scans_skipped": 0}
@@ -220,6 +272,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, s
             atomic_write(model_path, lambda tmp: shutil.copyfile(out_dir / BEST_FILE, tmp))
         else:
             export(model_path, model, cfg, data, init.preprocessing, init.provenance, step, counters, best)
+        if cfg.pca_dims > 0:
+            add_pca_basis(model_path, data.selection.scans, cfg.pca_dims, device)
     distributed.barrier()
     if logger is not None:
         logger.close()
@@ -227,4 +281,4 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, s
                           data.selection.record)
 
 
-__all__ = ["finetune", "export", "FinetuneResult", "MODEL_FILE", "BEST_FILE", "LABELS_FILE"]
+__all__ = ["finetune", "evaluate", "initial_model", "export", "EVALUATION_FILE", "FinetuneResult", "MODEL_FILE", "BEST_FILE", "LABELS_FILE"]

@@ -34,6 +34,8 @@ class InitialEncoder:
     encoder: nn.Module
     preprocessing: PreprocessConfig
     provenance: dict[str, Any]  # what the weights started from, for the output checkpoint
+    head: Any = None  # init's LinearSegHead, with init_head
+    class_names: tuple[str, ...] = ()  # the classes of that head
 
 
 def initial_encoder(cfg: FinetuneConfig, device: torch.device) -> InitialEncoder:
@@ -53,7 +55,20 @@ def initial_encoder(cfg: FinetuneConfig, device: torch.device) -> InitialEncoder
                   "random_weights": cfg.random_weights}
     if cfg.random_weights:
         encoder = SparseEncoder(dataclasses.replace(encoder.cfg, backend=backend))
-    return InitialEncoder(encoder, ckpt.preprocessing, provenance)
+    if not cfg.init_head:
+        return InitialEncoder(encoder, ckpt.preprocessing, provenance)
+    if ckpt.seg_head is None or ckpt.classes is None:
+        raise ConfigError(f"init_head: {cfg.init} has no segmentation head (an ssl3d-pretrain encoder has none: "
+                          "fit one with ssl3d-probe --write-head or ssl3d-finetune)")
+    return InitialEncoder(encoder, ckpt.preprocessing, {**provenance, "init_head": True}, ckpt.seg_head.float(),
+                          tuple(ckpt.classes.names))
+
+
+def check_head_classes(init: InitialEncoder, class_map: ClassMap, origin: str) -> None:
+    """init_head: the checkpoint's head must predict the class map's classes, in its order."""
+    if init.head is not None and tuple(init.class_names) != tuple(class_map.class_names):
+        raise ConfigError(f"init_head: {origin} predicts {list(init.class_names)}, but class map {class_map.name} "
+                          f"has {list(class_map.class_names)}")
 
 
 def check_input(pre: PreprocessConfig, scans: list[Scan], origin: str) -> None:
@@ -80,6 +95,14 @@ class FinetuneData:
 def with_labels(scan: Scan, labels: np.ndarray) -> Scan:
     return Scan(scan.points, scan.fields, scan.frame_id, scan.stamp_ns, labels.astype(np.int32),
                 scan.intensity_scale, scan.source)
+
+
+def without_intensity(scan: Scan) -> Scan:
+    """The scan as the node sees a cloud without an intensity field (input.missing_intensity: zero)."""
+    fields = dict(scan.fields)
+    if "intensity" in fields:
+        fields["intensity"] = np.zeros_like(fields["intensity"])
+    return Scan(scan.points, fields, scan.frame_id, scan.stamp_ns, scan.labels, scan.intensity_scale, scan.source)
 
 
 def prepare_data(cfg: FinetuneConfig) -> FinetuneData:
@@ -111,8 +134,11 @@ def prepare_data(cfg: FinetuneConfig) -> FinetuneData:
         validation += held.scans
         skipped += held.skipped
         rules.append(f"validation.sources {list(val_cfg.sources)}")
+    if val_cfg.zero_intensity:
+        validation = [without_intensity(s) for s in validation]
+        rules.append("intensity zeroed")
     selection = select_labels(scans, cfg.labels, class_map.num_classes, exclude)
     return FinetuneData(class_map, selection, validation, skipped, "; ".join(rules) or "none")
 
 
-__all__ = ["InitialEncoder", "initial_encoder", "check_input", "FinetuneData", "prepare_data"]
+__all__ = ["InitialEncoder", "initial_encoder", "check_head_classes", "check_input", "without_intensity", "FinetuneData", "prepare_data"]

@@ -16,10 +16,11 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from ...config import set_dotted
 from .config import config_from_dict
 from .loop import finetune
 
@@ -58,20 +59,23 @@ class Cell:
     fraction: float
     scans: int  # 0: all train scans
     seed: int
+    base: str = ""  # a variant row: the row whose weights it starts from ("scratch": fresh); "": itself
+    overrides: tuple[str, ...] = ()  # a variant row: SECTION.KEY=VALUE applied to every cell's config
 
     @property
     def key(self) -> str:
         return f"{self.protocol}__{self.row}__{self.mode}__p{self.fraction:g}__k{self.scans}__s{self.seed}"
 
 
-def cell_config(cell: Cell, data_root: Path, out_dir: Path, steps: int, overrides: dict[str, Any] | None = None) -> dict:
-    """The ssl3d-finetune config of one cell (plain data, as a YAML file would hold it)."""
+def cell_config(cell: Cell, data_root: Path, out_dir: Path, steps: int) -> dict:
+    """The ssl3d-finetune config of one cell (plain data, as a YAML file would hold it); a variant
+    row's overrides come last, so they may change any of it (the probe mode's frozen steps too)."""
     proto = PROTOCOLS[cell.protocol]
     validation = ({"sources": [str(data_root / p) for p in proto.test]} if proto.test else
                   {"split": "block", "block_size": proto.block_size, "test_fraction": 0.3, "seed": 0})
     cfg = {
         "init": cell.init,
-        "random_weights": cell.row == "scratch",
+        "random_weights": (cell.base or cell.row) == "scratch",
         "data": {"sources": [str(data_root / p) for p in proto.train]},
         "labels": {"class_map": proto.class_map, "fraction": cell.fraction, "scans": cell.scans, "seed": cell.seed},
         "validation": {**validation, "every": steps},  # scored once, after the last step
@@ -79,19 +83,18 @@ def cell_config(cell: Cell, data_root: Path, out_dir: Path, steps: int, override
         "run": {"steps": steps, "batch_size": 1, "workers": 1, "threads": 1, "seed": cell.seed, "tensorboard": False,
                 "checkpoint_every": max(steps // 4, 1), "out_dir": str(out_dir)},
     }
-    for dotted, value in (overrides or {}).items():
-        section, key = dotted.split(".", 1)
-        cfg.setdefault(section, {})[key] = value
+    for assignment in cell.overrides:
+        set_dotted(cfg, assignment)
     return cfg
 
 
-def run_cell(cell: Cell, data_root: Path, study_dir: Path, steps: int, overrides: dict[str, Any] | None = None) -> dict:
+def run_cell(cell: Cell, data_root: Path, study_dir: Path, steps: int) -> dict:
     """One cell, cached in STUDY/cells/KEY.json (a stopped cell resumes from its training state)."""
     cached = study_dir / "cells" / f"{cell.key}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
     out = study_dir / "runs" / cell.key
-    cfg = config_from_dict(cell_config(cell, data_root, out, steps, overrides))
+    cfg = config_from_dict(cell_config(cell, data_root, out, steps))
     t0 = time.perf_counter()
     result = finetune(cfg, resume=(out / "checkpoints").is_dir(), progress=False)
     record = {**asdict(cell), "steps": steps, "miou": result.best.get("miou"), "accuracy": result.best.get("accuracy"),
