@@ -133,6 +133,8 @@ def test_evaluate_scores_a_model_as_its_validation_did_and_init_head_continues_i
     assert report["miou"] == pytest.approx(second.best["miou"], abs=1e-6) and report["scans"] == 1
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["iou"].keys() == set(
         load_class_map("sim-outdoor").class_names)
+    # the run kept the best validation's per-class IoU too (the study's cells report it)
+    assert second.best["iou"] == pytest.approx(report["iou"], abs=1e-6)
     # the same scans as an xyz-only sensor sends them: another score, said in the rule
     dark = evaluate(config_from_dict(tiny(tmp_path / "dark", init=str(model_path), init_head=True,
                                           validation={"zero_intensity": True})))

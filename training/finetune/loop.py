@@ -53,7 +53,7 @@ class FinetuneResult:
     interrupted_by: int = 0
     out_dir: Path = Path(".")
     model_path: Path | None = None
-    best: dict[str, Any] = field(default_factory=dict)  # {"miou", "step"} of the best validation
+    best: dict[str, Any] = field(default_factory=dict)  # {"miou", "accuracy", "step", "iou" per class} of the best validation
     scans_skipped: int = 0
     last_metrics: dict[str, float] = field(default_factory=dict)
     selection: dict[str, Any] = field(default_factory=dict)
@@ -198,7 +198,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, s
         if dist_info.is_main:
             scores = score_scans(model, data.validation, init.preprocessing, data.class_map.num_classes, device)
             if math.isfinite(scores.miou) and scores.miou > best.get("miou", -1.0):
-                best.update(miou=scores.miou, accuracy=scores.accuracy, step=at_step)
+                # per-class IoU too: which classes a few labels reach is what a label budget changes
+                iou = scores.to_dict(list(data.class_map.class_names))["iou"]
+                best.update(miou=scores.miou, accuracy=scores.accuracy, step=at_step, iou=iou)
                 export(out_dir / BEST_FILE, model, cfg, data, init.preprocessing, init.provenance, at_step, counters, best)
         distributed.barrier()
         return {} if scores is None else {"val_miou": scores.miou, "val_accuracy": scores.accuracy,

@@ -99,7 +99,7 @@ def run_cell(cell: Cell, data_root: Path, study_dir: Path, steps: int) -> dict:
     result = finetune(cfg, resume=(out / "checkpoints").is_dir(), progress=False)
     record = {**asdict(cell), "steps": steps, "miou": result.best.get("miou"), "accuracy": result.best.get("accuracy"),
               "selected_points": result.selection["selected_points"], "scans_used": result.selection["scans_used"],
-              "seconds": round(time.perf_counter() - t0, 1), "completed": result.completed}
+              "iou": result.best.get("iou"), "seconds": round(time.perf_counter() - t0, 1), "completed": result.completed}
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(record, indent=1))
     return record
