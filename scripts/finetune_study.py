@@ -11,6 +11,10 @@ the tables (mIoU %, mean ± std over seeds).
         --protocols seq01-to-000700 000700-to-seq01 --fractions 0.001 --seeds 0 --steps 100 --out runs/ft_small
     python scripts/finetune_study.py --protocols seq01-to-000700 --scans 1 3 ...   # 1 vs 3 labelled scans
     python scripts/finetune_study.py ... --variant 'warm=pretrained:optim.freeze_encoder_steps=50'  # another setting
+    python scripts/finetune_study.py --out runs/ft_study --report-only   # study.md from every cached cell
+
+study.md has the mIoU tables and, for cells that recorded per-class IoU, how many classes each model
+reaches (test IoU >= 1 %).
 """
 from __future__ import annotations
 
@@ -25,13 +29,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from ssl3d_ros.config import ConfigError, parse_variant  # noqa: E402
-from ssl3d_ros.training.finetune.study import PROTOCOLS, Cell, run_cell, summarize  # noqa: E402
+from ssl3d_ros.training.finetune.study import PROTOCOLS, Cell, cached_records, report, run_cell  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--pretrained", required=True, help="the pretrained encoder (row 'pretrained'; 'scratch' is its architecture, fresh weights)")
+    p.add_argument("--pretrained", help="the pretrained encoder (row 'pretrained'; 'scratch' is its architecture, "
+                                        "fresh weights); required unless --report-only")
     p.add_argument("--other", action="append", default=[], metavar="NAME=CKPT", help="another recipe's checkpoint as a row")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=ROW:KEY=VALUE[;KEY=VALUE]",
                    help="a row with another fine-tuning setting, starting from ROW's weights, e.g. "
@@ -45,8 +50,19 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=300, help="optimisation steps of every cell")
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--report-only", action="store_true",
+                   help="only write OUT/study.md and study.json from every cell cached in OUT/cells (no training)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.report_only:
+        records = cached_records(args.out)
+        if not records:
+            print(f"finetune_study: {args.out / 'cells'} holds no finished cell", file=sys.stderr)
+            return 2
+        return write_report(args.out, records)
+    if not args.pretrained:
+        print("finetune_study: --pretrained is required (unless --report-only)", file=sys.stderr)
+        return 2
     if not args.data.is_dir():
         print(f"finetune_study: data folder {args.data} is absent", file=sys.stderr)
         return 2
@@ -82,9 +98,13 @@ def main(argv=None) -> int:
             return 2
         records.append(record)
         print(f"{cell.key}: mIoU {100 * (record['miou'] or float('nan')):.1f} ({record['seconds']} s)", flush=True)
-    md = summarize(records)
-    (args.out / "study.md").write_text(md + "\n")
-    (args.out / "study.json").write_text(json.dumps(records, indent=1))
+    return write_report(args.out, records)
+
+
+def write_report(out: Path, records: list[dict]) -> int:
+    md = report(records)
+    (out / "study.md").write_text(md + "\n")
+    (out / "study.json").write_text(json.dumps(records, indent=1))
     print(md)
     return 0
 

@@ -352,3 +352,23 @@ def test_study_cells_are_valid_configs_and_summaries_say_the_seeds(tmp_path, ini
                {"protocol": "000700-blocks", "row": "scratch", "mode": "finetune", "fraction": 0.001, "scans": 0, "miou": 0.2}]
     md = summarize(records)
     assert "| pretrained (fine-tuned) | 35.0 ± 7.1 (2 seeds) |" in md and "| scratch (fine-tuned) | 20.0 (1 seed) |" in md
+    # study.md also says how many classes a cell reaches (IoU >= 1 %), for the cells that recorded them
+    from ssl3d_ros.training.finetune.study import classes_reached, report
+
+    records[2]["iou"] = {"road": 0.5, "car": 0.009, "person": 0.0, "pole": None, "fence": 0.01}
+    assert classes_reached(records[2]) == 2.0 and classes_reached(records[0]) is None
+    full = report(records)
+    assert full.startswith(md) and "classes with test IoU ≥ 1 %" in full
+    assert "| scratch (fine-tuned) | 2.0 (1 seed) |" in full.split("classes with test IoU")[1]
+    assert "| pretrained" not in full.split("classes with test IoU")[1]  # no per-class record: no row
+    # --report-only rebuilds study.md from every cached cell, without --pretrained; an empty folder is exit 2
+    study = tmp_path / "study"
+    (study / "cells").mkdir(parents=True)
+    for i, record in enumerate(records):
+        (study / "cells" / f"{i}.json").write_text(json.dumps(record))
+    script = [sys.executable, str(REPO / "scripts" / "finetune_study.py")]
+    proc = subprocess.run([*script, "--out", str(study), "--report-only"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (study / "study.md").read_text() == full + "\n" and len(json.loads((study / "study.json").read_text())) == 3
+    empty = subprocess.run([*script, "--out", str(tmp_path / "none"), "--report-only"], capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 2 and "holds no finished cell" in empty.stderr and "Traceback" not in empty.stderr

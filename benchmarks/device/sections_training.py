@@ -3,6 +3,7 @@ rate beside them, a ``torchrun --nproc-per-node 1`` run that stops and resumes, 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -137,11 +138,21 @@ def section_training(ctx) -> dict:
 
 
 def section_finetune(ctx) -> dict:
-    """Fine-tuning throughput, once the package has a fine-tuning command (issue 18 asks for it then)."""
+    """Fine-tuning throughput: benchmarks/bench_finetune.py on this device (bf16 autocast on CUDA),
+    its own process so that a failure stays in this section."""
     if importlib.util.find_spec("ssl3d_ros.training.finetune") is None:
         ctx.log("  no fine-tuning command in this tree (ssl3d_ros.training.finetune): nothing to measure")
         return {"status": "absent", "reason": "no ssl3d_ros.training.finetune module in this tree"}
-    return {"status": "absent", "reason": "ssl3d_ros.training.finetune exists; its measurement is not written yet"}
+    out = ctx.work / "finetune.json"
+    steps, warmup = (2, 1) if ctx.small else (10, 3)
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_finetune.py"), "--device", ctx.device,
+           "--steps", str(steps), "--warmup", str(warmup), "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max(ctx.left(), 5))
+    for line in proc.stdout.splitlines():
+        ctx.log(f"  {line}")
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench_finetune.py exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.read_text())
 
 
 SECTIONS = {"training": section_training, "finetune": section_finetune}

@@ -105,20 +105,32 @@ def run_cell(cell: Cell, data_root: Path, study_dir: Path, steps: int) -> dict:
     return record
 
 
-def summarize(records: Sequence[dict]) -> str:
-    """Markdown: per protocol, mIoU (%) mean ± std over seeds for every row / mode / budget."""
+def _miou(record: dict) -> float | None:
+    return None if record["miou"] is None else 100 * record["miou"]
+
+
+def classes_reached(record: dict) -> float | None:
+    """How many classes the cell's model segments at all (test IoU ≥ 1 %): what a label budget moves
+    when a few labels cover only the frequent classes. None for cells recorded without per-class IoU."""
+    iou = record.get("iou")
+    return None if iou is None else float(sum(v is not None and v >= 0.01 for v in iou.values()))
+
+
+def summarize(records: Sequence[dict], value=_miou, what: str = "") -> str:
+    """Markdown: per protocol, ``value`` (default mIoU %) mean ± std over seeds for every row / mode /
+    budget; ``what`` is added to each table's title."""
     lines = []
     for protocol in dict.fromkeys(r["protocol"] for r in records):
         rows = [r for r in records if r["protocol"] == protocol]
         budgets = sorted({(r["fraction"], r["scans"]) for r in rows}, key=lambda b: (b[1] or math.inf, b[0]))
         header = [f"{f * 100:g} %" + (f", {k} scan{'s' if k > 1 else ''}" if k else "") for f, k in budgets]
-        lines += [f"### {protocol}: {PROTOCOLS[protocol].title}", "",
+        lines += [f"### {protocol}: {PROTOCOLS[protocol].title}{what}", "",
                   "| row | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
         for row, mode in dict.fromkeys((r["row"], r["mode"]) for r in rows):
             cells = []
             for f, k in budgets:
-                values = [100 * r["miou"] for r in rows if (r["row"], r["mode"], r["fraction"], r["scans"]) == (row, mode, f, k)
-                          and r["miou"] is not None]
+                values = [v for r in rows if (r["row"], r["mode"], r["fraction"], r["scans"]) == (row, mode, f, k)
+                          and (v := value(r)) is not None]
                 if not values:
                     cells.append("—")
                 elif len(values) == 1:
@@ -130,4 +142,16 @@ def summarize(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PROTOCOLS", "Protocol", "Cell", "cell_config", "run_cell", "summarize"]
+def report(records: Sequence[dict]) -> str:
+    """study.md: the mIoU tables, then how many classes each cell reaches (cells with per-class IoU)."""
+    reach = [r for r in records if r.get("iou") is not None]
+    return summarize(records) + ("\n" + summarize(reach, classes_reached, ", classes with test IoU ≥ 1 %") if reach else "")
+
+
+def cached_records(study_dir: Path) -> list[dict]:
+    """Every finished cell of a study folder, in a stable order."""
+    return [json.loads(p.read_text()) for p in sorted((study_dir / "cells").glob("*.json"))]
+
+
+__all__ = ["PROTOCOLS", "Protocol", "Cell", "cached_records", "cell_config", "classes_reached", "report", "run_cell",
+           "summarize"]
