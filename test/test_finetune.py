@@ -369,6 +369,9 @@ def test_study_cells_are_valid_configs_and_summaries_say_the_seeds(tmp_path, ini
     script = [sys.executable, str(REPO / "scripts" / "finetune_study.py")]
     proc = subprocess.run([*script, "--out", str(study), "--report-only"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert (study / "study.md").read_text() == full + "\n" and len(json.loads((study / "study.json").read_text())) == 3
+    written = (study / "study.md").read_text()
+    assert sorted(written.splitlines()) == sorted((full + "\n").splitlines())  # the same lines
+    assert written.index("| scratch (fine-tuned)") < written.index("| pretrained (fine-tuned)")  # scratch first
+    assert len(json.loads((study / "study.json").read_text())) == 3
     empty = subprocess.run([*script, "--out", str(tmp_path / "none"), "--report-only"], capture_output=True, text=True, timeout=120)
     assert empty.returncode == 2 and "holds no finished cell" in empty.stderr and "Traceback" not in empty.stderr

@@ -149,8 +149,16 @@ def report(records: Sequence[dict]) -> str:
 
 
 def cached_records(study_dir: Path) -> list[dict]:
-    """Every finished cell of a study folder, in a stable order."""
-    return [json.loads(p.read_text()) for p in sorted((study_dir / "cells").glob("*.json"))]
+    """Every finished cell of a study folder: protocols in PROTOCOLS order, then scratch, pretrained and
+    the other rows by name, fine-tuned before frozen (the tables' row order)."""
+    records = [json.loads(p.read_text()) for p in (study_dir / "cells").glob("*.json")]
+    order = list(PROTOCOLS)
+
+    def key(r: dict) -> tuple:
+        return (order.index(r["protocol"]) if r["protocol"] in order else len(order), r["protocol"],
+                {"scratch": 0, "pretrained": 1}.get(r["row"], 2), r["row"], r["mode"], r["fraction"], r["scans"], r.get("seed", 0))
+
+    return sorted(records, key=key)
 
 
 __all__ = ["PROTOCOLS", "Protocol", "Cell", "cached_records", "cell_config", "classes_reached", "report", "run_cell",
