@@ -18,7 +18,7 @@ try/except, so one failure still leaves the others' figures and the error in the
   ``torchrun --nproc-per-node 1`` run (NCCL on CUDA, gloo on CPU) that stops and resumes;
 - ``finetune``: fine-tuning throughput (benchmarks/bench_finetune.py on the device, bf16 on CUDA).
 
-Writes OUT/device.json (every figure, per section ``status`` ok / error / absent, its ``error``) and
+Writes OUT/device.json (every figure, per section ``status`` ok / error, its ``error``) and
 OUT/device.log (everything printed). The JSON is rewritten after every section.
 """
 from __future__ import annotations

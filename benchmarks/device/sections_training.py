@@ -2,7 +2,6 @@
 rate beside them, a ``torchrun --nproc-per-node 1`` run that stops and resumes, and fine-tuning."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -140,9 +139,6 @@ def section_training(ctx) -> dict:
 def section_finetune(ctx) -> dict:
     """Fine-tuning throughput: benchmarks/bench_finetune.py on this device (bf16 autocast on CUDA),
     its own process so that a failure stays in this section."""
-    if importlib.util.find_spec("ssl3d_ros.training.finetune") is None:
-        ctx.log("  no fine-tuning command in this tree (ssl3d_ros.training.finetune): nothing to measure")
-        return {"status": "absent", "reason": "no ssl3d_ros.training.finetune module in this tree"}
     out = ctx.work / "finetune.json"
     steps, warmup = (2, 1) if ctx.small else (10, 3)
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_finetune.py"), "--device", ctx.device,

@@ -120,13 +120,16 @@ def summarize(records: Sequence[dict], value=_miou, what: str = "") -> str:
     """Markdown: per protocol, ``value`` (default mIoU %) mean ± std over seeds for every row / mode /
     budget; ``what`` is added to each table's title."""
     lines = []
-    for protocol in dict.fromkeys(r["protocol"] for r in records):
+    for protocol in sorted({r["protocol"] for r in records}, key=list(PROTOCOLS).index):
         rows = [r for r in records if r["protocol"] == protocol]
         budgets = sorted({(r["fraction"], r["scans"]) for r in rows}, key=lambda b: (b[1] or math.inf, b[0]))
         header = [f"{f * 100:g} %" + (f", {k} scan{'s' if k > 1 else ''}" if k else "") for f, k in budgets]
         lines += [f"### {protocol}: {PROTOCOLS[protocol].title}{what}", "",
                   "| row | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
-        for row, mode in dict.fromkeys((r["row"], r["mode"]) for r in rows):
+        # table order, whatever order the cells were run or read in: scratch, pretrained, the other
+        # rows by name; fine-tuned before the frozen probe
+        for row, mode in sorted({(r["row"], r["mode"]) for r in rows},
+                                key=lambda rm: ({"scratch": 0, "pretrained": 1}.get(rm[0], 2), rm[0], rm[1])):
             cells = []
             for f, k in budgets:
                 values = [v for r in rows if (r["row"], r["mode"], r["fraction"], r["scans"]) == (row, mode, f, k)
@@ -149,16 +152,8 @@ def report(records: Sequence[dict]) -> str:
 
 
 def cached_records(study_dir: Path) -> list[dict]:
-    """Every finished cell of a study folder: protocols in PROTOCOLS order, then scratch, pretrained and
-    the other rows by name, fine-tuned before frozen (the tables' row order)."""
-    records = [json.loads(p.read_text()) for p in (study_dir / "cells").glob("*.json")]
-    order = list(PROTOCOLS)
-
-    def key(r: dict) -> tuple:
-        return (order.index(r["protocol"]) if r["protocol"] in order else len(order), r["protocol"],
-                {"scratch": 0, "pretrained": 1}.get(r["row"], 2), r["row"], r["mode"], r["fraction"], r["scans"], r.get("seed", 0))
-
-    return sorted(records, key=key)
+    """Every finished cell of a study folder."""
+    return [json.loads(p.read_text()) for p in sorted((study_dir / "cells").glob("*.json"))]
 
 
 __all__ = ["PROTOCOLS", "Protocol", "Cell", "cached_records", "cell_config", "classes_reached", "report", "run_cell",
