@@ -11,7 +11,9 @@ This module imports without rclpy; :class:`Harness` needs it (``pip install '.[r
 """
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 NODE_NAME = "ssl3d_perception"
 # Outputs under ~/output/ (the node computes only those with subscribers) and its debug topics.
@@ -114,6 +118,15 @@ def node_command(params_files: Sequence[str | Path], input_topic: str, *extra: s
     return [*args, "-r", f"~/input/points:={input_topic}", *extra]
 
 
+# The node gets SIGTERM (a clean rclpy shutdown) when the process that started it dies, even by SIGKILL
+# or a test's timeout: a node left running would answer the next run's frames on the same topics, and
+# one killed later leaves Fast DDS shared-memory segments behind. setpriv (util-linux) sets the signal
+# before exec, so no code runs in the forked child (a preexec_fn is unsafe beside threads). The signal
+# follows the thread that started the child: start nodes from a thread that outlives them.
+_SETPRIV = shutil.which("setpriv")
+PARENT_DEATH_PREFIX: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "TERM", "--") if _SETPRIV else ()
+
+
 class NodeProcess:
     """The perception node as a child process: parameters from a dict (written to
     ``workdir/node_params.yaml``, read after any ``params_files``, so it overrides them), stdout and
@@ -129,8 +142,9 @@ class NodeProcess:
         files = [*params_files, *([self.params_path] if self.params_path else [])]
         self.command = node_command(files, input_topic, *extra_args, node_name=node_name)
         env = ros_environment(private_domain)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        with open(self.log_path, "wb") as log_file:
+            self.proc = subprocess.Popen([*PARENT_DEATH_PREFIX, *self.command], stdout=log_file,
+                                         stderr=subprocess.STDOUT, env=env)
 
     @property
     def pid(self) -> int:
@@ -284,6 +298,7 @@ class Harness:
         self.executor.add_node(self.node)
         self._spinner = threading.Thread(target=self.executor.spin, name=f"{name}_spin", daemon=True)
         self._spinner.start()
+        self._closed = False
 
     def topic(self, name: str) -> str:
         """Full name of one of the node's topics: ``topic("output/segmentation")``."""
@@ -444,8 +459,18 @@ class Harness:
             for store in (*self.arrivals.values(), *self.by_stamp.values()):
                 store.clear()
 
-    def close(self) -> None:
-        self.executor.shutdown()
+    def close(self, timeout_s: float = 10.0) -> None:
+        """End the spin thread, then destroy the node and its context (once; a second call does nothing).
+        Every wait is bounded: a receive callback that never returns leaves its daemon thread behind
+        rather than holding the caller, whose own deadline (a replay's, a test's) is what counts."""
+        if self._closed:
+            return
+        self._closed = True
+        finished = self.executor.shutdown(timeout_sec=timeout_s)
+        self._spinner.join(timeout=timeout_s)
+        if not finished or self._spinner.is_alive():
+            log.warning("harness %s: the spin thread did not end within %.0f s; closing without it",
+                        self.node.get_name(), timeout_s)
         self.node.destroy_node()
         self._rclpy.try_shutdown(context=self.context)
 
