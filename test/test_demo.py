@@ -28,11 +28,15 @@ def test_demo_pretrain_folder_changes_with_recipe_config_and_budget(tmp_path):
 @pytest.mark.skipif(os.environ.get("SSL3D_IN_NETNS") != "1", reason="starts ROS participants: run via scripts/netns-run")
 def test_demo_runs_every_step_and_writes_its_report(tmp_path):
     out = tmp_path / "demo"
-    result = subprocess.run(
-        [sys.executable, "-m", "ssl3d_ros.demo", "--recipe", "jepa", "--train-scans", "6", "--eval-scans", "4",
-         "--steps", "4", "--probe-scans", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
+    try:  # inside pytest-timeout's 300 s, so that a stuck demo fails with its own output, not a bare stack
+        result = subprocess.run(
+            [sys.executable, "-m", "ssl3d_ros.demo", "--recipe", "jepa", "--train-scans", "6", "--eval-scans", "4",
+             "--steps", "4", "--probe-scans", "2", "--out", str(out)],
+            capture_output=True, text=True, timeout=270,
+        )
+    except subprocess.TimeoutExpired as exc:
+        tail = b"".join(part[-3000:] for part in (exc.stdout, exc.stderr) if part).decode(errors="replace")
+        pytest.fail(f"the demo did not finish in {exc.timeout:.0f} s; its output ends:\n{tail}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"demo output folder: {out}" in result.stdout
     probe = json.loads((out / "probe" / "report.json").read_text())
