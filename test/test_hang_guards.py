@@ -49,15 +49,18 @@ def test_a_node_outlives_no_process_that_started_it(checkpoint, params_file, tmp
     pytest.importorskip("rclpy", reason="rclpy is not installed (pip install '.[ros]')")
     log_path = tmp_path / "node" / "node.log"
     starter = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
+        import time
         from ssl3d_ros.evaluation.node_harness import NodeProcess
         node = NodeProcess({str(tmp_path / "node")!r}, None, "/hang_guard/points", params_files=[{str(params_file)!r}],
                            extra_args=["-p", "checkpoint:={checkpoint}"], private_domain=True)
         print(node.pid, flush=True)
         time.sleep(600)
     """)], stdout=subprocess.PIPE, text=True)
+    node_pid = None
     try:
-        node_pid = int(starter.stdout.readline())
+        first_line = starter.stdout.readline()
+        assert first_line.strip().isdigit(), f"the starter did not start a node: {first_line!r}"
+        node_pid = int(first_line)
         deadline = time.monotonic() + HANG_GUARD_S
         # up and spinning (its signal handlers installed) before its starter dies
         while "listening on" not in (log_path.read_text(errors="replace") if log_path.exists() else ""):
@@ -68,9 +71,11 @@ def test_a_node_outlives_no_process_that_started_it(checkpoint, params_file, tmp
         while _running(node_pid):
             assert time.monotonic() < deadline, f"the node (pid {node_pid}) still runs after its starter was killed"
             time.sleep(0.2)
-    finally:
+    finally:  # a failed run leaves neither process behind
         if starter.poll() is None:
             starter.kill()
+        if node_pid is not None and _running(node_pid):
+            os.kill(node_pid, signal.SIGKILL)
     assert "Traceback" not in log_path.read_text(errors="replace")
 
 
