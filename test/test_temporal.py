@@ -262,13 +262,33 @@ def test_temporal_config_is_typed_and_checked():
 
 
 @needs_data
-def test_data_list_is_the_unlabelled_real_scans(monkeypatch):
-    monkeypatch.chdir(REPO)  # the config's paths are relative to the repository root
-    cfg = load_config(REPO / "config" / "pretrain" / "sonata-temporal.yaml")
+def _data_list(config_name: str):
+    cfg = load_config(REPO / "config" / "pretrain" / config_name)
     source = open_data(cfg.data)
-    names = [source.describe(i) for i in range(len(source))]
+    return [source.describe(i) for i in range(len(source))], find_sequences(source)
+
+
+@needs_data
+def test_data_list_is_the_unlabelled_real_scans(monkeypatch):
+    """sonata-temporal.yaml holds the 29 unlabelled real scans of lidar/: no labelled scan, neither the
+    single ones of semantickitti/ nor the 40 of semantickitti_sequences/ (the sequence study's data)."""
+    monkeypatch.chdir(REPO)  # the config's paths are relative to the repository root
+    names, sequences = _data_list("sonata-temporal.yaml")
     assert len(names) == 29 and not any("semantickitti" in n or "scannet" in n for n in names)
-    assert sum(len(m) for m in find_sequences(source).members) == 16  # 5 + 3 + 3 + 3 + 2 consecutive frames
+    assert sum(len(m) for m in sequences.members) == 16  # 5 + 3 + 3 + 3 + 2 consecutive frames
+
+
+@needs_data
+def test_sequence_study_data_list_leaves_out_the_test_sequence(monkeypatch):
+    """sonata-sequences.yaml pretrains on every unlabelled real LiDAR scan but sequence 08 (the test set,
+    never pretrained on): the 29 unlabelled scans and the 35 scans of the training sequences 00-05, 07,
+    their labels unused."""
+    monkeypatch.chdir(REPO)
+    names, _ = _data_list("sonata-sequences.yaml")
+    sequence_scans = [n for n in names if "semantickitti_sequences" in n]
+    assert len(names) == 64 and len(sequence_scans) == 35
+    assert {n.split("semantickitti_sequences/")[1][:2] for n in sequence_scans} == {"00", "01", "02", "03", "04", "05", "07"}
+    assert not any("/08/" in n or "/semantickitti/" in n or n.endswith(".label") for n in names)
 
 
 def test_temporal_sonata_trains_resumes_and_logs_counters(tmp_path):
