@@ -26,6 +26,7 @@ from .ema import momentum_at
 from .recipes import Recipe, StepInfo, recipe_class
 from . import distributed
 from .runtime.run import OptimisationStep, StepReport, adamw, param_groups, restore_latest, run_steps, start_run
+from .runtime.run import model_config_changes as changes_in
 from .voxels import views_to
 
 
@@ -82,6 +83,12 @@ def export_encoder(path: Path, recipe: Recipe, cfg: PretrainConfig, step: int, c
 
 #: config sections that shape the weights: a resumed run must keep them (data, optim and run may change)
 MODEL_SECTIONS = ("preprocessing", "encoder", "recipe")
+
+
+def model_config_changes(saved: dict[str, Any], cfg: PretrainConfig,
+                         sections: tuple[str, ...] = MODEL_SECTIONS) -> list[str]:
+    """The runtime's :func:`~.runtime.run.model_config_changes`, pretraining's model sections by default."""
+    return changes_in(saved, cfg, sections)
 
 
 def pretrain_optimizer(cfg: PretrainConfig, recipe: Recipe) -> torch.optim.AdamW:
@@ -161,4 +168,4 @@ def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop
 
 
 __all__ = ["train", "build_recipe", "build_encoder_factory", "export_encoder", "pretrain_optimizer", "PretrainStep",
-           "TrainResult", "MODEL_SECTIONS"]
+           "TrainResult", "MODEL_SECTIONS", "model_config_changes"]
