@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    from ssl3d_ros.device import packaged_checkpoint
+    from ssl3d_ros.checkpoint import packaged_checkpoint
 
     init = args.init or str(packaged_checkpoint())
     cfg = config_from_dict({"init": init})

@@ -109,7 +109,7 @@ def benchmark_checkpoint(path: str | None, workdir: Path) -> Path:
     (same cost as a trained one: timing does not depend on the weights)."""
     if path:
         return Path(path)
-    from ssl3d_ros.device import packaged_checkpoint
+    from ssl3d_ros.checkpoint import packaged_checkpoint
 
     try:
         return packaged_checkpoint()

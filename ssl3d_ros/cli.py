@@ -32,7 +32,7 @@ EXIT_CODES_EPILOG = """exit status:
 # importing them here would load torch (checkpoint) into every script before it parses --help.
 INPUT_ERRORS: tuple[tuple[str, str], ...] = (
     ("ssl3d_ros.config", "ConfigError"),
-    ("ssl3d_ros.checkpoint", "CheckpointError"),
+    ("ssl3d_ros.checkpoint.meta", "CheckpointError"),
     ("ssl3d_ros.codec.layout", "CloudFormatError"),  # defined there; the codec package imports it
     ("ssl3d_ros.io.errors", "ScanReadError"),
     ("ssl3d_ros.io.errors", "TopicSelectionError"),

@@ -1,17 +1,13 @@
-"""Where inference runs: device and precision from the node's parameters, the packaged checkpoint,
-and the pinned staging buffers that carry each frame's model input to a CUDA device."""
+"""Where inference runs: device and precision from the node's parameters, the process-wide settings
+(CPU threads, heap retention), and the pinned staging buffers that carry each frame's model input to
+a CUDA device."""
 from __future__ import annotations
-
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .config import ConfigError
 from .scan import Scan
-
-PACKAGED_CHECKPOINT = "default_nano.safetensors"  # in ssl3d_ros/data, see docs for the command that made it
 
 
 def resolve_device(requested: str) -> tuple[torch.device, list[str]]:
@@ -42,28 +38,6 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[torch.dtype
     if requested in ("fp16", "bf16"):
         return torch.float32, [f"precision '{requested}' is not used on CPU; running fp32"]
     return torch.float32, []
-
-
-def packaged_checkpoint() -> Path:
-    """The default checkpoint shipped with the package (package data, also found in the ament share dir)."""
-    try:
-        candidate = Path(str(resources.files("ssl3d_ros") / "data" / PACKAGED_CHECKPOINT))
-        if candidate.is_file():
-            return candidate
-    except (ModuleNotFoundError, TypeError):
-        pass
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidate = Path(get_package_share_directory("ssl3d_ros")) / "data" / PACKAGED_CHECKPOINT
-        if candidate.is_file():
-            return candidate
-    except Exception:  # no ament index: plain pip install
-        pass
-    raise ConfigError(
-        f"parameter 'checkpoint' is empty and the packaged default checkpoint ssl3d_ros/data/{PACKAGED_CHECKPOINT} "
-        "is missing; pass checkpoint:=/path/to/model.safetensors"
-    )
 
 
 class DeviceStaging:

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, packaged_checkpoint
 from .codec import CloudFormatError, scan_from_cloud
 from .config import ConfigError
 from .models.heads import StreamingKMeans, segment_outputs
-from .device import DeviceStaging, packaged_checkpoint, resolve_device, resolve_precision, warm_up_scan
+from .device import DeviceStaging, resolve_device, resolve_precision, warm_up_scan
 from .models.sparse import spconv_available
 from .outputs import INVALID_CLASS
 from .params import AUTO_EMBEDDING_DIMS, NodeConfig, apply_preprocessing_overrides

@@ -346,7 +346,7 @@ def test_empty_and_all_invalid_scans(pipeline):
 
 
 def test_empty_checkpoint_parameter_means_the_packaged_default():
-    from ssl3d_ros.device import PACKAGED_CHECKPOINT, packaged_checkpoint
+    from ssl3d_ros.checkpoint import PACKAGED_CHECKPOINT, packaged_checkpoint
 
     try:
         path = packaged_checkpoint()

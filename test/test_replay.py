@@ -223,7 +223,7 @@ def test_a_class_map_the_checkpoint_does_not_have_is_refused_with_or_without_che
     """The packaged checkpoint's 11 simulator classes against SemanticKITTI's 19: refused before the bag
     is read (it does not exist here), in one line and exit 2, whether the checkpoint is named or not."""
     from ssl3d_ros.evaluation.replay import main
-    from ssl3d_ros.device import packaged_checkpoint
+    from ssl3d_ros.checkpoint import packaged_checkpoint
 
     packaged = packaged_checkpoint()
     out = tmp_path / "report"

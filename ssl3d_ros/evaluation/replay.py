@@ -88,9 +88,8 @@ def check_classes(checkpoint: str, class_map: ClassMap | None) -> None:
     ``checkpoint`` the node runs the packaged default, which is checked the same way."""
     if class_map is None:
         return
-    from ..checkpoint import CheckpointError, load_checkpoint
+    from ..checkpoint import CheckpointError, load_checkpoint, packaged_checkpoint
     from ..config import ConfigError
-    from ..device import packaged_checkpoint
 
     try:
         path = checkpoint or str(packaged_checkpoint())
