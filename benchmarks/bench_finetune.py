@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssl3d_ros.labels import load_class_map
 from ssl3d_ros.sim import simulate_sequence
 from ssl3d_ros.training.data import Sample
 from ssl3d_ros.training.finetune.config import config_from_dict
 from ssl3d_ros.training.finetune.data import collate_labelled, labelled_view
 from ssl3d_ros.training.finetune.model import SegmentationModel, layerwise_groups, segmentation_loss
 from ssl3d_ros.training.finetune.prepare import initial_encoder
-from ssl3d_ros.evaluation.class_maps import load_class_map
 from ssl3d_ros.training.finetune.labels import class_indices
 
 

@@ -19,12 +19,12 @@ import numpy as np
 
 from .codec import EncodedCloud, encode_cloud
 from .config import ConfigError
+from .labels import NO_CLASS
 from .params import NodeConfig, OccupancyConfig
 
 if TYPE_CHECKING:  # the pipeline imports this module; results are only annotated here
     from .pipeline import CloudResult
 
-INVALID_CLASS = 255  # class_id of points filtered out before inference (kept in place, never removed)
 FREE, OCCUPIED, UNKNOWN = 0, 100, -1  # nav_msgs/OccupancyGrid cell values
 OUTPUTS = ("segmentation", "embeddings", "visualization", "occupancy")
 
@@ -56,12 +56,12 @@ def parse_colors(hex_colors: list[str]) -> np.ndarray:
 
 
 def class_color_table(colors: np.ndarray, num_classes: int) -> np.ndarray:
-    """(256, 3) uint8 lookup by class_id: given colours, palette for the rest, black for 255 (invalid)."""
+    """(256, 3) uint8 lookup by class_id: given colours, palette for the rest, black for NO_CLASS (invalid)."""
     table = np.zeros((256, 3), np.uint8)
     table[:num_classes] = _PALETTE[np.arange(num_classes) % len(_PALETTE)]
     n = min(len(colors), num_classes)
     table[:n] = colors[:n]
-    table[INVALID_CLASS] = INVALID_COLOR
+    table[NO_CLASS] = INVALID_COLOR
     return table
 
 

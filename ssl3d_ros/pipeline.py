@@ -25,10 +25,10 @@ import torch
 from .checkpoint import Checkpoint, load_checkpoint, packaged_checkpoint
 from .codec import CloudFormatError, scan_from_cloud
 from .config import ConfigError
+from .labels import NO_CLASS
 from .models.heads import StreamingKMeans, segment_outputs
 from .device import DeviceStaging, resolve_device, resolve_precision, warm_up_scan
 from .models.sparse import spconv_available
-from .outputs import INVALID_CLASS
 from .params import AUTO_EMBEDDING_DIMS, NodeConfig, apply_preprocessing_overrides
 from .preprocessing import PreprocessConfig, collate, preprocess, unpool
 from .scan import Scan
@@ -175,8 +175,8 @@ class PerceptionPipeline:
         else:
             num_classes = cfg.kmeans.clusters
             ckpt_names = [f"segment_{i}" for i in range(num_classes)]
-        if num_classes > 254:
-            raise ConfigError(f"{path}: {num_classes} classes do not fit class_id uint8 (255 marks invalid points)")
+        if num_classes >= NO_CLASS:
+            raise ConfigError(f"{path}: {num_classes} classes do not fit class_id uint8 ({NO_CLASS} marks invalid points)")
         names = list(cfg.classes.names) or ckpt_names
         if len(names) != num_classes:
             raise ConfigError(
@@ -301,7 +301,7 @@ class PerceptionPipeline:
         # Un-pool to the input points: every point takes its voxel's output; dropped points stay invalid.
         point_voxel = vox.point_voxel.numpy()
         if voxel_class is not None:
-            result.class_id = unpool(voxel_class, point_voxel, fill=INVALID_CLASS)
+            result.class_id = unpool(voxel_class, point_voxel, fill=NO_CLASS)
             result.probability = unpool(voxel_prob, point_voxel, fill=0.0)
             result.entropy = unpool(voxel_entropy, point_voxel, fill=1.0)  # maximal uncertainty
         if voxel_embedding is not None:

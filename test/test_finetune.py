@@ -17,8 +17,7 @@ import torch
 import yaml
 
 from ssl3d_ros.config import ConfigError
-from ssl3d_ros.evaluation.class_maps import load_class_map
-from ssl3d_ros.evaluation.metrics import IGNORE
+from ssl3d_ros.labels import IGNORE, load_class_map
 from ssl3d_ros.scan import Scan
 from ssl3d_ros.training import state as state_io
 from ssl3d_ros.training.finetune.config import LabelConfig, config_from_dict, load_config

@@ -33,7 +33,7 @@ from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from ssl3d_ros.codec import (  # noqa: E402
     FLOAT32, FLOAT64, INT16, UINT8, UINT16, CloudFormatError, decode_cloud, encode_cloud, fill_cloud_message,
 )
-from ssl3d_ros.outputs import INVALID_CLASS  # noqa: E402
+from ssl3d_ros.labels import NO_CLASS  # noqa: E402
 from ssl3d_ros.pipeline import PerceptionPipeline  # noqa: E402
 
 from ssl3d_ros.evaluation.node_harness import Harness, write_params  # noqa: E402
@@ -338,7 +338,7 @@ def assert_matches_offline(out: PointCloud2, msg: PointCloud2, offline: Percepti
     expected = offline.process_cloud(msg).result
     assert (out.height, out.width) == (msg.height, msg.width)
     class_id = np.asarray(decode_cloud(out).field_values("class_id"))
-    valid = class_id != INVALID_CLASS
+    valid = class_id != NO_CLASS
     np.testing.assert_array_equal(valid, expected.valid)  # the same points unusable, in place
     if valid.size:
         assert np.mean(class_id == expected.class_id) >= 0.999
@@ -481,5 +481,5 @@ def test_a_five_million_point_cloud(checkpoint):
     assert res.class_id.shape == (n,) and out.xyz.shape == (n, 3)
     in_range = np.linalg.norm(pts.astype(np.float64), axis=1)
     assert not res.valid[in_range > 60.0].any()  # the checkpoint's max_range: invalid, in place
-    assert (res.class_id[~res.valid] == INVALID_CLASS).all()
+    assert (res.class_id[~res.valid] == NO_CLASS).all()
     assert 0 < len(np.unique(res.point_voxel[res.valid])) <= 20_000

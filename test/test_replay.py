@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssl3d_ros.evaluation.class_maps import load_class_map
-from ssl3d_ros.evaluation.metrics import segmentation_scores
+from ssl3d_ros.labels import load_class_map, segmentation_scores
 
 TOPIC = "/lidar/points"
 N_GOOD = 4

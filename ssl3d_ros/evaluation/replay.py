@@ -50,8 +50,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from ..cli import EXIT_CODES_EPILOG, console_script
-from .class_maps import ClassMap, load_class_map
-from .metrics import ScoreAccumulator
+from ..labels import ClassMap, ScoreAccumulator, load_class_map
 from .replay_frames import (BagFrame, assign_unanswered, failure_status, load_bag_frames, score_frame,
                             write_recording)
 from .replay_stats import STAGES, FrameRecord, summarise, write_replay_report
