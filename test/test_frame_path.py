@@ -9,12 +9,12 @@ import pytest
 
 from ssl3d_ros.codec import FLOAT32, FLOAT64, CloudFormatError, FieldSpec, encode_cloud, fill_cloud_message, scan_from_cloud
 from ssl3d_ros.config import ConfigError
-from ssl3d_ros.health import ERROR, OK, WARN, DiagnosticsPolicy, NodeStats, WarningThrottle, frame_timings
 from ssl3d_ros.labels import NO_CLASS
-from ssl3d_ros.outputs import (OutputEncoder, OutputSelection, embedding_cloud_bytes, encode_outputs,
-                               shared_memory_segment, transport_warning)
-from ssl3d_ros.params import DiagnosticsConfig, NodeConfig, leaf_parameters, node_config_from_params, unknown_parameters
-from ssl3d_ros.pipeline import PerceptionPipeline
+from ssl3d_ros.perception import (
+    ERROR, OK, WARN, DiagnosticsConfig, DiagnosticsPolicy, NodeConfig, NodeStats, OutputEncoder, OutputSelection,
+    PerceptionPipeline, WarningThrottle, embedding_cloud_bytes, encode_outputs, frame_timings, leaf_parameters,
+    node_config_from_params, shared_memory_segment, transport_warning, unknown_parameters,
+)
 from ssl3d_ros.preprocessing import GRID_HALF_EXTENT, PreprocessConfig, preprocess
 from ssl3d_ros.scan import Scan
 

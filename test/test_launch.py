@@ -64,7 +64,7 @@ def test_launch_file_starts_the_installed_executable_with_the_input_remapped():
 
 
 def test_default_params_file_is_a_valid_node_config():
-    from ssl3d_ros.params import NodeConfig, load_node_config
+    from ssl3d_ros.perception import NodeConfig, load_node_config
 
     doc = yaml.safe_load((REPO / "config" / "perception.yaml").read_text())
     assert "ros__parameters" in doc["/**"]

@@ -19,11 +19,10 @@ from rclpy.serialization import deserialize_message  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 
 from ssl3d_ros.codec import FLOAT32, UINT8, decode_cloud, encode_cloud, fill_cloud_message, unpack_rgb, xyz  # noqa: E402
-from ssl3d_ros.node import LatestFrameSlot, OutputStage  # noqa: E402
 from ssl3d_ros.labels import NO_CLASS  # noqa: E402
-from ssl3d_ros.outputs import OutputEncoder, occupancy_grid  # noqa: E402
-from ssl3d_ros.params import load_node_config  # noqa: E402
-from ssl3d_ros.pipeline import PerceptionPipeline  # noqa: E402
+from ssl3d_ros.perception import (  # noqa: E402
+    LatestFrameSlot, OutputEncoder, OutputStage, PerceptionPipeline, load_node_config, occupancy_grid,
+)
 
 from builders import DEBUG, OUT, PARAMS, node_command, ros_env, sim_scan  # noqa: E402
 
@@ -179,7 +178,7 @@ _PARAMS_CACHE: dict = {}
 
 def load_node_config_cached():
     if "cfg" not in _PARAMS_CACHE:
-        from ssl3d_ros.params import node_config_from_params
+        from ssl3d_ros.perception import node_config_from_params
         import yaml
 
         _PARAMS_CACHE["cfg"] = node_config_from_params(yaml.safe_load(PARAMS)["/**"]["ros__parameters"])

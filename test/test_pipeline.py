@@ -10,20 +10,12 @@ import torch
 
 from ssl3d_ros.codec import FieldSpec, encode_cloud, fill_cloud_message
 from ssl3d_ros.config import ConfigError
-from ssl3d_ros.device import resolve_device, resolve_precision
 from ssl3d_ros.labels import NO_CLASS
-from ssl3d_ros.outputs import (
-    FREE,
-    OCCUPIED,
-    UNKNOWN,
-    OutputEncoder,
-    class_color_table,
-    obstacle_lookup,
-    occupancy_grid,
-    parse_colors,
+from ssl3d_ros.perception import (
+    CPU_BACKEND, FREE, OCCUPIED, UNKNOWN, NodeConfig, OccupancyConfig, OutputEncoder, PerceptionPipeline,
+    class_color_table, load_node_config, node_config_from_params, obstacle_lookup, occupancy_grid, parse_colors,
+    resolve_device, resolve_precision,
 )
-from ssl3d_ros.params import NodeConfig, OccupancyConfig, load_node_config, node_config_from_params
-from ssl3d_ros.pipeline import CPU_BACKEND, PerceptionPipeline
 from ssl3d_ros.preprocessing import unpool
 from ssl3d_ros.scan import Scan
 

@@ -128,7 +128,7 @@ def test_probes_on_simulated_scans_beat_chance_and_the_head_runs_in_the_pipeline
     )
     from ssl3d_ros.evaluation.probes import LinearProbeConfig
     from ssl3d_ros.evaluation.features import extract_features
-    from ssl3d_ros.pipeline import PerceptionPipeline
+    from ssl3d_ros.perception import PerceptionPipeline
 
     cmap = load_class_map("sim-outdoor")
     cfg = ProbeConfig(linear=LinearProbeConfig(max_iter=30), supervised=SupervisedConfig(steps=1),

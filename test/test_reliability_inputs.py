@@ -34,7 +34,7 @@ from ssl3d_ros.codec import (  # noqa: E402
     FLOAT32, FLOAT64, INT16, UINT8, UINT16, CloudFormatError, decode_cloud, encode_cloud, fill_cloud_message,
 )
 from ssl3d_ros.labels import NO_CLASS  # noqa: E402
-from ssl3d_ros.pipeline import PerceptionPipeline  # noqa: E402
+from ssl3d_ros.perception import PerceptionPipeline  # noqa: E402
 
 from ssl3d_ros.evaluation.node_harness import Harness, write_params  # noqa: E402
 
@@ -454,7 +454,7 @@ def test_a_five_million_point_cloud(checkpoint):
     """5 M points (80 MB) do not fit the 64 MB shared-memory segment of config/fastdds_large_data.xml,
     so they cannot reach the node over DDS here (measured: not delivered); the guard that protects the
     node is tested over DDS above (too_many_points) and here, in-process, on the same code path."""
-    from ssl3d_ros.params import NodeConfig, node_config_from_params
+    from ssl3d_ros.perception import NodeConfig, node_config_from_params
 
     n = 5_000_000
     rng = np.random.default_rng(5)

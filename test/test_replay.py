@@ -67,7 +67,7 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def expected_scores(checkpoint, scans):
     """Per-frame mIoU of the pipeline's predictions on the good scans, computed directly."""
-    from ssl3d_ros.pipeline import PerceptionPipeline
+    from ssl3d_ros.perception import PerceptionPipeline
 
     cmap = load_class_map("sim-outdoor")
     pipe = PerceptionPipeline.from_checkpoint(checkpoint, device="cpu")

@@ -299,7 +299,7 @@ def replay_offline(frames: Sequence[BagFrame], checkpoint: str, scores: ScoreAcc
     minus DDS): same decode, preprocessing, heads; malformed clouds count as rejected."""
     from ..codec import CloudFormatError
     from ..io.rosbag import POINTCLOUD2, default_typestore
-    from ..pipeline import PerceptionPipeline
+    from ..perception import PerceptionPipeline
 
     pipeline = PerceptionPipeline.from_checkpoint(checkpoint or None, device=device)
     pipeline.warm_up()

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
-from .config import ConfigError, from_dict
-from .labels import NO_CLASS
+from ..config import ConfigError, from_dict
+from ..labels import NO_CLASS
 
 _HEX_COLOR = re.compile(r"^#?[0-9a-fA-F]{6}$")
 AUTO_EMBEDDING_DIMS = 32  # embeddings.dims -1: PCA components published when the checkpoint has a basis
@@ -282,3 +282,11 @@ def apply_preprocessing_overrides(pre: Any, cfg: NodeConfig) -> Any:
     if cfg.input.intensity_scale > 0:
         changes["intensity_scale"] = float(cfg.input.intensity_scale)
     return dataclasses.replace(pre, **changes) if changes else pre
+
+
+__all__ = [
+    "AUTO_EMBEDDING_DIMS", "FOREIGN_PARAMETERS", "USAGE", "QosConfig", "InputConfig", "PreprocessingOverrides",
+    "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "OccupancyConfig", "DiagnosticsConfig", "NodeConfig",
+    "validate_node_config", "node_config_from_params", "load_node_config", "leaf_parameters", "is_list_parameter",
+    "unknown_parameters", "node_usage", "apply_preprocessing_overrides",
+]
