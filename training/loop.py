@@ -108,8 +108,9 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def _ignore_sigint(_worker_id: int) -> None:
-    # Workers leave Ctrl-C to the main process, which stops after the current step.
+def ignore_sigint(_worker_id: int) -> None:
+    """A DataLoader worker's ``worker_init_fn``: workers leave Ctrl-C to the main process, which stops
+    after the current step (pretraining and fine-tuning)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -239,7 +240,7 @@ def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop
     # (UnusableDataError): raised in a DataLoader worker it would come back wrapped in the worker's traceback.
     if start_step < run.steps:
         dataset[sampler.positions(start_step)[0]]
-    loader = make_loader(dataset, sampler, run.workers, pin_memory=device.type == "cuda", worker_init_fn=_ignore_sigint)
+    loader = make_loader(dataset, sampler, run.workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_sigint)
 
     logger = MetricsLogger(out_dir, run.tensorboard, resume_step=start_step) if dist_info.is_main else None
     bar = None

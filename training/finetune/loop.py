@@ -29,7 +29,7 @@ from ssl3d_ros.config import ConfigError
 
 from .. import distributed, schedules, state as state_io
 from ..data import StepSampler, make_loader
-from ..loop import _ignore_sigint, record_skipped, restore_latest, step_seed, StopRequest
+from ..loop import ignore_sigint, record_skipped, restore_latest, step_seed, StopRequest
 from ..metrics import MetricsLogger
 from .config import MODEL_KEYS, FinetuneConfig
 from .data import LabelledDataset, LabelledViewMaker, collate_labelled
@@ -174,7 +174,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, s
                               cfg.data, run.seed)
     sampler = StepSampler(run.batch_size, run.steps, start_step, dist_info.rank, dist_info.world_size)
     loader = make_loader(dataset, sampler, run.workers, pin_memory=device.type == "cuda",
-                         worker_init_fn=_ignore_sigint, collate_fn=collate_labelled)
+                         worker_init_fn=ignore_sigint, collate_fn=collate_labelled)
     logger = MetricsLogger(out_dir, run.tensorboard, resume_step=start_step) if dist_info.is_main else None
     bar = None
     if progress and dist_info.is_main:
