@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssl3d_ros.config import ConfigError
+from ssl3d_ros.config import ConfigError, to_dict
 from ssl3d_ros.models.encoder import build_encoder
 from ssl3d_ros.preprocessing import feature_channels
 
@@ -167,20 +167,51 @@ MODEL_SECTIONS = ("preprocessing", "encoder", "recipe")
 def model_config_changes(saved: dict[str, Any], cfg: PretrainConfig,
                          sections: tuple[str, ...] = MODEL_SECTIONS) -> list[str]:
     """``KEY: saved -> now`` for every entry of the model-shaping ``sections`` that differs from the
-    config a training state was written with (any config with ``to_dict()``: fine-tuning passes its own)."""
+    config a training state was written with (any config with ``to_dict()``: fine-tuning passes its own).
+
+    An entry the saved config lacks and that holds its field's default now is no change: it was added
+    to the code after the state was written, with a default that keeps the old behaviour (e.g. a new
+    augmentation, off by default), so a long run resumes across such an upgrade."""
     now = json.loads(json.dumps(cfg.to_dict()))  # the saved config went through JSON (tuples -> lists)
     changes: list[str] = []
 
-    def walk(a: Any, b: Any, key: str) -> None:
+    def walk(a: Any, b: Any, key: str, live: Any) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
-                walk(a.get(k), b.get(k), f"{key}.{k}")
+                if k not in a and holds_default(live, k, b[k]):
+                    continue
+                walk(a.get(k), b.get(k), f"{key}.{k}", child(live, k))
         elif a != b:
             changes.append(f"{key}: {a!r} -> {b!r}")
 
     for section in sections:
-        walk(saved.get(section), now.get(section), section)
+        walk(saved.get(section), now.get(section), section, getattr(cfg, section, None))
     return changes
+
+
+def child(live: Any, key: str) -> Any:
+    """The live config object under ``key`` (a dataclass field, a dict entry), None when unknown."""
+    if isinstance(live, dict):
+        return live.get(key)
+    if dataclasses.is_dataclass(live):
+        return getattr(live, key, getattr(live, f"{key}_", None))
+    return None
+
+
+def holds_default(live: Any, key: str, value: Any) -> bool:
+    """True when ``key`` is a field of the dataclass ``live`` and ``value`` (JSON form) is its default."""
+    if not dataclasses.is_dataclass(live):
+        return False
+    spec = {f.name.rstrip("_"): f for f in dataclasses.fields(live)}.get(key)
+    if spec is None:
+        return False
+    if spec.default is not dataclasses.MISSING:
+        default = spec.default
+    elif spec.default_factory is not dataclasses.MISSING:
+        default = spec.default_factory()
+    else:
+        return False
+    return json.loads(json.dumps(to_dict(default))) == value
 
 
 def restore_latest(ckpt_dir: Path, cfg: Any, model: nn.Module, optimizer: torch.optim.Optimizer,
