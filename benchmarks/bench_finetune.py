@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssl3d_ros.labels import load_class_map
 from ssl3d_ros.sim import simulate_sequence
 from ssl3d_ros.training.data import Sample
 from ssl3d_ros.training.finetune.config import config_from_dict
@@ -29,7 +30,6 @@ from ssl3d_ros.training.finetune.data import collate_labelled, labelled_view
 from ssl3d_ros.training.finetune.loop import FinetuneStep, finetune_optimizer
 from ssl3d_ros.training.finetune.model import SegmentationModel
 from ssl3d_ros.training.finetune.prepare import initial_encoder
-from ssl3d_ros.evaluation.class_maps import load_class_map
 from ssl3d_ros.training.finetune.labels import class_indices
 
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    from ssl3d_ros.device import packaged_checkpoint
+    from ssl3d_ros.checkpoint import packaged_checkpoint
 
     init = args.init or str(packaged_checkpoint())
     # steps [0, warm-up + steps) are the frozen warm-up, the next as many train the whole model

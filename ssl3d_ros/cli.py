@@ -33,8 +33,8 @@ EXIT_CODES_EPILOG = """exit status:
 # importing them here would load torch (checkpoint) into every script before it parses --help.
 INPUT_ERRORS: tuple[tuple[str, str], ...] = (
     ("ssl3d_ros.config", "ConfigError"),
-    ("ssl3d_ros.checkpoint", "CheckpointError"),
-    ("ssl3d_ros.cloud_layout", "CloudFormatError"),  # defined there; codec and cloud_encode import it
+    ("ssl3d_ros.checkpoint.meta", "CheckpointError"),
+    ("ssl3d_ros.codec.layout", "CloudFormatError"),  # defined there; the codec package imports it
     ("ssl3d_ros.io.errors", "ScanReadError"),
     ("ssl3d_ros.io.errors", "TopicSelectionError"),
     ("ssl3d_ros.io.errors", "NoScansError"),

@@ -10,6 +10,6 @@
 - the real-data study (``scripts/real_data_study.py``, docs/results.md): ``study_data`` (labelled-scan
   specs), ``perturbations`` (half beams, range noise), ``study`` (pretraining and probe pieces),
   ``study_report`` (tables).
-- building blocks: ``metrics``, ``class_maps``, ``splits``, ``features``, ``probes``, ``ridge``,
-  ``geometry_targets``, ``replay_stats``, ``report``.
+- building blocks: ``features``, ``probes``, ``ridge``, ``geometry_targets``, ``replay_stats``, ``report``;
+  class maps, metrics and splits are :mod:`ssl3d_ros.labels` (fine-tuning uses them too).
 """

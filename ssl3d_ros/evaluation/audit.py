@@ -33,18 +33,16 @@ import torch
 
 from ..cli import EXIT_CODES_EPILOG, console_script
 from ..config import to_dict
+from ..labels import ClassMap, SplitConfig, point_test_masks, segmentation_scores
 from ..preprocessing import PreprocessConfig
 from ..scan import Scan
-from .class_maps import ClassMap
 from .features import extract_features
 from .geometry_targets import ground_height, normal_target, sensor_range
-from .metrics import segmentation_scores
 from .probe import (RANDOM_INIT_SEED, add_data_arguments, load_encoder, load_scans, resolve_class_map,
                     split_config_from_args)
 from .probes import LinearProbeConfig, train_linear_probe
 from .report import fmt, markdown_table, write_json, write_markdown
 from .ridge import RidgeConfig, ridge_r2
-from .splits import SplitConfig, point_test_masks
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ def add_run_arguments(p: argparse.ArgumentParser, set_example: str) -> None:
 
 def _failed_checkpoint_write(exc: BaseException) -> bool:
     """A CheckpointError raised because the file could not be written (its cause an OSError)."""
-    checkpoint = sys.modules.get("ssl3d_ros.checkpoint")  # not imported: none can have been raised
+    checkpoint = sys.modules.get("ssl3d_ros.checkpoint.meta")  # where it is defined; not imported: none raised
     error_type = getattr(checkpoint, "CheckpointError", None)
     return isinstance(error_type, type) and isinstance(exc, error_type) and isinstance(exc.__cause__, OSError)
 
