@@ -161,6 +161,27 @@ def test_evaluate_scores_a_model_as_its_validation_did_and_init_head_continues_i
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_threads_auto_leave_a_core_to_each_dataloader_worker():
+    """run.threads 0: one torch thread per core the DataLoader workers leave (at least one), for
+    fine-tuning and pretraining alike; fine-tuning defaults to one worker (a 2-core machine: 2 busy)."""
+    from ssl3d_ros.training.config import RunConfig
+    from ssl3d_ros.training.finetune.config import FinetuneRunConfig
+    from ssl3d_ros.training.runtime.run import Run, torch_threads
+
+    assert FinetuneRunConfig().workers == 1 and FinetuneRunConfig().threads == RunConfig().threads == 0
+    assert [torch_threads(0, w, 2) for w in (0, 1, 2, 3)] == [2, 1, 1, 1]
+    assert torch_threads(0, 2, 16) == 14 and torch_threads(3, 2, 2) == 3
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        for run_cfg in (FinetuneRunConfig(device="cpu"), RunConfig(device="cpu", workers=2)):
+            torch.set_num_threads(before + 3)
+            Run.start(run_cfg)
+            assert torch.get_num_threads() == max(1, cores - run_cfg.workers), run_cfg
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_label_selection_is_seeded_recorded_and_clustered(warm_run):
     out, _, _, second = warm_run
     recorded = json.loads((out / "labels.json").read_text())

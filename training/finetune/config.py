@@ -94,10 +94,10 @@ class FinetuneRunConfig:
     log_every: int = 1
     out_dir: str = "runs/finetune"
     seed: int = 0
-    workers: int = 2
+    workers: int = 1  # DataLoader workers per process
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on CUDA; CPU always runs fp32
-    threads: int = 0
+    threads: int = 0  # torch CPU threads per process (0: auto, one per core the DataLoader workers leave)
     tensorboard: bool = True
 
 
