@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssl3d_ros.config import set_dotted
+from ssl3d_ros.io import open_source
 from ssl3d_ros.labels import load_class_map
 from ssl3d_ros.sim import simulate_sequence
 from ssl3d_ros.training.data import Sample
@@ -52,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2, help="scans per step (run.batch_size)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data", default=None, metavar="PATH",
+                        help="labelled scans to time on (the first --batch of PATH) instead of simulated ones")
+    parser.add_argument("--class-map", default="sim-outdoor", help="class map of --data (labels.class_map)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                        help="fine-tuning config override, as ssl3d-finetune/ssl3d-study take it "
+                             "(e.g. augment.crop=ball, augment.crop_points=20000: the study's crops)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -61,15 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     init = args.init or str(packaged_checkpoint())
     # steps [0, warm-up + steps) are the frozen warm-up, the next as many train the whole model
     timed_steps = args.warmup + args.steps
-    cfg = config_from_dict({"init": init, "optim": {"freeze_encoder_steps": timed_steps},
-                            "run": {"steps": 2 * timed_steps}})
+    cfg_dict = {"init": init, "optim": {"freeze_encoder_steps": timed_steps}, "run": {"steps": 2 * timed_steps}}
+    for assignment in args.overrides:
+        set_dotted(cfg_dict, assignment)
+    cfg = config_from_dict(cfg_dict)
     torch.manual_seed(0)
     start = initial_encoder(cfg, device)
-    cmap = load_class_map("sim-outdoor")
+    cmap = load_class_map(args.class_map)
     model = SegmentationModel(start.encoder, cmap.num_classes).to(device).train()
     step = FinetuneStep(cfg, model, finetune_optimizer(cfg, model), None, device)
 
-    scans = list(simulate_sequence(None, args.batch, seed=0))
+    if args.data:
+        source = open_source(args.data)
+        scans = [source[i] for i in range(min(args.batch, len(source)))]
+    else:
+        scans = list(simulate_sequence(None, args.batch, seed=0))
     for scan in scans:
         scan.labels = class_indices(scan.labels, cmap).astype(np.int32)
     rng = np.random.default_rng(0)
@@ -105,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "forward_ms_median": 1000 * base, "ratio_vs_forward": full / base, "frozen_ratio_vs_forward": frozen / base,
         "view_ms_median": 1000 * statistics.median(view_times),
     }
-    print(f"device {device}, torch threads {result['threads']}, init {init}, {len(scans)} simulated scans per step "
+    print(f"device {device}, torch threads {result['threads']}, init {init}, {len(scans)} {args.data or 'simulated'} scans per step "
           f"({', '.join(map(str, result['points_per_scan']))} points, {result['voxels']} voxels at "
           f"{result['voxel_size']} m), median of {args.steps} steps")
     print(f"{'step':26s} {'ms':>8s} {'scans/s':>8s} {'x forward':>10s}")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssl3d_ros.io import open_source
 from ssl3d_ros.sim import simulate_sequence
 from ssl3d_ros.training.config import load_config
 from ssl3d_ros.training.data import Batch
@@ -97,12 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast on CUDA, as ssl3d-pretrain")
     parser.add_argument("--size", default=None, help="encoder size preset instead of the configs' (nano)")
+    parser.add_argument("--data", default=None, metavar="PATH",
+                        help="time on the first --batch scans of PATH (a scan folder, file or bag) instead of simulated "
+                             "scans, e.g. a study's data with --recipes sonata-sequences")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    scans = list(simulate_sequence(None, args.batch, seed=0))
-    print(f"device {device}, torch threads {torch.get_num_threads()}, {args.batch} simulated scans per step "
+    if args.data:
+        source = open_source(args.data)
+        scans = [source[i] for i in range(min(args.batch, len(source)))]
+    else:
+        scans = list(simulate_sequence(None, args.batch, seed=0))
+    print(f"device {device}, torch threads {torch.get_num_threads()}, {len(scans)} {args.data or 'simulated'} scans per step "
           f"({', '.join(str(len(s)) for s in scans)} points), median of {args.steps} steps")
     print(f"{'recipe':8s} {'step ms':>9s} {'scans/s':>8s} {'encoder step ms':>16s} {'ratio':>6s}")
     results = []

@@ -69,6 +69,11 @@ def test_study_runs_every_cell_and_writes_report_and_plot(tmp_path, sequences):
     again = study(out, sequences)
     assert again.returncode == 0 and again.stdout.count("test mIoU") == 12
     assert json.loads((out / "study.json").read_text())["cells"] == cells
+    # --report-only rebuilds the same report from the cached cells and the plan study.json keeps
+    written = (out / "study.md").read_text()
+    only = subprocess.run([sys.executable, "-m", "ssl3d_ros.training.study", "--out", str(out), "--report-only"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert only.returncode == 0 and (out / "study.md").read_text() == written and "- train: " in written
 
 
 def test_study_refuses_a_test_set_it_would_train_on(tmp_path, sequences):

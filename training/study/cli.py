@@ -116,42 +116,52 @@ def unlabelled_files(sources: list[str], exclude: list[str]) -> list[str]:
     return files
 
 
-def header(plan, records: list[dict]) -> list[str]:
+def header(plan: dict | None, records: list[dict]) -> list[str]:
+    """What ran, from the plan's summary (study.json keeps it, so --report-only writes the same)."""
+    lines = ["# Label-efficiency study", ""]
+    if plan is None:
+        return lines
     rows = []
-    for row in plan.rows:
-        what = ("fresh weights of the first pretrained row's network" if row.is_scratch else row.checkpoint or
-                f"pretrained by the study: {row.pretrain_config}" + (f" ({'; '.join(row.pretrain_overrides)})"
-                                                                     if row.pretrain_overrides else ""))
-        rows.append(f"- `{row.name}`: {what}")
-    steps = sorted({r.get('pretrain_steps') for r in records if r.get('pretrain_steps')})
-    return ["# Label-efficiency study", "",
-            f"- train: {', '.join(plan.train)}", f"- test: {', '.join(plan.test)} (scored once per cell)",
-            f"- validation: {', '.join(plan.validation) if plan.validation else 'none (the last model is kept)'}",
-            f"- class map: {plan.class_map or 'the simulator’s'}; labels: {plan.selection} points"
-            + (f" in {plan.block_size:g} m blocks" if plan.selection == "blocks" else ""),
-            f"- fine-tuning: {plan.steps} steps per cell" + (f"; overrides {plan.finetune_overrides}" if plan.finetune_overrides else ""),
-            f"- pretraining: {len(plan.unlabelled)} unlabelled sources" + (f", {steps} steps" if steps else ""),
-            f"- seeds: {sorted({r['seed'] for r in records})}; cells: {len(records)}", "", *rows, ""]
+    for row in plan["rows"]:
+        if row["checkpoint"]:
+            what = row["checkpoint"]
+        elif row["pretrain_config"]:
+            what = f"pretrained by the study: {row['pretrain_config']}" + (
+                f" ({'; '.join(row['pretrain_overrides'])})" if row["pretrain_overrides"] else "")
+        else:
+            what = "fresh weights of the first pretrained row's network"
+        rows.append(f"- `{row['name']}`: {what}")
+    labels = f"{plan['selection']} points" + (f" in {plan['block_size']:g} m blocks" if plan["selection"] == "blocks" else "")
+    return lines + [
+        f"- train: {', '.join(plan['train'])}", f"- test: {', '.join(plan['test'])} (scored once per cell)",
+        f"- validation: {', '.join(plan['validation']) if plan['validation'] else 'none (the last model is kept)'}",
+        f"- class map: {plan['class_map'] or 'the simulator’s'}; labels: {labels}",
+        f"- fine-tuning: {plan['steps']} steps per cell" + (f"; overrides {plan['overrides']}" if plan["overrides"] else ""),
+        f"- pretraining (pretrain: rows): {plan['unlabelled']} unlabelled scans or sources"
+        + (f", {plan['pretrain_steps']} steps" if plan["pretrain_steps"] else ""),
+        f"- seeds: {sorted({r['seed'] for r in records})}; cells: {len(records)}", "", *rows, ""]
 
 
-def write_outputs(plan, records: list[dict], out: Path) -> None:
+def write_outputs(plan: dict | None, records: list[dict], out: Path) -> None:
+    """study.md, study.json and study.png; ``plan``: the plan's summary (None: the one study.json holds)."""
     from .report import plot, report
 
+    if plan is None and (out / "study.json").is_file():
+        plan = json.loads((out / "study.json").read_text()).get("plan")
     total = max((r["labelled_points"] for r in records if not r.get("scans_per_source") and r["fraction"] == 1.0),
                 default=None)
-    text = report(records, header(plan, records) if plan else ["# Label-efficiency study", ""])
+    text = report(records, header(plan, records))
     atomic_write(out / "study.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    atomic_write_json(out / "study.json", {"plan": plan_summary(plan), "cells": records})
-    plot(records, out / "study.png", "test mIoU against label fraction" + (f" ({plan.steps} fine-tuning steps)" if plan else ""),
+    atomic_write_json(out / "study.json", {"plan": plan, "cells": records})
+    plot(records, out / "study.png", "test mIoU against label fraction" + (f" ({plan['steps']} fine-tuning steps)" if plan else ""),
          total_labelled=total)
 
 
-def plan_summary(plan) -> dict | None:
-    if plan is None:
-        return None
+def plan_summary(plan) -> dict:
     return {"train": plan.train, "test": plan.test, "validation": plan.validation, "class_map": plan.class_map,
             "rows": [vars(r) for r in plan.rows], "steps": plan.steps, "selection": plan.selection,
-            "unlabelled": len(plan.unlabelled), "pretrain_steps": plan.pretrain_steps, "overrides": plan.finetune_overrides}
+            "block_size": plan.block_size, "unlabelled": len(plan.unlabelled), "pretrain_steps": plan.pretrain_steps,
+            "overrides": plan.finetune_overrides}
 
 
 @console_script(PROG)
@@ -180,11 +190,11 @@ def main(argv=None) -> int:
     except StudyInterrupted as stop:
         finished = cached_records(args.out)
         if finished:
-            write_outputs(plan, finished, args.out)
+            write_outputs(plan_summary(plan), finished, args.out)
         print(f"{PROG}: {stop}; state saved; the same command continues ({len(finished)}/{total} cells done)",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    write_outputs(plan, records, args.out)
+    write_outputs(plan_summary(plan), records, args.out)
     print(f"{PROG}: {len(records)} cells -> {args.out / 'study.md'}, {args.out / 'study.png'}")
     return 0
 
