@@ -10,6 +10,8 @@
 - the real-data study (``scripts/real_data_study.py``, docs/results.md): ``study_data`` (labelled-scan
   specs), ``perturbations`` (half beams, range noise), ``study`` (pretraining and probe pieces),
   ``study_report`` (tables).
+- ``overload`` (``benchmarks/overload.py``, ``test/test_overload.py``): the node over DDS at several times
+  the rate it sustains: drops, latency, memory.
 - building blocks: ``metrics``, ``class_maps``, ``splits``, ``features``, ``probes``, ``ridge``,
   ``geometry_targets``, ``replay_stats``, ``report``.
 """
