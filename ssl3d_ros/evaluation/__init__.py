@@ -12,6 +12,8 @@
   ``study_report`` (tables).
 - ``overload`` (``benchmarks/overload.py``, ``test/test_overload.py``): the node over DDS at several times
   the rate it sustains: drops, latency, memory.
+- ``device_carry`` (``scripts/prepare-device-carry``): wheels unpacked as one installed tree for the
+  GPU machine.
 - building blocks: ``metrics``, ``class_maps``, ``splits``, ``features``, ``probes``, ``ridge``,
   ``geometry_targets``, ``replay_stats``, ``report``.
 """
