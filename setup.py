@@ -5,8 +5,12 @@ from setuptools import find_packages, setup
 
 PACKAGE = "ssl3d_ros"
 
-# `training/` lives at the repository root (offline tooling, not needed by the node) but installs
-# as `ssl3d_ros.training` so no bare top-level `training` package lands in site-packages.
+# `training/` lives at the repository root (offline tooling, not needed by the node) and is the
+# subpackage `ssl3d_ros.training`, by ONE mapping: `package_dir` below. Every installer applies it -
+# a wheel (pip install) and colcon's ament_python build copy training/ into ssl3d_ros/training, so no
+# bare top-level `training` lands in site-packages - and a source tree, which nothing installs (a bare
+# checkout on PYTHONPATH, an editable install), gets the same mapping from ssl3d_ros/__init__.py.
+# There is no link or copy of training/ inside ssl3d_ros/, so find_packages sees each module once.
 core_packages = find_packages(include=[PACKAGE, f"{PACKAGE}.*"])
 training_packages = [f"{PACKAGE}.training"] + [
     f"{PACKAGE}.training.{sub}" for sub in find_packages(where="training")
@@ -73,6 +77,7 @@ setup(
             "ssl3d-perception = ssl3d_ros.node:main",
             "ssl3d-pretrain = ssl3d_ros.training.pretrain:main",
             "ssl3d-finetune = ssl3d_ros.training.finetune:main",
+            "ssl3d-study = ssl3d_ros.training.study:main",
             "ssl3d-probe = ssl3d_ros.evaluation.probe:main",
             "ssl3d-replay = ssl3d_ros.evaluation.replay:main",
             "ssl3d-viz = ssl3d_ros.evaluation.viz:main",

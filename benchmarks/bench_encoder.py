@@ -90,7 +90,7 @@ def run_single(args) -> dict:
 
     torch.set_num_threads(args.threads)
     if args.heap == "retain":  # as the node does (parameter retain_freed_memory)
-        from ssl3d_ros.heap import retain_freed_memory
+        from ssl3d_ros.perception import retain_freed_memory
 
         retain_freed_memory()
     torch.manual_seed(0)
@@ -163,7 +163,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--heap", choices=["retain", "default"], default="retain",
                     help="retain: keep freed memory in the heap between forwards, as the node does "
-                         "(ssl3d_ros.heap); default: glibc's defaults")
+                         "(ssl3d_ros.perception.heap); default: glibc's defaults")
     ap.add_argument("--voxel", type=float, default=None, help="override the per-size voxel size (m)")
     ap.add_argument("--json", type=Path, default=None, help="also write all results here")
     ap.add_argument("--single", action="store_true", help=argparse.SUPPRESS)

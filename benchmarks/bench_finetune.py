@@ -2,10 +2,12 @@
 
 Builds the model exactly as ``ssl3d-finetune`` does from ``--init`` (default: the packaged
 checkpoint, its preprocessing), makes labelled views of simulated scans with the default
-augmentations, and times full optimisation steps (forward, loss on the labelled points, backward,
-layer-wise AdamW step) and frozen-encoder warm-up steps (head only). View making is timed apart:
-the DataLoader workers do it in parallel. Baseline: the model's forward pass on the same batch
-without gradients (what inference costs); the ratio says how many forward passes a step costs.
+augmentations, and times ``ssl3d-finetune``'s own step (``training.finetune.loop.FinetuneStep``: the
+batch to the device, learning-rate schedule, forward, loss on the labelled points, backward, gradient
+clipping, layer-wise AdamW step): frozen-encoder warm-up steps (head only) first, then full steps.
+View making is timed apart: the DataLoader workers do it in parallel. Baseline: the model's forward
+pass on the same batch without gradients (what inference costs); the ratio says how many forward
+passes a step costs.
 
     python benchmarks/bench_finetune.py --steps 8 --threads 1
 """
@@ -20,13 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssl3d_ros.config import set_dotted
+from ssl3d_ros.io import open_source
+from ssl3d_ros.labels import load_class_map
 from ssl3d_ros.sim import simulate_sequence
 from ssl3d_ros.training.data import Sample
 from ssl3d_ros.training.finetune.config import config_from_dict
 from ssl3d_ros.training.finetune.data import collate_labelled, labelled_view
-from ssl3d_ros.training.finetune.model import SegmentationModel, layerwise_groups, segmentation_loss
+from ssl3d_ros.training.finetune.loop import FinetuneStep, finetune_optimizer
+from ssl3d_ros.training.finetune.model import SegmentationModel
 from ssl3d_ros.training.finetune.prepare import initial_encoder
-from ssl3d_ros.evaluation.class_maps import load_class_map
 from ssl3d_ros.training.finetune.labels import class_indices
 
 
@@ -49,23 +54,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2, help="scans per step (run.batch_size)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data", default=None, metavar="PATH",
+                        help="labelled scans to time on (the first --batch of PATH) instead of simulated ones")
+    parser.add_argument("--class-map", default="sim-outdoor", help="class map of --data (labels.class_map)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                        help="fine-tuning config override, as ssl3d-finetune/ssl3d-study take it "
+                             "(e.g. augment.crop=ball, augment.crop_points=20000: the study's crops)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    from ssl3d_ros.device import packaged_checkpoint
+    from ssl3d_ros.checkpoint import packaged_checkpoint
 
     init = args.init or str(packaged_checkpoint())
-    cfg = config_from_dict({"init": init})
+    # steps [0, warm-up + steps) are the frozen warm-up, the next as many train the whole model
+    timed_steps = args.warmup + args.steps
+    cfg_dict = {"init": init, "optim": {"freeze_encoder_steps": timed_steps}, "run": {"steps": 2 * timed_steps}}
+    for assignment in args.overrides:
+        set_dotted(cfg_dict, assignment)
+    cfg = config_from_dict(cfg_dict)
     torch.manual_seed(0)
     start = initial_encoder(cfg, device)
-    cmap = load_class_map("sim-outdoor")
+    cmap = load_class_map(args.class_map)
     model = SegmentationModel(start.encoder, cmap.num_classes).to(device).train()
-    optimizer = torch.optim.AdamW(layerwise_groups(model, cfg.optim), lr=cfg.optim.lr)
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.optim.lr * group["lr_scale"]
+    step = FinetuneStep(cfg, model, finetune_optimizer(cfg, model), None, device)
 
-    scans = list(simulate_sequence(None, args.batch, seed=0))
+    if args.data:
+        source = open_source(args.data)
+        scans = [source[i] for i in range(min(args.batch, len(source)))]
+    else:
+        scans = list(simulate_sequence(None, args.batch, seed=0))
     for scan in scans:
         scan.labels = class_indices(scan.labels, cmap).astype(np.int32)
     rng = np.random.default_rng(0)
@@ -74,30 +92,23 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         views.append(labelled_view(scan, cfg.augment, start.preprocessing, rng))
         view_times.append(time.perf_counter() - t0)
-    batch = collate_labelled([Sample(v, []) for v in views]).to(device)
-    x = batch.voxels.sparse()
-    use_bf16 = device.type == "cuda"
+    batch = collate_labelled([Sample(v, []) for v in views])  # on the CPU, as the DataLoader gives it
+    x = batch.to(device).voxels.sparse()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    steps = iter(range(2 * timed_steps))
 
-    def step(frozen: bool) -> None:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(x, freeze_encoder=frozen)
-        loss = segmentation_loss(logits.float()[batch.label_voxel], batch.label_class, cfg.loss, None)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    def train_step() -> None:
+        step(next(steps), batch)
+        sync()
 
     @torch.no_grad()
     def forward() -> None:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with step.optimisation.autocast():
             model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync()
 
-    full = statistics.median(timed(lambda: step(False), args.steps, args.warmup))
-    frozen = statistics.median(timed(lambda: step(True), args.steps, args.warmup))
+    frozen = statistics.median(timed(train_step, args.steps, args.warmup))
+    full = statistics.median(timed(train_step, args.steps, args.warmup))
     base = statistics.median(timed(forward, args.steps, args.warmup))
     result = {
         "init": init, "device": str(device), "threads": torch.get_num_threads(), "batch_scans": len(scans),
@@ -108,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "forward_ms_median": 1000 * base, "ratio_vs_forward": full / base, "frozen_ratio_vs_forward": frozen / base,
         "view_ms_median": 1000 * statistics.median(view_times),
     }
-    print(f"device {device}, torch threads {result['threads']}, init {init}, {len(scans)} simulated scans per step "
+    print(f"device {device}, torch threads {result['threads']}, init {init}, {len(scans)} {args.data or 'simulated'} scans per step "
           f"({', '.join(map(str, result['points_per_scan']))} points, {result['voxels']} voxels at "
           f"{result['voxel_size']} m), median of {args.steps} steps")
     print(f"{'step':26s} {'ms':>8s} {'scans/s':>8s} {'x forward':>10s}")

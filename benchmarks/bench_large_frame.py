@@ -43,10 +43,8 @@ def base_scan() -> tuple[np.ndarray, np.ndarray]:
 def one_frame(points: int) -> dict:
     """Runs in the child process."""
     from ssl3d_ros.codec import FieldSpec, encode_cloud, fill_cloud_message
-    from ssl3d_ros.health import rss_bytes
-    from ssl3d_ros.outputs import OutputEncoder, OutputSelection, encode_outputs
-    from ssl3d_ros.params import load_node_config
-    from ssl3d_ros.pipeline import PerceptionPipeline
+    from ssl3d_ros.perception import (OutputEncoder, OutputSelection, PerceptionPipeline, encode_outputs, load_node_config,
+                                      rss_bytes)
 
     xyz, intensity = base_scan()
     if points > len(xyz):

@@ -109,7 +109,7 @@ def benchmark_checkpoint(path: str | None, workdir: Path) -> Path:
     (same cost as a trained one: timing does not depend on the weights)."""
     if path:
         return Path(path)
-    from ssl3d_ros.device import packaged_checkpoint
+    from ssl3d_ros.checkpoint import packaged_checkpoint
 
     try:
         return packaged_checkpoint()
@@ -140,8 +140,7 @@ def benchmark_checkpoint(path: str | None, workdir: Path) -> Path:
 def in_process_ms(checkpoint: Path, msg, frames: int, device: str = "cpu") -> float:
     """Median wall time of the same pipeline on the same message in this process, without ROS (the
     in-run baseline: node latency / this = what topics, the worker thread and DDS add)."""
-    from ssl3d_ros.params import NodeConfig
-    from ssl3d_ros.pipeline import PerceptionPipeline
+    from ssl3d_ros.perception import NodeConfig, PerceptionPipeline
 
     pipeline = PerceptionPipeline.from_config(NodeConfig(checkpoint=str(checkpoint), device=device))
     pipeline.warm_up()

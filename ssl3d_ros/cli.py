@@ -12,6 +12,7 @@ and still returns the exit status.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from typing import Callable, Sequence
 
@@ -32,8 +33,8 @@ EXIT_CODES_EPILOG = """exit status:
 # importing them here would load torch (checkpoint) into every script before it parses --help.
 INPUT_ERRORS: tuple[tuple[str, str], ...] = (
     ("ssl3d_ros.config", "ConfigError"),
-    ("ssl3d_ros.checkpoint", "CheckpointError"),
-    ("ssl3d_ros.cloud_layout", "CloudFormatError"),  # defined there; codec and cloud_encode import it
+    ("ssl3d_ros.checkpoint.meta", "CheckpointError"),
+    ("ssl3d_ros.codec.layout", "CloudFormatError"),  # defined there; the codec package imports it
     ("ssl3d_ros.io.errors", "ScanReadError"),
     ("ssl3d_ros.io.errors", "TopicSelectionError"),
     ("ssl3d_ros.io.errors", "NoScansError"),
@@ -72,8 +73,38 @@ def describe_error(exc: BaseException) -> str:
     return one_line(str(exc)) or type(exc).__name__
 
 
+#: (logger, message start) of warnings a user can do nothing about, kept out of every command's output.
+#: torch 2.13 warns once per process that ``is_fx_tracing`` also covers torch.export whenever a class of
+#: its FX-proxyable kind is built (here at model construction): the first line a user saw of
+#: ssl3d-pretrain and ssl3d-probe, about torch's internals, not the run.
+QUIET_WARNINGS: tuple[tuple[str, str], ...] = (
+    ("torch.fx._symbolic_trace", "is_fx_tracing will return true for both"),
+)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, starts: Sequence[str]) -> None:
+        super().__init__()
+        self.starts = tuple(starts)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+def quiet_known_warnings() -> None:
+    """Drop the :data:`QUIET_WARNINGS` (idempotent: one filter per logger)."""
+    by_logger: dict[str, list[str]] = {}
+    for name, start in QUIET_WARNINGS:
+        by_logger.setdefault(name, []).append(start)
+    for name, starts in by_logger.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(starts))
+
+
 def run_main(prog: str, main: Callable[..., int | None], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)`` under the contract above and return the exit status."""
+    quiet_known_warnings()
     try:
         code = main(argv)
     except KeyboardInterrupt:
@@ -113,4 +144,4 @@ def console_script(prog: str) -> Callable[[Callable[..., int | None]], Callable[
 
 
 __all__ = ["EXIT_OK", "EXIT_BUG", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_CODES_EPILOG", "INPUT_ERRORS",
-           "console_script", "run_main", "describe_error", "one_line"]
+           "console_script", "run_main", "describe_error", "one_line", "quiet_known_warnings", "QUIET_WARNINGS"]

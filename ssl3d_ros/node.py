@@ -1,8 +1,8 @@
 """The live perception node: a thin rclpy shell over the library.
 
-It wires topics, parameters, QoS, timers and one worker thread to library functions: parameters are
-:mod:`ssl3d_ros.params`, inference :mod:`ssl3d_ros.pipeline`, what is published
-:mod:`ssl3d_ros.outputs`, statistics and diagnostics :mod:`ssl3d_ros.health`. Subscribes
+It wires topics, parameters, QoS, timers and one worker thread to library functions (:mod:`ssl3d_ros.perception`):
+parameters are :mod:`~ssl3d_ros.perception.params`, inference :mod:`~ssl3d_ros.perception.pipeline`, what is
+published :mod:`~ssl3d_ros.perception.outputs`, statistics and diagnostics :mod:`~ssl3d_ros.perception.health`. Subscribes
 ``~/input/points`` (sensor_msgs/PointCloud2), keeps only the newest scan in a one-slot mailbox, and
 runs inference on the worker thread so executor callbacks never block; a second thread encodes and
 publishes a frame's outputs while the next frame is inferred. Every output carries the
@@ -37,13 +37,12 @@ from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension
 
 from .codec import fill_cloud_message
 from .config import ConfigError
-from .device import apply_process_settings
-from .health import FINE_STAGES, STAGES, DiagnosticsPolicy, NodeStats, WarningThrottle, frame_timings, frame_warnings
-from .outputs import (ComputedFrame, OutputEncoder, OutputSelection, shared_memory_segment, transport_warning,
-                      typical_scan_warning)
-from .params import NodeConfig, is_list_parameter, leaf_parameters, node_config_from_params, node_usage, unknown_parameters
-from .pipeline import PerceptionPipeline
-from .worker import InferenceWorker, LatestFrameSlot, OutputStage, frame_failure  # noqa: F401 (LatestFrameSlot: tests)
+from .perception import (
+    FINE_STAGES, STAGES, ComputedFrame, DiagnosticsPolicy, InferenceWorker, NodeConfig, NodeStats, OutputEncoder,
+    OutputSelection, OutputStage, PerceptionPipeline, WarningThrottle, apply_process_settings, frame_failure,
+    frame_timings, frame_warnings, is_list_parameter, leaf_parameters, node_config_from_params, node_usage,
+    shared_memory_segment, transport_warning, typical_scan_warning, unknown_parameters,
+)
 
 NODE_NAME = "ssl3d_perception"
 # Outputs: reliable keep-last-1 (the newest result matters), which best-effort and reliable
@@ -312,7 +311,7 @@ def _float_array(labels: tuple[str, ...], values: list[float]) -> Float64MultiAr
 
 
 def occupancy_message(grid, header) -> OccupancyGrid:
-    """nav_msgs/OccupancyGrid of an :class:`ssl3d_ros.outputs.OccupancyGrid`, in the input's frame and stamp."""
+    """nav_msgs/OccupancyGrid of an :class:`ssl3d_ros.perception.OccupancyGrid`, in the input's frame and stamp."""
     out = OccupancyGrid()
     out.header = header
     out.info.map_load_time = header.stamp

@@ -184,6 +184,11 @@ class VoxelizedScan:
         return self.point_voxel.shape[0]
 
 
+class MissingFieldError(ValueError):
+    """A scan lacks a field its features need (an xyz-only scan for an ``intensity`` feature). Unlike a
+    view that came out too small, this holds for every view of that scan: training can leave it out."""
+
+
 def resolve_intensity_scale(scan: Scan, cfg: PreprocessConfig) -> float:
     """The full-scale intensity value used to normalise ``scan`` (see ``PreprocessConfig.intensity_scale``)."""
     if cfg.intensity_scale != "auto":
@@ -192,7 +197,7 @@ def resolve_intensity_scale(scan: Scan, cfg: PreprocessConfig) -> float:
         return float(scan.intensity_scale)
     values = scan.fields.get("intensity")
     if values is None:
-        raise ValueError(f"{scan.source or 'scan'}: no 'intensity' field to infer the intensity scale from")
+        raise MissingFieldError(f"{scan.source or 'scan'}: no 'intensity' field to infer the intensity scale from")
     values = np.asarray(values)
     if values.dtype == np.uint8:
         return 255.0
@@ -278,7 +283,7 @@ def _feature_fields(scan: Scan, cfg: PreprocessConfig) -> dict[str, torch.Tensor
         if name not in scan.fields:
             if cfg.missing_features == "zero":
                 continue
-            raise ValueError(
+            raise MissingFieldError(
                 f"{scan.source or 'scan'}: feature {feature!r} needs field {name!r}, which the scan lacks "
                 f"(fields: {sorted(scan.fields)}); set preprocessing.missing_features: zero to feed zeros"
             )
@@ -464,6 +469,7 @@ def unpool(voxel_feats: torch.Tensor | np.ndarray | Any, point_voxel: torch.Tens
 
 __all__ = [
     "FEATURE_CHANNELS",
+    "MissingFieldError",
     "PreprocessConfig",
     "VoxelizedScan",
     "batch_point_voxel",

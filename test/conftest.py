@@ -97,8 +97,7 @@ def node_process(harness, checkpoint, params_file, tmp_path_factory):
 @pytest.fixture(scope="module")
 def offline(checkpoint, params_file):
     """The same checkpoint and parameters, run in this process: what the node must publish."""
-    from ssl3d_ros.params import load_node_config
-    from ssl3d_ros.pipeline import PerceptionPipeline
+    from ssl3d_ros.perception import PerceptionPipeline, load_node_config
 
     cfg = load_node_config(params_file)
     return PerceptionPipeline.from_checkpoint(checkpoint, device="cpu", overrides=cfg)

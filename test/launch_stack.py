@@ -36,23 +36,26 @@ def site_packages(prefix: Path) -> Path:
     return Path(sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)}))
 
 
+def copy_source(dest: Path) -> Path:
+    """The package's source tree (SOURCE_ENTRIES, no caches or build outputs) copied to ``dest``."""
+    dest.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for entry in SOURCE_ENTRIES:
+        path = REPO / entry
+        if path.is_dir():
+            shutil.copytree(path, dest / entry, ignore=ignore)
+        else:
+            shutil.copy2(path, dest / entry)
+    return dest
+
+
 def colcon_style_install(work: Path) -> Path:
     """Build and install this package the way colcon's ament_python task does (``setup.py egg_info
     build install --prefix ... --single-version-externally-managed``, scripts into lib/ssl3d_ros by
     setup.cfg), from a copy of the source tree so the checkout gets no build/ or egg-info. Returns the
     install prefix. Never pip: the venv's pip would uninstall its editable install."""
-    source, build, prefix = work / "src" / "ssl3d_ros", work / "build", work / "install"
-    source.mkdir(parents=True)
+    source, build, prefix = copy_source(work / "src" / "ssl3d_ros"), work / "build", work / "install"
     build.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for entry in SOURCE_ENTRIES:
-        path = REPO / entry
-        if path.is_dir():
-            # ssl3d_ros/training is the checkout's untracked symlink to training/: setup.py maps it itself.
-            shutil.copytree(path, source / entry, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "training")
-                            if entry == "ssl3d_ros" else ignore)
-        else:
-            shutil.copy2(path, source / entry)
     command = [sys.executable, "setup.py", "egg_info", "--egg-base", str(build),
                "build", "--build-base", str(build / "build"),
                "install", "--prefix", str(prefix), "--install-lib", str(site_packages(prefix)),

@@ -61,11 +61,20 @@ def test_audit_cli_table_for_a_checkpoint(tmp_path):
     assert raw["r2"]["xyz"] > 0.95 and raw["r2"]["height"] > 0.95
     assert raw["r2"]["normal"] < raw["r2"]["height"]  # normals are not a linear function of xyz
     for r in rows.values():
-        assert set(r["r2"]) == {"height", "normal", "xyz"}
+        assert set(r["r2"]) == {"height", "normal", "xyz", "range"}
         assert r["probe_miou"] is not None and 0.0 < r["probe_miou"] <= 1.0
         assert r["test_points"] > 200
     md = (out / "audit.md").read_text()
-    assert "| encoder | R² height | R² normal | R² xyz | probe mIoU (%) | test pts |" in md
+    assert "| encoder | R² height | R² normal | R² xyz | R² range | probe mIoU (%) | test pts |" in md
     assert md.count("\n| ") >= 4  # header + 3 rows
     # The random-init reference is a different initialisation than the (untrained) checkpoint.
     assert rows["enc.safetensors"]["r2"] != rows["random init (same architecture)"]["r2"]
+
+
+def test_range_target_is_log_distance_from_the_scan_origin():
+    """The range target of the audit: log(1 + |p|) from the scan frame's origin, so a point 1 m and one
+    e - 1 m away differ by as much as points at 10 and 10 e m (density falls with range squared)."""
+    from ssl3d_ros.evaluation.geometry_targets import sensor_range
+
+    pts = np.array([[0.0, 0.0, 0.0], [np.e - 1, 0.0, 0.0], [0.0, 3.0, 4.0]], dtype=np.float32)
+    np.testing.assert_allclose(sensor_range(pts), [0.0, 1.0, np.log(6.0)], rtol=1e-6)

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ssl3d_ros.checkpoint import METADATA_KEY, CheckpointError, load_checkpoint, read_meta, read_metadata, save_checkpoint
-from ssl3d_ros.checkpoint_validation import MAX_ENCODER_PARAMETERS, check_encoder_shapes, expected_encoder_shapes
+from ssl3d_ros.checkpoint import MAX_ENCODER_PARAMETERS, check_encoder_shapes, expected_encoder_shapes
 from ssl3d_ros.config import to_dict
 from ssl3d_ros.models.encoder import EncoderConfig
 

@@ -7,11 +7,11 @@ import pytest
 import yaml
 
 from ssl3d_ros.config import ConfigError
-from ssl3d_ros.evaluation.class_maps import IGNORE, load_class_map
 from ssl3d_ros.evaluation.replay import load_bag_frames
 from ssl3d_ros.io import open_source
 from ssl3d_ros.io.readers import semantickitti_semantic_ids
 from ssl3d_ros.io.rosbag import BagWriter
+from ssl3d_ros.labels import IGNORE, load_class_map
 
 
 def test_semantic_ids_drop_instance_bits_of_unsigned_and_signed_words():

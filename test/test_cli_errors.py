@@ -67,6 +67,15 @@ def test_pretrain_on_a_tiny_mcap_is_one_line(tmp_path, size):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_pretrain_output_opens_with_no_torch_internals_warning(tmp_path):
+    """torch 2.13 logs a warning about ``is_fx_tracing`` when the model is built; a command's output
+    must start with the run, not with torch's internals (issue 27). Checked on a real 1-step run."""
+    result = run_script([*PRETRAIN, "--out", str(tmp_path / "run"), "--set", "run.workers=0",
+                         "--set", "data.sim_count=2"], REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "is_fx_tracing" not in result.stderr + result.stdout
+
+
 def test_pretrain_on_an_empty_folder_is_one_line(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -165,9 +174,10 @@ def _parsers():
     from ssl3d_ros.demo import main as demo_main
     from ssl3d_ros.evaluation import audit, probe, replay, viz
     from ssl3d_ros.sim import cli as sim_cli
-    from ssl3d_ros.training import pretrain
+    from ssl3d_ros.training import pretrain, study
 
     return {
+        "ssl3d-study": lambda: study.main(["--help"]),
         "ssl3d-pretrain": lambda: pretrain.parse_args(["--help"]),
         "ssl3d-probe": lambda: probe.main(["--help"]),
         "ssl3d-replay": lambda: replay.main(["--help"]),

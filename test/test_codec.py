@@ -230,7 +230,7 @@ def test_encode_then_decode_round_trips(case):
     assert [f.name for f in enc.fields] == ["x", "y", "z", *extras]
     assert enc.is_dense == bool(np.isfinite(coords).all())
     if align:
-        largest = max(np.dtype(codec._DATATYPE_TO_NUMPY[f.datatype]).itemsize for f in enc.fields)
+        largest = max(np.dtype(codec.DATATYPE_TO_NUMPY[f.datatype]).itemsize for f in enc.fields)
         assert all(f.offset % f.element.itemsize == 0 for f in enc.fields)
         assert enc.point_step % largest == 0
     else:  # packed: no gaps

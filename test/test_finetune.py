@@ -17,8 +17,7 @@ import torch
 import yaml
 
 from ssl3d_ros.config import ConfigError
-from ssl3d_ros.evaluation.class_maps import load_class_map
-from ssl3d_ros.evaluation.metrics import IGNORE
+from ssl3d_ros.labels import IGNORE, load_class_map
 from ssl3d_ros.scan import Scan
 from ssl3d_ros.training import state as state_io
 from ssl3d_ros.training.finetune.config import LabelConfig, config_from_dict, load_config
@@ -76,7 +75,7 @@ def warm_run(init_checkpoint, tmp_path_factory):
 
 def test_warm_start_frozen_warm_up_resume_and_node_ready_output(warm_run, init_checkpoint):
     from ssl3d_ros.checkpoint import load_checkpoint
-    from ssl3d_ros.pipeline import PerceptionPipeline
+    from ssl3d_ros.perception import PerceptionPipeline
     from ssl3d_ros.training.finetune.evaluate import predict_points
     from ssl3d_ros.training.finetune.model import SegmentationModel
 
@@ -146,7 +145,7 @@ def test_evaluate_scores_a_model_as_its_validation_did_and_init_head_continues_i
     start, continued = load_checkpoint(model_path), load_checkpoint(cont.model_path)
     assert torch.allclose(continued.seg_head.weight, start.seg_head.weight, atol=1e-6)
     assert continued.pca.basis.shape == (continued.encoder.hypercolumn_channels, 4)
-    from ssl3d_ros.pipeline import PerceptionPipeline
+    from ssl3d_ros.perception import PerceptionPipeline
 
     assert PerceptionPipeline.from_checkpoint(cont.model_path, device="cpu").embedding_dims == 4
     with pytest.raises(ConfigError, match="pca_dims=9999"):

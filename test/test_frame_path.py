@@ -9,11 +9,12 @@ import pytest
 
 from ssl3d_ros.codec import FLOAT32, FLOAT64, CloudFormatError, FieldSpec, encode_cloud, fill_cloud_message, scan_from_cloud
 from ssl3d_ros.config import ConfigError
-from ssl3d_ros.health import ERROR, OK, WARN, DiagnosticsPolicy, NodeStats, WarningThrottle, frame_timings
-from ssl3d_ros.outputs import (INVALID_CLASS, OutputEncoder, OutputSelection, embedding_cloud_bytes, encode_outputs,
-                               shared_memory_segment, transport_warning)
-from ssl3d_ros.params import DiagnosticsConfig, NodeConfig, leaf_parameters, node_config_from_params, unknown_parameters
-from ssl3d_ros.pipeline import PerceptionPipeline
+from ssl3d_ros.labels import NO_CLASS
+from ssl3d_ros.perception import (
+    ERROR, OK, WARN, DiagnosticsConfig, DiagnosticsPolicy, NodeConfig, NodeStats, OutputEncoder, OutputSelection,
+    PerceptionPipeline, WarningThrottle, embedding_cloud_bytes, encode_outputs, frame_timings, leaf_parameters,
+    node_config_from_params, shared_memory_segment, transport_warning, unknown_parameters,
+)
 from ssl3d_ros.preprocessing import GRID_HALF_EXTENT, PreprocessConfig, preprocess
 from ssl3d_ros.scan import Scan
 
@@ -84,7 +85,7 @@ def test_the_pipeline_decodes_once_and_keeps_every_message_point(pipeline):
     msg = _msg(encode_cloud(points, {"intensity": scan.fields["intensity"][: len(points)]}, height=8))
     cloud = pipeline.process_cloud(msg)
     assert cloud.xyz.shape == points.shape and (cloud.height, cloud.width) == (8, len(points) // 8)
-    assert not cloud.result.valid[[4, 9]].any() and (cloud.result.class_id[[4, 9]] == INVALID_CLASS).all()
+    assert not cloud.result.valid[[4, 9]].any() and (cloud.result.class_id[[4, 9]] == NO_CLASS).all()
     # the result's index map is preprocessing's: every valid point's voxel holds its class
     assert cloud.result.point_voxel.shape == (len(points),)
     np.testing.assert_array_equal(cloud.result.valid, cloud.result.point_voxel >= 0)

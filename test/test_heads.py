@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from ssl3d_ros.models.heads import NO_CLASS, LinearSegHead, PCAProjection, StreamingKMeans, segment_outputs
+from ssl3d_ros.labels import NO_CLASS
+from ssl3d_ros.models.heads import LinearSegHead, PCAProjection, StreamingKMeans, segment_outputs
 
 
 def test_segment_outputs_class_probability_and_normalised_entropy():

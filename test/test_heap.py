@@ -1,4 +1,4 @@
-"""ssl3d_ros.heap: freed memory stays in the heap, so a repeated large allocation stops page-faulting."""
+"""ssl3d_ros.perception.heap: freed memory stays in the heap, so a repeated large allocation stops page-faulting."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import pytest
 PROBE = """
 import json, resource, sys, torch
 if sys.argv[1] == "retain":
-    from ssl3d_ros.heap import retain_freed_memory
+    from ssl3d_ros.perception import retain_freed_memory
     assert retain_freed_memory()
 faults = []
 for _ in range(30):

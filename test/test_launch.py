@@ -64,7 +64,7 @@ def test_launch_file_starts_the_installed_executable_with_the_input_remapped():
 
 
 def test_default_params_file_is_a_valid_node_config():
-    from ssl3d_ros.params import NodeConfig, load_node_config
+    from ssl3d_ros.perception import NodeConfig, load_node_config
 
     doc = yaml.safe_load((REPO / "config" / "perception.yaml").read_text())
     assert "ros__parameters" in doc["/**"]
@@ -120,7 +120,7 @@ def test_a_colcon_install_finds_its_class_maps_and_recipes(colcon_prefix, tmp_pa
     """Its data files live only in the ament share dir (no source tree beside the module, none under
     sys.prefix): the shared lookup finds them there, for replay's class maps and demo's recipes."""
     probe = ("import ssl3d_ros, sys\n"
-             "from ssl3d_ros.evaluation.class_maps import available_class_maps, load_class_map\n"
+             "from ssl3d_ros.labels import available_class_maps, load_class_map\n"
              "from ssl3d_ros.demo import _pretrain_config\n"
              "assert ssl3d_ros.__file__.startswith(sys.argv[1]), ssl3d_ros.__file__\n"
              "print(load_class_map('semantickitti').num_classes, sorted(available_class_maps()))\n"

@@ -18,7 +18,7 @@ from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 
 from ssl3d_ros.codec import decode_cloud, encode_cloud, fill_cloud_message  # noqa: E402
 from ssl3d_ros.node import ManagedPerceptionNode  # noqa: E402
-from ssl3d_ros.pipeline import PerceptionPipeline  # noqa: E402
+from ssl3d_ros.perception import PerceptionPipeline  # noqa: E402
 
 from builders import make_checkpoint, sim_scan  # noqa: E402
 

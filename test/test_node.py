@@ -19,10 +19,10 @@ from rclpy.serialization import deserialize_message  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 
 from ssl3d_ros.codec import FLOAT32, UINT8, decode_cloud, encode_cloud, fill_cloud_message, unpack_rgb, xyz  # noqa: E402
-from ssl3d_ros.node import LatestFrameSlot, OutputStage  # noqa: E402
-from ssl3d_ros.outputs import INVALID_CLASS, OutputEncoder, occupancy_grid  # noqa: E402
-from ssl3d_ros.params import load_node_config  # noqa: E402
-from ssl3d_ros.pipeline import PerceptionPipeline  # noqa: E402
+from ssl3d_ros.labels import NO_CLASS  # noqa: E402
+from ssl3d_ros.perception import (  # noqa: E402
+    LatestFrameSlot, OutputEncoder, OutputStage, PerceptionPipeline, load_node_config, occupancy_grid,
+)
 
 from builders import DEBUG, OUT, PARAMS, node_command, ros_env, sim_scan  # noqa: E402
 
@@ -146,8 +146,8 @@ def _check_against_offline(outputs: dict, msg: PointCloud2, offline: PerceptionP
     np.testing.assert_array_equal(xyz(decoded), input_xyz)  # NaN where the input has NaN
     class_id = decoded.field_values("class_id")
     probability = decoded.field_values("probability")
-    assert (class_id[~res.valid] == INVALID_CLASS).all()
-    assert (class_id[np.isnan(input_xyz).any(axis=1)] == INVALID_CLASS).all()
+    assert (class_id[~res.valid] == NO_CLASS).all()
+    assert (class_id[np.isnan(input_xyz).any(axis=1)] == NO_CLASS).all()
     # Equal to offline inference of the same checkpoint (floating point may differ in the last bits
     # between processes, which can flip an exact tie: allow one point in a thousand).
     assert np.mean(class_id == res.class_id) >= 0.999
@@ -166,7 +166,7 @@ def _check_against_offline(outputs: dict, msg: PointCloud2, offline: PerceptionP
     outputs = OutputEncoder.for_classes(offline.class_names, offline.class_colors, cfg)
     np.testing.assert_array_equal(rgb, outputs.color_table[class_id])
 
-    grid = occupancy_grid(input_xyz, class_id, class_id != INVALID_CLASS, outputs.obstacle, cfg.occupancy)
+    grid = occupancy_grid(input_xyz, class_id, class_id != NO_CLASS, outputs.obstacle, cfg.occupancy)
     assert (occ.info.width, occ.info.height, occ.info.resolution) == (grid.width, grid.height, 1.0)
     assert (occ.info.origin.position.x, occ.info.origin.position.y) == (-40.0, -40.0)
     np.testing.assert_array_equal(np.asarray(occ.data, np.int8), grid.data.ravel())
@@ -178,7 +178,7 @@ _PARAMS_CACHE: dict = {}
 
 def load_node_config_cached():
     if "cfg" not in _PARAMS_CACHE:
-        from ssl3d_ros.params import node_config_from_params
+        from ssl3d_ros.perception import node_config_from_params
         import yaml
 
         _PARAMS_CACHE["cfg"] = node_config_from_params(yaml.safe_load(PARAMS)["/**"]["ros__parameters"])

@@ -10,20 +10,12 @@ import torch
 
 from ssl3d_ros.codec import FieldSpec, encode_cloud, fill_cloud_message
 from ssl3d_ros.config import ConfigError
-from ssl3d_ros.device import resolve_device, resolve_precision
-from ssl3d_ros.outputs import (
-    FREE,
-    INVALID_CLASS,
-    OCCUPIED,
-    UNKNOWN,
-    OutputEncoder,
-    class_color_table,
-    obstacle_lookup,
-    occupancy_grid,
-    parse_colors,
+from ssl3d_ros.labels import NO_CLASS
+from ssl3d_ros.perception import (
+    CPU_BACKEND, FREE, OCCUPIED, UNKNOWN, NodeConfig, OccupancyConfig, OutputEncoder, PerceptionPipeline,
+    class_color_table, load_node_config, node_config_from_params, obstacle_lookup, occupancy_grid, parse_colors,
+    resolve_device, resolve_precision,
 )
-from ssl3d_ros.params import NodeConfig, OccupancyConfig, load_node_config, node_config_from_params
-from ssl3d_ros.pipeline import CPU_BACKEND, PerceptionPipeline
 from ssl3d_ros.preprocessing import unpool
 from ssl3d_ros.scan import Scan
 
@@ -102,7 +94,7 @@ def test_occupancy_grid_marks_obstacles_free_and_unknown_cells():
         [np.nan, 0.0, 0.0],  # invalid
         [-1.5, 1.5, 0.0],   # cell (0, 2): obstacle but marked invalid
     ], np.float32)
-    class_id = np.array([7, 1, 1, 7, 7, INVALID_CLASS, 7], np.uint8)
+    class_id = np.array([7, 1, 1, 7, 7, NO_CLASS, 7], np.uint8)
     valid = np.array([True, True, True, True, True, False, False])
     grid = occupancy_grid(xyz, class_id, valid, obstacle, cfg)
     assert (grid.width, grid.height) == (4, 3)
@@ -117,7 +109,7 @@ def test_obstacle_lookup_defaults_to_non_ground_classes_and_rejects_unknown_name
     names = {CLASS_NAMES[i] for i in np.flatnonzero(lookup)}
     assert "car" in names and "building" in names
     assert not names & {"road", "sidewalk", "terrain", "unlabeled"}
-    assert not lookup[INVALID_CLASS]
+    assert not lookup[NO_CLASS]
     only_cars = obstacle_lookup(list(CLASS_NAMES), ["car"])
     assert np.flatnonzero(only_cars).tolist() == [CLASS_NAMES.index("car")]
     with pytest.raises(ConfigError, match="occupancy.obstacle_classes.*'lorry'"):
@@ -128,14 +120,14 @@ def test_color_table_uses_given_colours_then_palette_and_black_for_invalid():
     table = class_color_table(parse_colors(["#ff0000", "00ff00"]), num_classes=4)
     assert table[0].tolist() == [255, 0, 0] and table[1].tolist() == [0, 255, 0]
     assert table[2].any() and table[3].any()  # palette
-    assert table[INVALID_CLASS].tolist() == [0, 0, 0]
+    assert table[NO_CLASS].tolist() == [0, 0, 0]
 
 
 def test_unpooling_puts_voxel_results_back_at_message_positions():
     # The pipeline keeps every message point (NaN ones too) and unpools per-voxel outputs through the
     # one index map preprocessing made: dropped points (-1) get the invalid fill values.
     point_voxel = np.array([0, -1, -1, -1, -1, 1])
-    class_id = unpool(np.array([3, 4], np.uint8), point_voxel, fill=INVALID_CLASS)
+    class_id = unpool(np.array([3, 4], np.uint8), point_voxel, fill=NO_CLASS)
     probability = unpool(np.array([0.5, 0.9], np.float32), point_voxel, fill=0.0)
     entropy = unpool(np.array([0.2, 0.1], np.float32), point_voxel, fill=1.0)
     voxel_embedding = np.arange(4, dtype=np.float32).reshape(2, 2)
@@ -144,7 +136,7 @@ def test_unpooling_puts_voxel_results_back_at_message_positions():
     np.testing.assert_array_equal(embedding[[0, 5]], voxel_embedding)
     assert not embedding[[1, 2, 3, 4]].any()
     assert entropy[3] == 1.0 and probability[3] == 0.0
-    assert unpool(np.zeros(0, np.uint8), point_voxel, fill=INVALID_CLASS).tolist() == [255] * 6
+    assert unpool(np.zeros(0, np.uint8), point_voxel, fill=NO_CLASS).tolist() == [255] * 6
 
 
 # ------------------------------------------------------------------------- with a real checkpoint
@@ -188,7 +180,7 @@ def test_process_gives_every_point_an_output_in_input_order(pipeline, scan):
     d = pipeline.embedding_channels
     assert result.embedding.shape == (n, d) and result.embedding.dtype == np.float32
     assert not result.valid[bad].any()
-    assert (result.class_id[bad] == INVALID_CLASS).all()
+    assert (result.class_id[bad] == NO_CLASS).all()
     assert (result.probability[bad] == 0).all() and (result.entropy[bad] == 1).all()
     assert not result.embedding[bad].any()
     good = result.valid
@@ -332,7 +324,7 @@ def test_real_kitti_scan(pipeline, shared_data):
     result = pipeline.process(scan)
     assert result.class_id.shape == (len(scan),)
     assert result.valid.mean() > 0.9
-    assert (result.class_id[~result.valid] == INVALID_CLASS).all()
+    assert (result.class_id[~result.valid] == NO_CLASS).all()
     assert math.isfinite(float(result.embedding.sum()))
 
 
@@ -341,12 +333,12 @@ def test_empty_and_all_invalid_scans(pipeline):
     assert empty.class_id.shape == (0,) and empty.embedding.shape == (0, pipeline.embedding_channels)
     nan = np.full((5, 3), np.nan, np.float32)
     invalid = pipeline.process(Scan(points=nan, fields={"intensity": np.zeros(5, np.float32)}))
-    assert (invalid.class_id == INVALID_CLASS).all() and not invalid.valid.any()
+    assert (invalid.class_id == NO_CLASS).all() and not invalid.valid.any()
     assert not invalid.embedding.any() and (invalid.entropy == 1).all()
 
 
 def test_empty_checkpoint_parameter_means_the_packaged_default():
-    from ssl3d_ros.device import PACKAGED_CHECKPOINT, packaged_checkpoint
+    from ssl3d_ros.checkpoint import PACKAGED_CHECKPOINT, packaged_checkpoint
 
     try:
         path = packaged_checkpoint()

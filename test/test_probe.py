@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
-from ssl3d_ros.evaluation.class_maps import load_class_map
-from ssl3d_ros.evaluation.metrics import IGNORE, ScoreAccumulator, confusion_matrix, segmentation_scores
-from ssl3d_ros.evaluation.splits import SplitConfig, block_split, point_test_masks, scan_split
+from ssl3d_ros.labels import (
+    IGNORE, ScoreAccumulator, SplitConfig, block_split, confusion_matrix, load_class_map, point_test_masks, scan_split,
+    segmentation_scores,
+)
 
 PRETRAIN_YAML = """
 data: {sources: ["sim:outdoor"], sim_count: 1, sim_seed: 0}
@@ -127,7 +128,7 @@ def test_probes_on_simulated_scans_beat_chance_and_the_head_runs_in_the_pipeline
     )
     from ssl3d_ros.evaluation.probes import LinearProbeConfig
     from ssl3d_ros.evaluation.features import extract_features
-    from ssl3d_ros.pipeline import PerceptionPipeline
+    from ssl3d_ros.perception import PerceptionPipeline
 
     cmap = load_class_map("sim-outdoor")
     cfg = ProbeConfig(linear=LinearProbeConfig(max_iter=30), supervised=SupervisedConfig(steps=1),

@@ -354,7 +354,7 @@ def test_out_of_memory_during_a_frame_is_skipped_counted_and_the_node_goes_on(sm
 
     from ssl3d_ros.codec import decode_cloud, encode_cloud, fill_cloud_message
     from ssl3d_ros.node import PerceptionNode
-    from ssl3d_ros.pipeline import PerceptionPipeline
+    from ssl3d_ros.perception import PerceptionPipeline
     from builders import ros_env as _ros_env
 
     _ros_env()

@@ -33,8 +33,8 @@ from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from ssl3d_ros.codec import (  # noqa: E402
     FLOAT32, FLOAT64, INT16, UINT8, UINT16, CloudFormatError, decode_cloud, encode_cloud, fill_cloud_message,
 )
-from ssl3d_ros.outputs import INVALID_CLASS  # noqa: E402
-from ssl3d_ros.pipeline import PerceptionPipeline  # noqa: E402
+from ssl3d_ros.labels import NO_CLASS  # noqa: E402
+from ssl3d_ros.perception import PerceptionPipeline  # noqa: E402
 
 from ssl3d_ros.evaluation.node_harness import Harness, write_params  # noqa: E402
 
@@ -338,7 +338,7 @@ def assert_matches_offline(out: PointCloud2, msg: PointCloud2, offline: Percepti
     expected = offline.process_cloud(msg).result
     assert (out.height, out.width) == (msg.height, msg.width)
     class_id = np.asarray(decode_cloud(out).field_values("class_id"))
-    valid = class_id != INVALID_CLASS
+    valid = class_id != NO_CLASS
     np.testing.assert_array_equal(valid, expected.valid)  # the same points unusable, in place
     if valid.size:
         assert np.mean(class_id == expected.class_id) >= 0.999
@@ -455,7 +455,7 @@ def test_a_five_million_point_cloud(checkpoint):
     """5 M points (80 MB) do not fit the 64 MB shared-memory segment of config/fastdds_large_data.xml,
     so they cannot reach the node over DDS here (measured: not delivered); the guard that protects the
     node is tested over DDS above (too_many_points) and here, in-process, on the same code path."""
-    from ssl3d_ros.params import NodeConfig, node_config_from_params
+    from ssl3d_ros.perception import NodeConfig, node_config_from_params
 
     n = 5_000_000
     rng = np.random.default_rng(5)
@@ -482,5 +482,5 @@ def test_a_five_million_point_cloud(checkpoint):
     assert res.class_id.shape == (n,) and out.xyz.shape == (n, 3)
     in_range = np.linalg.norm(pts.astype(np.float64), axis=1)
     assert not res.valid[in_range > 60.0].any()  # the checkpoint's max_range: invalid, in place
-    assert (res.class_id[~res.valid] == INVALID_CLASS).all()
+    assert (res.class_id[~res.valid] == NO_CLASS).all()
     assert 0 < len(np.unique(res.point_voxel[res.valid])) <= 20_000

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssl3d_ros.evaluation.class_maps import load_class_map
-from ssl3d_ros.evaluation.metrics import segmentation_scores
+from ssl3d_ros.labels import load_class_map, segmentation_scores
 
 TOPIC = "/lidar/points"
 N_GOOD = 4
@@ -68,7 +67,7 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def expected_scores(checkpoint, scans):
     """Per-frame mIoU of the pipeline's predictions on the good scans, computed directly."""
-    from ssl3d_ros.pipeline import PerceptionPipeline
+    from ssl3d_ros.perception import PerceptionPipeline
 
     cmap = load_class_map("sim-outdoor")
     pipe = PerceptionPipeline.from_checkpoint(checkpoint, device="cpu")
@@ -223,7 +222,7 @@ def test_a_class_map_the_checkpoint_does_not_have_is_refused_with_or_without_che
     """The packaged checkpoint's 11 simulator classes against SemanticKITTI's 19: refused before the bag
     is read (it does not exist here), in one line and exit 2, whether the checkpoint is named or not."""
     from ssl3d_ros.evaluation.replay import main
-    from ssl3d_ros.device import packaged_checkpoint
+    from ssl3d_ros.checkpoint import packaged_checkpoint
 
     packaged = packaged_checkpoint()
     out = tmp_path / "report"

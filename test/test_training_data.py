@@ -55,6 +55,52 @@ def test_pretrain_on_bags_in_worker_processes(tmp_path):
     assert (tmp_path / "run" / "encoder.safetensors").is_file()
 
 
+def test_scans_lacking_a_feature_field_are_skipped_once_then_passed_over():
+    """Mixed data, features asking for intensity: the xyz-only scans are skipped and counted the first
+    time each is met, then passed over without a new skip event (a user saw 170 skip events and 19 log
+    lines for a handful of xyz-only scans). The samples are those the retry rule always gave: the same
+    next scan, the same random stream."""
+    from ssl3d_ros.preprocessing import PreprocessConfig
+    from ssl3d_ros.scan import Scan
+    from ssl3d_ros.training.data import PretrainDataset
+    from ssl3d_ros.training.views import ViewGroupConfig, ViewMaker
+
+    def scan(i: int, intensity: bool) -> Scan:
+        rng = np.random.default_rng(i)
+        pts = np.c_[rng.uniform(-8, 8, (1500, 2)), rng.normal(-1.7, 0.05, 1500)].astype(np.float32)
+        fields = {"intensity": rng.uniform(0, 1, 1500).astype(np.float32)} if intensity else {}
+        return Scan(pts, fields, intensity_scale=1.0 if intensity else None, source=f"s{i}")
+
+    class Mixed:
+        def __init__(self):
+            self.scans = [scan(i, intensity=i % 3 != 0) for i in range(9)]  # 0, 3, 6: xyz only
+            self.reads = 0
+
+        def __len__(self):
+            return len(self.scans)
+
+        def __getitem__(self, i):
+            self.reads += 1
+            return self.scans[i]
+
+        def describe(self, i):
+            return f"s{i}"
+
+    maker = ViewMaker({"a": ViewGroupConfig(count=1, crop_points=600)},
+                      PreprocessConfig(voxel_size=0.2, features=("xyz", "intensity")))
+    source = Mixed()
+    ds = PretrainDataset(source, maker, DataConfig(min_voxels=16), seed=1)
+    samples = [ds[p] for p in range(4 * len(source))]  # four epochs
+    skipped = [name for s in samples for name, _ in s.skipped]
+    assert sorted(skipped) == ["s0", "s3", "s6"]  # once each
+    assert set(ds.unusable) == {0, 3, 6} and "needs field 'intensity'" in ds.unusable[0]
+    assert source.reads == len(samples) + 3  # one read per sample, and each xyz-only scan read once
+    # the same samples as a dataset that has to find out again at every position
+    for p in (5, 13, 30):
+        fresh = PretrainDataset(Mixed(), maker, DataConfig(min_voxels=16), seed=1)[p]
+        assert np.array_equal(fresh.views["a"][0].coord.numpy(), samples[p].views["a"][0].coord.numpy())
+
+
 # ------------------------------------------------------- sample order, bad scans, ranks
 
 

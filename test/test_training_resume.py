@@ -153,3 +153,25 @@ def test_bad_scans_are_skipped_and_counted(tmp_path):
     longer = tiny_config("mae", tmp_path / "run", steps=6, sources=[str(data)])
     longer.optim.lr = 1e-3
     assert train(longer, resume=True, progress=False).step == 6
+
+
+def test_resume_accepts_config_keys_added_since_with_their_defaults():
+    """A state written before a config key existed (here the views' range_equalise, added later) still
+    resumes when the key holds its default now, which keeps the old behaviour; turning the new option
+    on, or changing an old key, is still refused as another model."""
+    import json
+
+    from ssl3d_ros.training.config import load_config
+    from ssl3d_ros.training.loop import model_config_changes
+
+    repo = Path(__file__).resolve().parent.parent
+    cfg = load_config(repo / "config" / "pretrain" / "sonata.yaml")
+    saved = json.loads(json.dumps(cfg.to_dict()))
+    for group in ("global", "local"):
+        for key in ("range_equalise", "range_equalise_range"):
+            del saved["recipe"]["views"][group]["augment"][key]
+    assert model_config_changes(saved, cfg) == []
+    on = load_config(repo / "config" / "pretrain" / "sonata.yaml", ["recipe.views.local.augment.range_equalise=0.5"])
+    assert model_config_changes(saved, on) == ["recipe.views.local.augment.range_equalise: None -> 0.5"]
+    wider = load_config(repo / "config" / "pretrain" / "sonata.yaml", ["recipe.prototypes=128"])
+    assert model_config_changes(saved, wider) == ["recipe.prototypes: 256 -> 128"]

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from ssl3d_ros.evaluation.class_maps import load_class_map
 from ssl3d_ros.evaluation.viz import (
     RenderConfig, SceneOutputs, cosine_similarity_to, kmeans, nearest_point, pca_rgb, picture_set, render_views,
 )
+from ssl3d_ros.labels import load_class_map
 from ssl3d_ros.scan import Scan
 
 

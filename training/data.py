@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ssl3d_ros.config import ConfigError
 from ssl3d_ros.io import ConcatSource, FileSource, NoScansError, ScanReadError, ScanSource, open_source
+from ssl3d_ros.preprocessing import MissingFieldError
 from ssl3d_ros.scan import Scan
 
 from .temporal import PartnerFinder, TemporalConfig
@@ -167,6 +168,10 @@ class PretrainDataset(Dataset):
                      len(source), len(self.partners.sequences.members))
         self._perm_epoch = -1
         self._perm: np.ndarray | None = None
+        # scans that can give no view at all (they lack a field the features need), by index: each is
+        # skipped and counted once, then passed over without reading it again. Per process (each
+        # DataLoader worker learns its own), for the whole run: the workers live as long as the loader.
+        self.unusable: dict[int, str] = {}
 
     def __len__(self) -> int:  # positions are unbounded; this is one epoch
         return len(self.source)
@@ -188,21 +193,33 @@ class PretrainDataset(Dataset):
     def __getitem__(self, position: int) -> Sample:
         skipped: list[tuple[str, str]] = []
         counts = dict.fromkeys(SAMPLE_COUNTERS, 0)
-        for attempt in range(self.cfg.max_retries + 1):
+        attempt, tries = 0, 0
+        while tries <= self.cfg.max_retries and attempt < len(self.source) + self.cfg.max_retries:
             index = self.scan_index(position, attempt)
             rng = np.random.default_rng([self.seed, position, attempt])
+            attempt += 1
+            if index in self.unusable:
+                continue  # skipped and counted when first met
+            tries += 1
             try:
                 scan = self.source[index]
                 views = self.make_views(scan, rng, index, counts)
+            except MissingFieldError as error:
+                self.unusable[index] = str(error)
+                log.debug("leaving out scan %s: %s", self.describe(index), error)
+                skipped.append((self.describe(index), str(error)))
+                continue
             except (ScanReadError, UnusableScan, ValueError) as error:
                 reason = error.reason if isinstance(error, ScanReadError) else str(error)
                 log.debug("skipping scan %s: %s", self.describe(index), reason)  # summarised by the loop
                 skipped.append((self.describe(index), reason))
                 continue
             return Sample(views, skipped, counts)
+        reasons = skipped or [(self.describe(i), r) for i, r in self.unusable.items()]
         raise UnusableDataError(
-            f"{len(skipped)} consecutive scans were unusable at sample {position}; last reasons: "
-            + "; ".join(f"{d}: {r}" for d, r in skipped[-3:])
+            f"{max(len(skipped), tries)} consecutive scans were unusable at sample {position}"
+            + (f" ({len(self.unusable)} of {len(self.source)} scans lack a field the features need)" if self.unusable else "")
+            + "; last reasons: " + "; ".join(f"{d}: {r}" for d, r in reasons[-3:])
         )
 
     def make_views(self, scan: Scan, rng: np.random.Generator, index: int = -1,

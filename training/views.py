@@ -36,6 +36,13 @@ class AugmentConfig:
     beam_keep: tuple[float, float] = (0.5, 0.9)  # fraction of beams kept when dropping
     beams_estimate: int = 64  # beams assumed when the scan has no ``ring`` field (elevation bins)
     thin: tuple[float, float] = (1.0, 1.0)  # fraction of points kept (uniform thinning)
+    # probability that a view's points are thinned to the density of range_equalise_range: a point at
+    # range r < R is kept with probability (r / R)^2, the inverse of a spinning LiDAR's density fall-off.
+    # Without it, density says how far a surface is from the sensor, and a view-matching objective can
+    # be solved from that alone (issue 27: PCA colours in rings around the sensor); ranges are from the
+    # scan frame's origin, so it is meant for sensor-frame scans
+    range_equalise: float = 0.0
+    range_equalise_range: float = 20.0  # metres (R)
     # probability that a view's intensity is all zeros, as the node feeds for xyz-only sensors
     # (input.missing_intensity: zero): the encoder learns to do without it instead of meeting it cold
     intensity_drop: float = 0.0
@@ -82,6 +89,13 @@ def beam_ids(scan: Scan, beams_estimate: int) -> np.ndarray:
     return np.floor((elevation - lo) / max(hi - lo, 1e-6) * (beams_estimate - 1e-6)).astype(np.int64)
 
 
+def range_equalised_keep(points: np.ndarray, reference: float) -> np.ndarray:
+    """(N,) probability of keeping each point so that density no longer falls with range inside
+    ``reference`` metres: (r / reference)^2, 1 beyond."""
+    r = np.linalg.norm(np.asarray(points, dtype=np.float32), axis=1)
+    return np.minimum((r / float(reference)) ** 2, 1.0)
+
+
 def density_keep(scan: Scan, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """Boolean mask of kept points after beam dropping and thinning (sensor-density changes)."""
     keep = np.ones(len(scan), dtype=bool)
@@ -93,6 +107,8 @@ def density_keep(scan: Scan, aug: AugmentConfig, rng: np.random.Generator) -> np
     lo, hi = aug.thin
     if hi < 1.0 or lo < 1.0:
         keep &= rng.random(len(scan)) < rng.uniform(lo, hi)
+    if aug.range_equalise > 0 and rng.random() < aug.range_equalise:
+        keep &= rng.random(len(scan)) < range_equalised_keep(scan.points, aug.range_equalise_range)
     if not keep.any():  # never produce an empty view
         keep[:] = True
     return keep

@@ -27,9 +27,7 @@ if [ ! -f "$SITE/.unpacked" ] || [ "$ARCHIVE" -nt "$SITE/.unpacked" ]; then
   echo "install.sh: unpacked $ARCHIVE into $SITE in $(( $(date +%s) - started )) s"
 fi
 
-# The package's training code lives at the repository root and installs as ssl3d_ros.training; in a
-# plain checkout the link stands in for the installation (it is not tracked).
-[ -e "$REPO/ssl3d_ros/training" ] || ln -s ../training "$REPO/ssl3d_ros/training"
+# The repository is on PYTHONPATH as a checkout: ssl3d_ros maps its training/ folder itself.
 
 libs="$SITE/lib"
 for d in "$SITE"/*.libs; do [ -d "$d" ] && libs="$libs:$d"; done

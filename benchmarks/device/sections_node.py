@@ -61,8 +61,7 @@ def one_run(bench_mod, harness, msg, rate: float, seconds: float, node_pid: int)
 def offline_check(bench_mod, harness, msg, checkpoint: Path, device: str, frames: int) -> dict:
     """One frame through the node against the same frame offline here; and the in-process baseline."""
     from ssl3d_ros.codec import decode_cloud
-    from ssl3d_ros.params import NodeConfig
-    from ssl3d_ros.pipeline import PerceptionPipeline
+    from ssl3d_ros.perception import NodeConfig, PerceptionPipeline
 
     baseline = bench_mod.in_process_ms(checkpoint, msg, frames, device=device)
     pipeline = PerceptionPipeline.from_config(NodeConfig(checkpoint=str(checkpoint), device=device))

@@ -14,6 +14,6 @@
   the rate it sustains: drops, latency, memory.
 - ``device_carry`` (``scripts/prepare-device-carry``): wheels unpacked as one installed tree for the
   GPU machine.
-- building blocks: ``metrics``, ``class_maps``, ``splits``, ``features``, ``probes``, ``ridge``,
-  ``geometry_targets``, ``replay_stats``, ``report``.
+- building blocks: ``features``, ``probes``, ``ridge``, ``geometry_targets``, ``replay_stats``, ``report``;
+  class maps, metrics and splits are :mod:`ssl3d_ros.labels` (fine-tuning uses them too).
 """

@@ -7,6 +7,8 @@ per-point hypercolumn features:
 - ``R² height``: z above the scan's ground level,
 - ``R² normal``: the surface normal's axis (|n_x|, |n_y|, |n_z|),
 - ``R² xyz``: the raw coordinates in the scan's frame (positional leakage),
+- ``R² range``: log distance from the scan frame's origin (the sensor for sensor-frame scans): the
+  range / point-density shortcut of spinning LiDARs,
 
 next to the linear-probe mIoU on the same split (when the scans are labelled). High geometric R²
 with low mIoU is the "geometric shortcut" (Sonata) / positional-leakage pattern: the self-supervised
@@ -31,22 +33,20 @@ import torch
 
 from ..cli import EXIT_CODES_EPILOG, console_script
 from ..config import to_dict
+from ..labels import ClassMap, SplitConfig, point_test_masks, segmentation_scores
 from ..preprocessing import PreprocessConfig
 from ..scan import Scan
-from .class_maps import ClassMap
 from .features import extract_features
-from .geometry_targets import ground_height, normal_target
-from .metrics import segmentation_scores
+from .geometry_targets import ground_height, normal_target, sensor_range
 from .probe import (RANDOM_INIT_SEED, add_data_arguments, load_encoder, load_scans, resolve_class_map,
                     split_config_from_args)
 from .probes import LinearProbeConfig, train_linear_probe
 from .report import fmt, markdown_table, write_json, write_markdown
 from .ridge import RidgeConfig, ridge_r2
-from .splits import SplitConfig, point_test_masks
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("height", "normal", "xyz")
+TARGETS = ("height", "normal", "xyz", "range")
 
 
 @dataclass
@@ -82,6 +82,7 @@ def prepare_scans(scans: Sequence[Scan], class_map: ClassMap | None, cfg: AuditC
             "height": ground_height(scan.points)[index, None],
             "normal": normals[index],
             "xyz": scan.points[index].astype(np.float64),
+            "range": sensor_range(scan.points[index])[:, None],
         }
         classes = None
         if class_map is not None and scan.labels is not None:
@@ -131,8 +132,8 @@ def audit_features(name: str, encoder: torch.nn.Module | None, pre_cfg: Preproce
             probe = train_linear_probe(x[torch.from_numpy(tr)], y[tr], num_classes, cfg.linear)
             miou = segmentation_scores(y[te], probe.predict(x[torch.from_numpy(te)]), num_classes).miou
     row = AuditRow(name, r2, miou, int((~test).sum()), int(test.sum()), time.perf_counter() - t0)
-    log.info("%s: R² height %.3f normal %.3f xyz %.3f mIoU %s", name, r2["height"], r2["normal"], r2["xyz"],
-             fmt(miou))
+    log.info("%s: R² height %.3f normal %.3f xyz %.3f range %.3f mIoU %s", name, r2["height"], r2["normal"], r2["xyz"],
+             r2["range"], fmt(miou))
     return row
 
 
@@ -162,8 +163,8 @@ def audit_report(rows: Sequence[AuditRow], cfg: AuditConfig, meta: dict) -> tupl
            "rows": [{"encoder": r.encoder, "r2": r.r2, "probe_miou": r.miou, "train_points": r.train_points,
                      "test_points": r.test_points, "seconds": round(r.seconds, 3)} for r in rows]}
     table = markdown_table(
-        ["encoder", "R² height", "R² normal", "R² xyz", "probe mIoU (%)", "test pts"],
-        [[r.encoder, fmt(r.r2["height"]), fmt(r.r2["normal"]), fmt(r.r2["xyz"]), fmt(r.miou, percent=True),
+        ["encoder", "R² height", "R² normal", "R² xyz", "R² range", "probe mIoU (%)", "test pts"],
+        [[r.encoder, fmt(r.r2["height"]), fmt(r.r2["normal"]), fmt(r.r2["xyz"]), fmt(r.r2["range"]), fmt(r.miou, percent=True),
           str(r.test_points)] for r in rows])
     md = "\n".join([
         "# Shortcut audit", "",
@@ -171,7 +172,9 @@ def audit_report(rows: Sequence[AuditRow], cfg: AuditConfig, meta: dict) -> tupl
         f"- split: {cfg.split.describe()}",
         "- R²: ridge regression from the frozen per-point features to each target, on held-out points "
         "(1 = fully decodable, 0 = no better than the mean). Targets: height above the scan's 2nd-percentile z; "
-        "surface normal axis |n| (kNN PCA); raw xyz in the scan frame.",
+        "surface normal axis |n| (kNN PCA); raw xyz in the scan frame; log range from the scan frame's origin "
+        "(sensor-frame scans: the sensor; a range R² far above the random-init row means the features encode "
+        "distance / point density rather than the surface).",
         "- Read: geometric R² near the raw-input row with mIoU near the random-init row means the embedding is "
         "mostly geometry; useful semantics show as mIoU well above both references.", "",
         table])

@@ -7,11 +7,21 @@
   A scan's own ``normal`` field (simulated scans, meshes) is used instead when present.
 - xyz: the coordinates as the scan gives them (sensor frame for sensor-frame scans), i.e. what
   positional leakage would let a probe read back.
+- range: log(1 + distance from the scan frame's origin), the sensor for sensor-frame scans. A spinning
+  LiDAR's point density falls with range squared, so an encoder can solve a view-matching objective by
+  reading density (and so range) instead of what a surface is: on SemanticKITTI an encoder's PCA
+  colours came out in rings around the sensor (issue 27). Log, because density changes as much
+  between 5 and 10 m as between 40 and 80 m.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy.spatial import cKDTree
+
+
+def sensor_range(points: np.ndarray) -> np.ndarray:
+    """(N,) log(1 + |p|): the distance of each point from the scan frame's origin, log-scaled."""
+    return np.log1p(np.linalg.norm(np.asarray(points, dtype=np.float64), axis=1))
 
 
 def ground_height(points: np.ndarray) -> np.ndarray:

@@ -32,16 +32,14 @@ import torch.nn.functional as F
 
 from ..cli import EXIT_CODES_EPILOG, console_script
 from ..config import to_dict
+from ..labels import IGNORE, ClassMap, SegmentationScores, SplitConfig, segmentation_scores
 from ..preprocessing import PreprocessConfig, collate, preprocess, unpool
 from ..scan import Scan
-from .class_maps import ClassMap
-from .metrics import IGNORE, SegmentationScores, segmentation_scores
 # The scans, the encoder and their features; ssl3d-audit and the study import them from here too.
 from .probe_data import (STUDY_SUPERVISED_STEPS, STUDY_THREADS, LabelledScans, add_data_arguments, gather_features,
                          label_scans, load_encoder, load_scans, resolve_class_map, split_config_from_args)
 from .probes import KNNProbeConfig, LinearProbe, LinearProbeConfig, knn_predict, train_linear_probe
 from .report import fmt, markdown_table, write_json, write_markdown
-from .splits import SplitConfig
 
 log = logging.getLogger(__name__)
 

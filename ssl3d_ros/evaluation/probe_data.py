@@ -22,11 +22,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..labels import ClassMap, SplitConfig, load_class_map, point_test_masks
 from ..preprocessing import PreprocessConfig
 from ..scan import Scan
-from .class_maps import ClassMap, load_class_map
 from .features import extract_features
-from .splits import SplitConfig, point_test_masks
 
 #: The real-data study's protocol (docs/results.md), which ssl3d-probe's defaults follow (and
 #: ssl3d-audit's block size).

@@ -50,8 +50,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from ..cli import EXIT_CODES_EPILOG, console_script
-from .class_maps import ClassMap, load_class_map
-from .metrics import ScoreAccumulator
+from ..labels import ClassMap, ScoreAccumulator, load_class_map
 from .replay_frames import (BagFrame, assign_unanswered, failure_status, load_bag_frames, score_frame,
                             write_recording)
 from .replay_stats import STAGES, FrameRecord, summarise, write_replay_report
@@ -88,9 +87,8 @@ def check_classes(checkpoint: str, class_map: ClassMap | None) -> None:
     ``checkpoint`` the node runs the packaged default, which is checked the same way."""
     if class_map is None:
         return
-    from ..checkpoint import CheckpointError, load_checkpoint
+    from ..checkpoint import CheckpointError, load_checkpoint, packaged_checkpoint
     from ..config import ConfigError
-    from ..device import packaged_checkpoint
 
     try:
         path = checkpoint or str(packaged_checkpoint())
@@ -301,7 +299,7 @@ def replay_offline(frames: Sequence[BagFrame], checkpoint: str, scores: ScoreAcc
     minus DDS): same decode, preprocessing, heads; malformed clouds count as rejected."""
     from ..codec import CloudFormatError
     from ..io.rosbag import POINTCLOUD2, default_typestore
-    from ..pipeline import PerceptionPipeline
+    from ..perception import PerceptionPipeline
 
     pipeline = PerceptionPipeline.from_checkpoint(checkpoint or None, device=device)
     pipeline.warm_up()

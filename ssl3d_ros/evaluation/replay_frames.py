@@ -20,14 +20,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .class_maps import ClassMap
-from .metrics import IGNORE, ScoreAccumulator
+from ..labels import IGNORE, NO_CLASS, ClassMap, ScoreAccumulator
 from .replay_stats import FrameRecord
 
 # ssl3d-replay's logger, as before these functions left replay.py: its warnings keep their name on stderr
 log = logging.getLogger("ssl3d_ros.evaluation.replay")
-
-INVALID_CLASS = 255
 
 
 @dataclass
@@ -86,10 +83,10 @@ def load_bag_frames(path: str | Path, topic: str | None, label_field: str | None
 
 def score_frame(record: FrameRecord, frame: BagFrame, class_id: np.ndarray, scores: ScoreAccumulator | None) -> None:
     """Per-frame mIoU against the bag's labels; invalid outputs (255) count as misses."""
-    record.valid_points = int((class_id != INVALID_CLASS).sum())
+    record.valid_points = int((class_id != NO_CLASS).sum())
     if scores is None or frame.truth is None:
         return
-    pred = np.where(class_id == INVALID_CLASS, IGNORE, class_id.astype(np.int64))
+    pred = np.where(class_id == NO_CLASS, IGNORE, class_id.astype(np.int64))
     if len(pred) != len(frame.truth):
         log.warning("frame %d: %d outputs for %d input points; not scored", frame.index, len(pred), len(frame.truth))
         return

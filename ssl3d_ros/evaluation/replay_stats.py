@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .metrics import ScoreAccumulator
+from ..labels import ScoreAccumulator
 from .report import fmt, markdown_table, write_json, write_markdown
 
 STAGES = ("pre", "inference", "post", "total")  # the node's ~/debug/processing_time_ms layout

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .metrics import r2_score
+from ..labels import r2_score
 from .probes import subsample
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_json
+from ..labels import segmentation_scores
 from ..preprocessing import PreprocessConfig
-from .metrics import segmentation_scores
 from .perturbations import PERTURBATIONS
 from .probe import STUDY_SUPERVISED_STEPS
 from .study_data import StudyInputError, StudyScan

@@ -23,10 +23,9 @@ import numpy as np
 import yaml
 
 from ..config import ConfigError, from_dict
+from ..labels import ClassMap, SplitConfig, load_class_map, point_test_masks
 from ..scan import Scan
-from .class_maps import ClassMap, load_class_map
 from .perturbations import PERTURBATIONS, SensorModel, estimate_sensor_origin, perturb
-from .splits import SplitConfig, point_test_masks
 
 TEST_FRACTION = 0.3
 SPLIT_SEED = 0  # one fixed split: every row and seed of the study is scored on the same test points

@@ -22,9 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ..outputs import class_color_table  # noqa: E402
 from ..cli import EXIT_CODES_EPILOG, console_script  # noqa: E402
-from .class_maps import ClassMap, default_palette  # noqa: E402
+from ..labels import ClassMap, default_palette  # noqa: E402
+from ..perception import class_color_table  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -311,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @console_script("ssl3d-viz")
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..pipeline import PerceptionPipeline
-    from .class_maps import load_class_map
+    from ..perception import PerceptionPipeline
+    from ..labels import load_class_map
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

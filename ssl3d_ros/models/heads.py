@@ -13,8 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-#: class id given to points without a prediction (dropped by preprocessing); heads have <= 255 classes.
-NO_CLASS = 255
+from ..labels import NO_CLASS  # class id of points without a prediction; heads have <= NO_CLASS classes
 
 
 class Segmentation(NamedTuple):
@@ -267,7 +266,6 @@ def _kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> to
 
 
 __all__ = [
-    "NO_CLASS",
     "LinearSegHead",
     "PCAProjection",
     "Segmentation",

@@ -24,25 +24,22 @@ Writes DIR/model.safetensors (encoder + head + class names/colours + preprocessi
 ssl3d-perception, ssl3d-replay and ssl3d-probe; the best validation checkpoint when validating),
 DIR/best.safetensors, DIR/labels.json (the seeded label selection: scans, points, per-scan digests),
 DIR/checkpoints/state-*.safetensors (resumable), DIR/metrics.csv and TensorBoard events.
-Exit status: 0 done, 130 stopped by Ctrl-C / SIGTERM after saving (continue with --resume),
-2 bad config or input, 1 output not writable.
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from ssl3d_ros.config import ConfigError
-
-from ..pretrain import add_run_arguments
+from ..runtime.command import TRAINING_EXIT_CODES, add_run_arguments, report_stopped, training_command
 
 PROG = "ssl3d-finetune"
+EPILOG = __doc__.split("\n\n", 1)[1].rstrip() + "\n\n" + TRAINING_EXIT_CODES  # the usage above, then the exit codes
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (default: the built-in defaults, spelled out with comments in "
                                     "config/finetune/default.yaml)")
     p.add_argument("--init", help="'none' (scratch) or a checkpoint to start from (init)")
@@ -96,40 +93,22 @@ def options_as_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+@training_command(PROG)
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ssl3d_ros.checkpoint import CheckpointError
-
-    from ..distributed import cleanup
-    from ..loop import EXIT_INTERRUPTED
     from .config import load_config
     from .loop import evaluate, finetune
 
-    try:
-        cfg = load_config(args.config, [*args.overrides, *options_as_overrides(args)])
-        if args.evaluate:
-            report = evaluate(cfg)
-            miou, acc = (float("nan") if report[k] is None else report[k] for k in ("miou", "accuracy"))
-            print(f"{PROG}: {cfg.init} on {report['scans']} scan(s) ({report['validation']}): mIoU {miou:.3f}, "
-                  f"accuracy {acc:.3f}; written to {cfg.run.out_dir}/evaluation.json")
-            return 0
-        result = finetune(cfg, resume=args.resume, progress=not args.no_progress)
-    except KeyboardInterrupt:  # a second Ctrl-C: stop without saving
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # disk full or unwritable --out: earlier states are intact
-        print(f"{PROG}: {exc}; continue with --resume once it can be written", file=sys.stderr)
-        return 1
-    finally:
-        cleanup()
+    cfg = load_config(args.config, [*args.overrides, *options_as_overrides(args)])
+    if args.evaluate:
+        report = evaluate(cfg)
+        miou, acc = (float("nan") if report[k] is None else report[k] for k in ("miou", "accuracy"))
+        print(f"{PROG}: {cfg.init} on {report['scans']} scan(s) ({report['validation']}): mIoU {miou:.3f}, "
+              f"accuracy {acc:.3f}; written to {cfg.run.out_dir}/evaluation.json")
+        return 0
+    result = finetune(cfg, resume=args.resume, progress=not args.no_progress)
     if result.interrupted_by:
-        print(f"{PROG}: stopped at step {result.step}; state saved in {result.out_dir / 'checkpoints'} "
-              f"(continue with --resume)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return report_stopped(PROG, result)
     if result.model_path is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
     best = f"; best validation mIoU {result.best['miou']:.3f} at step {result.best['step']}" if result.best else ""

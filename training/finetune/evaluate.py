@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ssl3d_ros.evaluation.metrics import ScoreAccumulator, SegmentationScores
+from ssl3d_ros.labels import ScoreAccumulator, SegmentationScores
 from ssl3d_ros.preprocessing import PreprocessConfig, collate, preprocess
 from ssl3d_ros.scan import Scan
 

@@ -15,9 +15,8 @@ from typing import Sequence
 import numpy as np
 
 from ssl3d_ros.config import ConfigError
-from ssl3d_ros.evaluation.class_maps import ClassMap, load_class_map
-from ssl3d_ros.evaluation.metrics import IGNORE
 from ssl3d_ros.io import ScanReadError, ScanSource, open_source
+from ssl3d_ros.labels import IGNORE, ClassMap, load_class_map
 from ssl3d_ros.scan import Scan
 
 from ..data import SIM_PREFIX, DataConfig, parse_sim_spec, simulated_source

@@ -1,7 +1,7 @@
-"""The fine-tuning loop, on pretraining's runtime: DDP under torchrun, bf16 autocast on CUDA, the
-deterministic resumable sample order, atomic training states (SIGKILL loses at most one
-``checkpoint_every`` interval), StopRequest (Ctrl-C / SIGTERM: finish the step, save, exit),
-metrics.csv, TensorBoard and a progress bar.
+"""The fine-tuning loop, on the training runtime pretraining shares (``runtime.run``): DDP under
+torchrun, bf16 autocast on CUDA, the deterministic resumable sample order, atomic training states
+(SIGKILL loses at most one ``checkpoint_every`` interval), StopRequest (Ctrl-C / SIGTERM: finish the
+step, save, exit), metrics.csv, TensorBoard and a progress bar.
 
 Schedule: warm-up then cosine for every group, each scaled by its layer-wise ``lr_scale``; during
 ``freeze_encoder_steps`` the encoder gets no gradient (the head learns on fixed features first).
@@ -15,8 +15,6 @@ import json
 import logging
 import math
 import shutil
-import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +25,11 @@ from torch import nn
 from ssl3d_ros.atomic import atomic_write
 from ssl3d_ros.config import ConfigError
 
-from .. import distributed, schedules, state as state_io
-from ..data import StepSampler, make_loader
-from ..loop import _ignore_sigint, record_skipped, restore_latest, step_seed, StopRequest
-from ..metrics import MetricsLogger
+from .. import distributed
+from ..runtime.run import (OptimisationStep, Run, StepReport, adamw, record_skipped, restore_latest, run_steps,
+                           start_run)
 from .config import MODEL_KEYS, FinetuneConfig
-from .data import LabelledDataset, LabelledViewMaker, collate_labelled
+from .data import LabelledBatch, LabelledDataset, LabelledViewMaker, collate_labelled
 from .evaluate import score_scans, voxel_hypercolumns
 from .labels import ScanList
 from .model import SegmentationModel, class_weights, layerwise_groups, segmentation_loss
@@ -90,11 +87,6 @@ def add_pca_basis(model_path: Path, scans: list, dims: int, device: torch.device
     add_heads(model_path, model_path, pca=PCAProjection.fit(features, dims, generator=torch.Generator().manual_seed(0)))
 
 
-def set_learning_rates(optimizer: torch.optim.Optimizer, lr: float, frozen: bool) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = 0.0 if frozen and group["encoder"] else lr * group["lr_scale"]
-
-
 def initial_model(init: InitialEncoder, data: FinetuneData, cfg: FinetuneConfig) -> SegmentationModel:
     """Encoder + head; with init_head the head starts as init's (checked against the class map)."""
     check_head_classes(init, data.class_map, cfg.init)
@@ -110,9 +102,7 @@ def evaluate(cfg: FinetuneConfig) -> dict[str, Any]:
     one compare like for like. Writes OUT/evaluation.json."""
     if not cfg.init_head:
         raise ConfigError("evaluation scores init's segmentation head: set init_head (--evaluate does)")
-    device = distributed.init_distributed(cfg.run.device).device
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
+    device = Run.start(cfg.run).device
     init = initial_encoder(cfg, device)
     data = prepare_data(cfg)
     if not data.validation:
@@ -129,35 +119,58 @@ def evaluate(cfg: FinetuneConfig) -> dict[str, Any]:
     return report
 
 
+def finetune_optimizer(cfg: FinetuneConfig, model: SegmentationModel) -> torch.optim.AdamW:
+    """AdamW over the layer-wise groups (lr scale per depth, weight decay on matrices and kernels)."""
+    return adamw(layerwise_groups(model, cfg.optim), cfg.optim)
+
+
+class FinetuneStep:
+    """One ``ssl3d-finetune`` step on a labelled batch (what benchmarks/bench_finetune.py times): the
+    runtime's :class:`OptimisationStep` of the segmentation loss on the labelled voxels (in fp32),
+    the encoder frozen (no gradient, lr 0) for the first ``optim.freeze_encoder_steps`` steps.
+    ``wrapped``: the model under DDP; ``weights``: the class weights of the loss."""
+
+    def __init__(self, cfg: FinetuneConfig, model: SegmentationModel, optimizer: torch.optim.Optimizer,
+                 weights: torch.Tensor | None, device: torch.device, wrapped: nn.Module | None = None, rank: int = 0) -> None:
+        self.cfg, self.weights, self.device = cfg, weights, device
+        self.optimisation = OptimisationStep(model, optimizer, cfg.optim, cfg.run, device, rank=rank, wrapped=wrapped)
+
+    def __call__(self, step: int, batch: LabelledBatch) -> StepReport:
+        frozen = step < self.cfg.optim.freeze_encoder_steps
+        batch = batch.to(self.device)
+        report = self.optimisation(
+            step, lambda model: model(batch.voxels.sparse(), freeze_encoder=frozen),
+            loss=lambda logits: segmentation_loss(logits.float()[batch.label_voxel], batch.label_class, self.cfg.loss,
+                                                  self.weights),
+            frozen=frozen)
+        report.logged["encoder_frozen"] = float(frozen)
+        report.summed = {"labelled_points": len(batch.label_class)}
+        report.skipped, report.scans = batch.skipped, batch.num_scans
+        return report
+
+
 def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> FinetuneResult:
     """Run (or, with ``resume``, continue) fine-tuning up to ``cfg.run.steps``; ``stop_at`` stops after
     that step as if interrupted (state saved), for time-boxed sessions and tests."""
-    dist_info = distributed.init_distributed(cfg.run.device)
-    device, run = dist_info.device, cfg.run
-    out_dir = Path(run.out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    if run.threads > 0:
-        torch.set_num_threads(run.threads)
-    if not resume and state_io.list_states(ckpt_dir):
-        raise ConfigError(f"{out_dir} holds checkpoints of an earlier run: continue it with --resume or choose another --out")
-
-    torch.manual_seed(run.seed)  # identical initial weights (fresh encoder, head) on every rank
+    run = start_run(cfg.run, resume)
+    device = run.device
     init = initial_encoder(cfg, device)  # before the data: a bad checkpoint fails at once
     data = prepare_data(cfg)
     check_input(init.preprocessing, data.selection.scans, cfg.init if not cfg.from_scratch else "preprocessing")
     model = initial_model(init, data, cfg).to(device)
     if cfg.pca_dims > model.encoder.hypercolumn_channels:  # said now, not after the training
         raise ConfigError(f"pca_dims={cfg.pca_dims}: the hypercolumn has {model.encoder.hypercolumn_channels} channels")
-    optimizer = torch.optim.AdamW(layerwise_groups(model, cfg.optim), lr=cfg.optim.lr, betas=cfg.optim.betas)
+    optimizer = finetune_optimizer(cfg, model)
     weights = class_weights(torch.tensor(data.selection.record["class_counts"]), cfg.loss)
     counters: dict[str, Any] = {"scans_seen": 0, "scans_skipped": 0}
     best: dict[str, Any] = {}
     start_step = 0
     if resume:
-        start_step, extra = restore_latest(ckpt_dir, cfg, model, optimizer, counters, dist_info.is_main, MODEL_KEYS,
+        start_step, extra = restore_latest(run, cfg, model, optimizer, counters, MODEL_KEYS,
                                            what="model or label selection")
         best = dict(extra.get("best", {}))
-    if dist_info.is_main:
+    out_dir = run.out_dir
+    if run.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         doc = json.dumps({**data.selection.record, "class_map": data.class_map.name,
                           "class_names": data.class_map.class_names, "validation": data.validation_rule}, indent=1)
@@ -165,37 +178,17 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, s
         if data.skipped and start_step == 0:
             record_skipped(out_dir, 0, 0, data.skipped)
 
-    wrapped: nn.Module = model
-    if dist_info.distributed:
-        wrapped = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
-            find_unused_parameters=True)  # the frozen warm-up leaves the encoder without gradients
+    wrapped = run.wrap(model, find_unused=True)  # the frozen warm-up leaves the encoder without gradients
     dataset = LabelledDataset(ScanList(data.selection.scans), LabelledViewMaker(cfg.augment, init.preprocessing),
-                              cfg.data, run.seed)
-    sampler = StepSampler(run.batch_size, run.steps, start_step, dist_info.rank, dist_info.world_size)
-    loader = make_loader(dataset, sampler, run.workers, pin_memory=device.type == "cuda",
-                         worker_init_fn=_ignore_sigint, collate_fn=collate_labelled)
-    logger = MetricsLogger(out_dir, run.tensorboard, resume_step=start_step) if dist_info.is_main else None
-    bar = None
-    if progress and dist_info.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=run.steps, initial=start_step, desc="finetune", unit="step", dynamic_ncols=True)
-
-    use_bf16 = device.type == "cuda" and run.precision == "bf16"
-    step, last, interrupted = start_step, {}, 0
-
-    def save(at_step: int) -> None:
-        if dist_info.is_main:
-            state_io.save_state(ckpt_dir, at_step, model.state_dict(), optimizer.state_dict(),
-                                {"counters": counters, "config": cfg.to_dict(), "best": best}, keep=run.keep_checkpoints)
-        distributed.barrier()
+                              cfg.data, cfg.run.seed)
+    loader = run.loader(dataset, run.sampler(start_step), collate_fn=collate_labelled)
 
     def validate(at_step: int) -> dict[str, float]:
-        if not data.validation:
+        """Every ``validation.every`` steps and at the end: score the held-out scans, keep the best."""
+        if not data.validation or not (at_step % cfg.validation.every == 0 or at_step == cfg.run.steps):
             return {}
         scores = None
-        if dist_info.is_main:
+        if run.is_main:
             scores = score_scans(model, data.validation, init.preprocessing, data.class_map.num_classes, device)
             if math.isfinite(scores.miou) and scores.miou > best.get("miou", -1.0):
                 # per-class IoU too: which classes a few labels reach is what a label budget changes
@@ -206,81 +199,24 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, s
         return {} if scores is None else {"val_miou": scores.miou, "val_accuracy": scores.accuracy,
                                           "best_val_miou": best.get("miou", float("nan"))}
 
-    model.train()
-    tick = time.perf_counter()
-    with StopRequest() as stop:
-        for batch in loader:
-            frozen = step < cfg.optim.freeze_encoder_steps
-            lr = schedules.warmup_cosine(step, run.steps, cfg.optim.warmup_steps, cfg.optim.lr, cfg.optim.min_lr)
-            set_learning_rates(optimizer, lr, frozen)
-            torch.manual_seed(step_seed(run.seed, step, dist_info.rank))
-            batch = batch.to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = wrapped(batch.voxels.sparse(), freeze_encoder=frozen)
-            losses = segmentation_loss(logits.float()[batch.label_voxel], batch.label_class, cfg.loss, weights)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                         if cfg.optim.grad_clip > 0 else torch.zeros(()))
-            optimizer.step()
-            step += 1
+    end = run_steps(run, loader, start_step, FinetuneStep(cfg, model, optimizer, weights, device, wrapped, run.dist.rank),
+                    model=model, optimizer=optimizer, cfg=cfg, counters=counters, desc="finetune", progress=progress,
+                    stop_at=stop_at, after_step=validate, state=lambda: {"best": best}, shown=("val_miou",))
 
-            # one small all-reduce per step: metrics averaged, counts summed, the stop flag shared
-            keys = sorted(losses)
-            packed = torch.stack([losses[k].detach().float().reshape(()) for k in keys] + [
-                grad_norm.detach().float().reshape(()).to(device),
-                torch.tensor(float(len(batch.label_class)), device=device),
-                torch.tensor(float(len(batch.skipped)), device=device),
-                torch.tensor(float(batch.num_scans), device=device),
-                torch.tensor(float(stop.signum), device=device),
-            ])
-            distributed.all_reduce_sum(packed)
-            values = packed.tolist()
-            n = dist_info.world_size
-            if not math.isfinite(values[keys.index("loss")]):
-                raise FloatingPointError(f"non-finite loss at step {step - 1}: {dict(zip(keys, values))}")
-            if batch.skipped:
-                record_skipped(out_dir, dist_info.rank, step, batch.skipped)
-            counters["scans_skipped"] += int(values[-3])
-            counters["scans_seen"] += int(values[-2])
-            if values[-1] > 0:
-                interrupted = stop.signum or int(signal.SIGTERM)
-            now = time.perf_counter()
-            last = {k: v / n for k, v in zip(keys, values)}
-            last.update(lr=lr, encoder_frozen=float(frozen), grad_norm=values[-5] / n, labelled_points=values[-4],
-                        scans_per_s=values[-2] / max(now - tick, 1e-9), scans_skipped=counters["scans_skipped"])
-            if step % cfg.validation.every == 0 or step == run.steps:
-                last.update(validate(step))
-            tick = time.perf_counter()  # validation time is not training throughput
-            if logger is not None and (step % run.log_every == 0 or step == run.steps or "val_miou" in last):
-                logger.log(step, last)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", scans_s=f"{last['scans_per_s']:.1f}",
-                                **({"val_miou": f"{last['val_miou']:.3f}"} if "val_miou" in last else {}))
-            stopping = bool(interrupted) or (stop_at is not None and step >= stop_at)
-            if step % run.checkpoint_every == 0 or step == run.steps or stopping:
-                save(step)
-            if stopping:
-                break
-
-    if bar is not None:
-        bar.close()
-    completed = step >= run.steps
+    completed = end.step >= cfg.run.steps
     model_path = None
-    if completed and dist_info.is_main:
+    if completed and run.is_main:
         model_path = out_dir / MODEL_FILE
         if best and (out_dir / BEST_FILE).is_file():
             atomic_write(model_path, lambda tmp: shutil.copyfile(out_dir / BEST_FILE, tmp))
         else:
-            export(model_path, model, cfg, data, init.preprocessing, init.provenance, step, counters, best)
+            export(model_path, model, cfg, data, init.preprocessing, init.provenance, end.step, counters, best)
         if cfg.pca_dims > 0:
             add_pca_basis(model_path, data.selection.scans, cfg.pca_dims, device)
     distributed.barrier()
-    if logger is not None:
-        logger.close()
-    return FinetuneResult(step, completed, interrupted, out_dir, model_path, best, counters["scans_skipped"], last,
-                          data.selection.record)
+    return FinetuneResult(end.step, completed, end.interrupted_by, out_dir, model_path, best, counters["scans_skipped"],
+                          end.last, data.selection.record)
 
 
-__all__ = ["finetune", "evaluate", "initial_model", "export", "EVALUATION_FILE", "FinetuneResult", "MODEL_FILE", "BEST_FILE", "LABELS_FILE"]
+__all__ = ["finetune", "evaluate", "initial_model", "export", "finetune_optimizer", "FinetuneStep", "EVALUATION_FILE",
+           "FinetuneResult", "MODEL_FILE", "BEST_FILE", "LABELS_FILE"]

@@ -16,7 +16,7 @@ from torch import nn
 from ssl3d_ros.models.heads import LinearSegHead
 from ssl3d_ros.models.structure import SparseTensor
 
-from ..loop import param_groups
+from ..runtime.run import param_groups
 from .config import FinetuneOptimConfig, LossConfig
 
 
@@ -50,7 +50,7 @@ def layer_depth(name: str, num_stages: int) -> int:
 
 def layerwise_groups(model: SegmentationModel, cfg: FinetuneOptimConfig) -> list[dict[str, Any]]:
     """AdamW groups: per depth, lr scale ``layer_decay ** (head depth - depth)``, weight decay on
-    matrices and kernels only (pretraining's rule, ``loop.param_groups``). Every group records
+    matrices and kernels only (pretraining's rule, ``runtime.run.param_groups``). Every group records
     ``lr_scale`` and whether it belongs to the encoder (``encoder``), for the schedule and warm-up."""
     num_stages = len(model.encoder.stages)
     top = num_stages + 1

@@ -13,9 +13,7 @@ import torch
 from torch import nn
 
 from ssl3d_ros.config import ConfigError
-from ssl3d_ros.evaluation.class_maps import ClassMap
-from ssl3d_ros.evaluation.metrics import IGNORE
-from ssl3d_ros.evaluation.splits import block_split
+from ssl3d_ros.labels import IGNORE, ClassMap, block_split
 from ssl3d_ros.preprocessing import PreprocessConfig, feature_channels, preprocess
 from ssl3d_ros.scan import Scan
 

@@ -42,7 +42,7 @@ def frame_failure(exc: BaseException, frame_id: str, device: Any) -> tuple[str, 
     (the caller also counts ``out_of_memory`` and frees the CUDA cache); anything else is ``errors``."""
     import torch
 
-    from .codec import CloudFormatError
+    from ..codec import CloudFormatError
 
     if isinstance(exc, CloudFormatError):
         return "rejected", f"rejected malformed PointCloud2 (frame {frame_id!r}): {exc}", f"rejected:{exc}"
@@ -171,3 +171,6 @@ class OutputStage:
             self._cond.notify_all()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=timeout)
+
+
+__all__ = ["LatestFrameSlot", "frame_failure", "InferenceWorker", "OutputStage"]

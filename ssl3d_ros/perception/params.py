@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
-from .config import ConfigError, from_dict
+from ..config import ConfigError, from_dict
+from ..labels import NO_CLASS
 
 _HEX_COLOR = re.compile(r"^#?[0-9a-fA-F]{6}$")
 AUTO_EMBEDDING_DIMS = 32  # embeddings.dims -1: PCA components published when the checkpoint has a basis
@@ -159,7 +160,8 @@ def validate_node_config(cfg: NodeConfig) -> NodeConfig:
          f"{p.min_range} is not below max_range {p.max_range}")
     need(p.max_points >= 0, "preprocessing.max_points", f"must be >= 0 (0 = checkpoint's), got {p.max_points}")
     need(cfg.kmeans.clusters >= 2, "kmeans.clusters", f"must be >= 2, got {cfg.kmeans.clusters}")
-    need(cfg.kmeans.clusters <= 254, "kmeans.clusters", "must be <= 254 (class_id 255 marks invalid points)")
+    need(cfg.kmeans.clusters < NO_CLASS, "kmeans.clusters",
+         f"must be <= {NO_CLASS - 1} (class_id {NO_CLASS} marks invalid points)")
     need(cfg.embeddings.dims >= -1, "embeddings.dims", f"must be >= -1 (-1 = auto, 0 = all), got {cfg.embeddings.dims}")
     for i, c in enumerate(cfg.classes.colors):
         need(bool(_HEX_COLOR.match(c)), f"classes.colors[{i}]", f"{c!r} is not '#rrggbb'")
@@ -280,3 +282,11 @@ def apply_preprocessing_overrides(pre: Any, cfg: NodeConfig) -> Any:
     if cfg.input.intensity_scale > 0:
         changes["intensity_scale"] = float(cfg.input.intensity_scale)
     return dataclasses.replace(pre, **changes) if changes else pre
+
+
+__all__ = [
+    "AUTO_EMBEDDING_DIMS", "FOREIGN_PARAMETERS", "USAGE", "QosConfig", "InputConfig", "PreprocessingOverrides",
+    "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "OccupancyConfig", "DiagnosticsConfig", "NodeConfig",
+    "validate_node_config", "node_config_from_params", "load_node_config", "leaf_parameters", "is_list_parameter",
+    "unknown_parameters", "node_usage", "apply_preprocessing_overrides",
+]

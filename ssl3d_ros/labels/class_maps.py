@@ -211,6 +211,7 @@ def class_map_from_semantickitti_yaml(data: dict, name: str = "semantickitti") -
 
 
 __all__ = [
-    "ClassSpec", "ClassMapConfig", "ClassMap", "class_map_from_config", "class_map_from_names",
-    "default_palette", "load_class_map", "sim_class_map", "available_class_maps", "class_map_from_semantickitti_yaml",
+    "SEMANTICKITTI_RAW", "CLASS_MAP_SUBDIR", "SIM_MAPS", "ClassSpec", "ClassMapConfig", "ClassMap",
+    "class_map_from_config", "class_map_from_names", "default_palette", "load_class_map", "sim_class_map",
+    "class_map_dirs", "available_class_maps", "class_map_from_semantickitti_yaml",
 ]

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import torch
 
-from ssl3d_ros.checkpoint_meta import CheckpointError, CheckpointMeta
+from .meta import CheckpointError, CheckpointMeta
 from ssl3d_ros.models.encoder import EncoderConfig, build_encoder
 from ssl3d_ros.preprocessing import feature_channels
 
@@ -184,7 +184,7 @@ def _check_kmeans(path: Path, meta: CheckpointMeta, shapes: Shapes, channels: in
 
 
 __all__ = [
-    "ENCODER_PREFIX", "KMEANS_CENTROIDS", "MAX_ENCODER_PARAMETERS", "PCA_PREFIX", "RESERVED_PREFIXES",
-    "SEG_HEAD_PREFIX", "check_contents", "check_encoder_shapes", "check_finite", "expected_encoder_shapes",
-    "hypercolumn_channels",
+    "ENCODER_PREFIX", "KMEANS_CENTROIDS", "MAX_ENCODER_PARAMETERS", "PCA_PREFIX", "PCA_TENSORS", "RESERVED_PREFIXES",
+    "SEG_HEAD_PREFIX", "SEG_HEAD_TENSORS", "Shapes", "check_contents", "check_encoder_shapes", "check_finite",
+    "expected_encoder_shapes", "hypercolumn_channels",
 ]

@@ -1,10 +1,9 @@
-"""The sensor_msgs/PointCloud2 point layout, which decoding (``codec``) and encoding (``cloud_encode``) share.
+"""The sensor_msgs/PointCloud2 point layout, which decoding (``codec.decode``) and encoding (``codec.encode``) share.
 
 PointField datatype constants and their numpy element types, ``FieldSpec``, ``CloudFormatError`` (the one
 exception type for malformed clouds), the checks of a field list against ``point_step``, and the
 structured dtype of one point with the column names of ``sensor_msgs_py.point_cloud2.read_points``.
-A module of its own so that ``codec`` can re-export the encoding names without an import cycle;
-importers use ``ssl3d_ros.codec``, which re-exports everything here.
+Importers outside the codec use ``ssl3d_ros.codec``, whose ``__init__`` lists every public name here.
 """
 from __future__ import annotations
 
@@ -21,11 +20,11 @@ DATATYPE_NAMES = {
     INT32: "INT32", UINT32: "UINT32", FLOAT32: "FLOAT32", FLOAT64: "FLOAT64",
 }
 # Element types without byte order; the order is applied per cloud.
-_DATATYPE_TO_NUMPY = {
+DATATYPE_TO_NUMPY = {
     INT8: np.dtype("i1"), UINT8: np.dtype("u1"), INT16: np.dtype("i2"), UINT16: np.dtype("u2"),
     INT32: np.dtype("i4"), UINT32: np.dtype("u4"), FLOAT32: np.dtype("f4"), FLOAT64: np.dtype("f8"),
 }
-_NUMPY_TO_DATATYPE = {(dt.kind, dt.itemsize): code for code, dt in _DATATYPE_TO_NUMPY.items()}
+NUMPY_TO_DATATYPE = {(dt.kind, dt.itemsize): code for code, dt in DATATYPE_TO_NUMPY.items()}
 
 UNNAMED_FIELD_PREFIX = "unnamed_field"  # sensor_msgs_py's name for fields whose name is ''
 XYZ = ("x", "y", "z")
@@ -48,7 +47,7 @@ class FieldSpec:
     def element(self) -> np.dtype:
         """Element dtype without byte order (raises CloudFormatError for an unknown datatype)."""
         try:
-            return _DATATYPE_TO_NUMPY[self.datatype]
+            return DATATYPE_TO_NUMPY[self.datatype]
         except KeyError:
             raise CloudFormatError(
                 f"field {self.name!r} has unknown datatype {self.datatype!r} "
@@ -65,7 +64,7 @@ def datatype_of(dtype: Any) -> int:
     """PointField datatype constant of a numpy dtype (CloudFormatError if PointCloud2 has none)."""
     dt = np.dtype(dtype)
     try:
-        return _NUMPY_TO_DATATYPE[(dt.kind, dt.itemsize)]
+        return NUMPY_TO_DATATYPE[(dt.kind, dt.itemsize)]
     except KeyError:
         raise CloudFormatError(f"numpy dtype {dt} has no PointField datatype") from None
 
@@ -81,7 +80,8 @@ def field_specs(fields: Sequence[Any]) -> tuple[FieldSpec, ...]:
     return tuple(specs)
 
 
-def _check_fields(specs: Sequence[FieldSpec], point_step: int) -> None:
+def check_fields(specs: Sequence[FieldSpec], point_step: int) -> None:
+    """Refuse fields with a bad count, offset or datatype, or that end past ``point_step``."""
     if point_step <= 0:
         raise CloudFormatError(f"point_step is {point_step}; it must be positive")
     for spec in specs:
@@ -97,7 +97,7 @@ def _check_fields(specs: Sequence[FieldSpec], point_step: int) -> None:
             )
 
 
-def _check_no_overlap(specs: Sequence[FieldSpec]) -> None:
+def check_no_overlap(specs: Sequence[FieldSpec]) -> None:
     """Two fields sharing bytes would decode one of them as garbage (e.g. intensity inside x)."""
     ordered = sorted(specs, key=lambda s: s.offset)
     for before, after in zip(ordered, ordered[1:]):
@@ -108,7 +108,7 @@ def _check_no_overlap(specs: Sequence[FieldSpec]) -> None:
             )
 
 
-def _column_names(specs: Sequence[FieldSpec]) -> list[tuple[str, int, FieldSpec, int]]:
+def column_names(specs: Sequence[FieldSpec]) -> list[tuple[str, int, FieldSpec, int]]:
     """(column name, byte offset, spec, element index) per column, named like read_points."""
     columns, seen = [], {}
     for i, spec in enumerate(specs):
@@ -127,12 +127,13 @@ def _column_names(specs: Sequence[FieldSpec]) -> list[tuple[str, int, FieldSpec,
 def cloud_dtype(fields: Sequence[Any], point_step: int, is_bigendian: bool = False) -> np.dtype:
     """Structured dtype of one point: read_points' column names, the given offsets, itemsize point_step."""
     specs = field_specs(fields)
-    _check_fields(specs, int(point_step))
-    return _structured_dtype(specs, _column_names(specs), int(point_step), is_bigendian)
+    check_fields(specs, int(point_step))
+    return structured_dtype(specs, column_names(specs), int(point_step), is_bigendian)
 
 
-def _structured_dtype(specs: Sequence[FieldSpec], columns: list[tuple[str, int, FieldSpec, int]], point_step: int,
-                      is_bigendian: bool) -> np.dtype:
+def structured_dtype(specs: Sequence[FieldSpec], columns: list[tuple[str, int, FieldSpec, int]], point_step: int,
+                     is_bigendian: bool) -> np.dtype:
+    """Structured dtype of one point from ``column_names(specs)`` (unchecked: see ``cloud_dtype``)."""
     order = ">" if is_bigendian else "<"
     return np.dtype({
         "names": [c[0] for c in columns],
@@ -140,3 +141,11 @@ def _structured_dtype(specs: Sequence[FieldSpec], columns: list[tuple[str, int, 
         "offsets": [c[1] for c in columns],
         "itemsize": int(point_step),
     })
+
+
+__all__ = [
+    "INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32", "FLOAT32", "FLOAT64", "DATATYPE_NAMES",
+    "DATATYPE_TO_NUMPY", "NUMPY_TO_DATATYPE", "UNNAMED_FIELD_PREFIX", "XYZ", "CloudFormatError", "FieldSpec",
+    "datatype_of", "field_specs", "check_fields", "check_no_overlap", "column_names", "cloud_dtype",
+    "structured_dtype",
+]

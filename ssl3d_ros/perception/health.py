@@ -241,3 +241,9 @@ def rss_bytes() -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+__all__ = [
+    "OK", "WARN", "ERROR", "STAGES", "FINE_STAGES", "WARN_PERIOD_S", "RATE_WINDOW_S", "NodeStats", "frame_timings",
+    "why_no_valid_point", "frame_warnings", "WarningThrottle", "DiagnosticReport", "DiagnosticsPolicy", "rss_bytes",
+]

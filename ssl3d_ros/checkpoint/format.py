@@ -11,7 +11,7 @@ recipe, training-data summary, class names/colours and what heads are present.
 Loading never unpickles: the file is parsed as safetensors (a JSON header and raw little-endian
 buffers), and a pickle or ``torch.save`` zip is refused before anything in it is interpreted. The
 header and the document are checked against each other before any tensor is read or any module built
-(:mod:`ssl3d_ros.checkpoint_meta`, :mod:`ssl3d_ros.checkpoint_validation`; saving runs the same
+(:mod:`ssl3d_ros.checkpoint.meta`, :mod:`ssl3d_ros.checkpoint.validation`; saving runs the same
 check). Every problem (missing, truncated, corrupt, wrong schema, weights not matching the
 architecture, an architecture over the size limit, head not matching the encoder) raises
 :class:`CheckpointError` with the file name and the problem.
@@ -35,7 +35,7 @@ from torch import nn
 
 from ssl3d_ros import __version__
 from ssl3d_ros.atomic import atomic_write
-from ssl3d_ros.checkpoint_meta import (
+from .meta import (
     FORMAT_VERSION,
     METADATA_KEY,
     CheckpointError,
@@ -50,7 +50,7 @@ from ssl3d_ros.checkpoint_meta import (
     parse_meta,
     read_header,
 )
-from ssl3d_ros.checkpoint_validation import (
+from .validation import (
     ENCODER_PREFIX,
     KMEANS_CENTROIDS,
     PCA_PREFIX,
@@ -337,17 +337,4 @@ def add_heads(
     )
 
 
-__all__ = [
-    "FORMAT_VERSION",
-    "Checkpoint",
-    "CheckpointError",
-    "CheckpointMeta",
-    "ClassInfo",
-    "HeadsInfo",
-    "RecipeInfo",
-    "add_heads",
-    "load_checkpoint",
-    "read_meta",
-    "read_metadata",
-    "save_checkpoint",
-]
+__all__ = ["Checkpoint", "add_heads", "load_checkpoint", "read_meta", "read_metadata", "save_checkpoint"]

@@ -2,8 +2,8 @@
 
 Encoding allocates the output once as the ``array.array('B')`` a ROS message stores, views it with the
 structured dtype and writes every field straight into it, so the only full pass over the output is
-that write. ``unpack_rgb`` sits beside its inverse ``pack_rgb``; ``codec.scan_from_cloud`` uses it.
-Importers use ``ssl3d_ros.codec``, which re-exports every public name here.
+that write. ``pack_rgb``'s inverse ``unpack_rgb`` is decoding's (``codec.decode``).
+Importers outside the codec use ``ssl3d_ros.codec``, whose ``__init__`` lists every public name here.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ssl3d_ros.cloud_layout import (
-    _DATATYPE_TO_NUMPY, _NUMPY_TO_DATATYPE, FLOAT32, XYZ, CloudFormatError, FieldSpec, datatype_of,
+from .layout import (
+    DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, FLOAT32, XYZ, CloudFormatError, FieldSpec, datatype_of,
 )
 
 # ---------------------------------------------------------------------------------------------- rgb
@@ -30,21 +30,6 @@ def pack_rgb(rgb: np.ndarray) -> np.ndarray:
     packed[:, 1] = rgb[:, 1]
     packed[:, 2] = rgb[:, 0]
     return packed.view("<f4").reshape(len(rgb))
-
-
-def unpack_rgb(packed: np.ndarray) -> np.ndarray:
-    """(N,) packed float32/uint32 ``rgb`` (0x00RRGGBB, any byte order) -> (N, 3) uint8 r, g, b."""
-    packed = np.asarray(packed)
-    if packed.ndim != 1 or packed.dtype.itemsize != 4 or packed.dtype.kind not in "fu":
-        raise CloudFormatError(f"packed rgb must be (N,) float32 or uint32, got {packed.shape} {packed.dtype}")
-    # the float's bits read as an unsigned int of the same byte order ('<f4' -> '<u4')
-    bits = packed.view(packed.dtype.str.replace("f", "u")) if packed.dtype.kind == "f" else packed
-    value = bits.astype("=u4")
-    out = np.empty((len(value), 3), dtype=np.uint8)
-    out[:, 0] = (value >> 16) & 0xFF
-    out[:, 1] = (value >> 8) & 0xFF
-    out[:, 2] = value & 0xFF
-    return out
 
 
 # --------------------------------------------------------------------------------------------- encode
@@ -72,10 +57,10 @@ def _target_dtype(name: str, values: np.ndarray, field_types: Mapping[str, Any])
     if name in field_types:
         wanted = field_types[name]
         if isinstance(wanted, (int, np.integer)) and not isinstance(wanted, bool):
-            if int(wanted) not in _DATATYPE_TO_NUMPY:
+            if int(wanted) not in DATATYPE_TO_NUMPY:
                 raise CloudFormatError(f"field_types[{name!r}] = {wanted} is not a PointField datatype (1..8)")
-            return _DATATYPE_TO_NUMPY[int(wanted)]
-        return np.dtype(_DATATYPE_TO_NUMPY[datatype_of(wanted)])
+            return DATATYPE_TO_NUMPY[int(wanted)]
+        return np.dtype(DATATYPE_TO_NUMPY[datatype_of(wanted)])
     dt = values.dtype
     if dt == np.bool_:
         return np.dtype("u1")
@@ -83,7 +68,7 @@ def _target_dtype(name: str, values: np.ndarray, field_types: Mapping[str, Any])
         return np.dtype("f4")
     if dt.kind in "iu" and dt.itemsize == 8:
         return np.dtype("i4" if dt.kind == "i" else "u4")  # range-checked in _check_range
-    if (dt.kind, dt.itemsize) not in _NUMPY_TO_DATATYPE:
+    if (dt.kind, dt.itemsize) not in NUMPY_TO_DATATYPE:
         raise CloudFormatError(
             f"field {name!r} has dtype {dt}, which PointCloud2 cannot hold; pass field_types={{{name!r}: ...}}"
         )
@@ -232,3 +217,6 @@ def _stores_array_as_is(msg: Any) -> bool:
         and "_data" in getattr(cls, "__slots__", ())
         and isinstance(getattr(msg, "_data", None), array.array)
     )
+
+
+__all__ = ["pack_rgb", "EncodedCloud", "encode_cloud", "fill_cloud_message"]

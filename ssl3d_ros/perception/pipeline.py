@@ -8,82 +8,36 @@ dropped by preprocessing (NaN, out of range, cropped, over the voxel budget) sta
 ``valid = False`` and ``class_id = 255``. The node, the replay and the tests call the very same
 ``process`` on the same scan, so "the node's output equals offline inference" is checkable exactly.
 
-Inference only: the parameters are :mod:`ssl3d_ros.params`, what is published :mod:`ssl3d_ros.outputs`.
+Inference only: the parameters are :mod:`.params`, what is published :mod:`.outputs`.
 No rclpy here.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, load_checkpoint
-from .codec import CloudFormatError, scan_from_cloud
-from .config import ConfigError
-from .models.heads import StreamingKMeans, segment_outputs
-from .device import DeviceStaging, packaged_checkpoint, resolve_device, resolve_precision, warm_up_scan
-from .models.sparse import spconv_available
-from .outputs import INVALID_CLASS
+from ..checkpoint import Checkpoint, load_checkpoint, packaged_checkpoint
+from ..codec import CloudFormatError, scan_from_cloud
+from ..config import ConfigError
+from ..labels import NO_CLASS
+from ..models.heads import StreamingKMeans, segment_outputs
+from ..models.sparse import spconv_available
+from ..preprocessing import PreprocessConfig, collate, preprocess, unpool
+from ..scan import Scan
+from .device import DeviceStaging, resolve_device, resolve_precision
 from .params import AUTO_EMBEDDING_DIMS, NodeConfig, apply_preprocessing_overrides
-from .preprocessing import PreprocessConfig, collate, preprocess, unpool
-from .scan import Scan
+from .results import CloudResult, FrameResult
+from .warm_up import warm_up_scan
 
 # Sparse-conv backend on CPU: the pure-torch convs. spconv 2.3.8's multi-threaded CPU forward races
 # (outputs change from run to run, traveller59/spconv#679), and the node's output must equal offline
 # inference of the same scan.
 CPU_BACKEND = "torch"
-
-
-# --------------------------------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FrameResult:
-    """Per-point outputs of one scan, in the scan's point order (N points), plus per-voxel embeddings.
-
-    ``class_id`` is 255 where ``valid`` is False; ``probability`` is 0 and ``entropy`` 1 (maximal
-    uncertainty, as :func:`segment_outputs`) there, and the embedding rows are zeros. ``entropy`` is
-    normalised by ln(K), so it lies in 0..1. Arrays are None for outputs that were not requested.
-    """
-
-    valid: np.ndarray  # (N,) bool
-    point_voxel: np.ndarray  # (N,) int64, -1 for dropped points
-    class_id: np.ndarray | None = None  # (N,) uint8
-    probability: np.ndarray | None = None  # (N,) float32, softmax probability of class_id
-    entropy: np.ndarray | None = None  # (N,) float32, softmax entropy / ln(K)
-    embedding: np.ndarray | None = None  # (N, D) float32
-    voxel_coord: np.ndarray | None = None  # (M, 3) float32, one kept point per voxel (metres)
-    voxel_embedding: np.ndarray | None = None  # (M, D) float32
-    points_over_budget: int = 0  # valid points left out because their voxel was over preprocessing.max_points
-    timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, inference, postprocess
-
-    @property
-    def num_valid(self) -> int:
-        return int(self.valid.sum())
-
-
-@dataclass
-class CloudResult:
-    """A FrameResult in the order of a PointCloud2's ``height*width`` points, with their coordinates."""
-
-    result: FrameResult
-    xyz: np.ndarray  # (height*width, 3) float32, as in the message (non-finite points included)
-    height: int
-    width: int
-    decode_ms: float
-    intensity_missing: bool = False  # the model's intensity was fed as zeros (parameter input.missing_intensity)
-
-
-# --------------------------------------------------------------------------------------------------
-# The pipeline
-# --------------------------------------------------------------------------------------------------
 
 
 class PerceptionPipeline:
@@ -175,8 +129,8 @@ class PerceptionPipeline:
         else:
             num_classes = cfg.kmeans.clusters
             ckpt_names = [f"segment_{i}" for i in range(num_classes)]
-        if num_classes > 254:
-            raise ConfigError(f"{path}: {num_classes} classes do not fit class_id uint8 (255 marks invalid points)")
+        if num_classes >= NO_CLASS:
+            raise ConfigError(f"{path}: {num_classes} classes do not fit class_id uint8 ({NO_CLASS} marks invalid points)")
         names = list(cfg.classes.names) or ckpt_names
         if len(names) != num_classes:
             raise ConfigError(
@@ -301,7 +255,7 @@ class PerceptionPipeline:
         # Un-pool to the input points: every point takes its voxel's output; dropped points stay invalid.
         point_voxel = vox.point_voxel.numpy()
         if voxel_class is not None:
-            result.class_id = unpool(voxel_class, point_voxel, fill=INVALID_CLASS)
+            result.class_id = unpool(voxel_class, point_voxel, fill=NO_CLASS)
             result.probability = unpool(voxel_prob, point_voxel, fill=0.0)
             result.entropy = unpool(voxel_entropy, point_voxel, fill=1.0)  # maximal uncertainty
         if voxel_embedding is not None:
@@ -452,9 +406,4 @@ def _checkpoint_colors(ckpt: Checkpoint) -> np.ndarray:
     return np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
 
 
-__all__ = [
-    "CPU_BACKEND",
-    "FrameResult",
-    "CloudResult",
-    "PerceptionPipeline",
-]
+__all__ = ["CPU_BACKEND", "PerceptionPipeline"]

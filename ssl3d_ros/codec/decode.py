@@ -1,8 +1,8 @@
-"""sensor_msgs/PointCloud2 <-> numpy, without rclpy: decoding here, and the one import for both directions.
+"""sensor_msgs/PointCloud2 -> numpy, without rclpy: ``decode_cloud``, ``xyz``, ``scan_from_cloud``, ``unpack_rgb``.
 
 Duck-typed on purpose: the same functions serve rclpy messages (``data`` is an ``array.array('B')``),
 rosbags messages (``data`` is a numpy uint8 array, fields are dataclasses) and the ``EncodedCloud``
-made by ``cloud_encode``. Only ``ssl3d_ros/node.py`` imports rclpy.
+made by ``codec.encode``. Only ``ssl3d_ros/node.py`` imports rclpy.
 
 Decoding is a zero-copy structured view of the message buffer plus, when asked, one pass over x, y, z
 to find non-finite points. Field names and values follow ``sensor_msgs_py.point_cloud2.read_points``:
@@ -11,9 +11,8 @@ a field with ``count > 1`` appears as ``name_0 … name_{count-1}``, an unnamed 
 ``(N, count)``), which gathers straight from the buffer.
 
 The point layout both directions share (datatypes, ``FieldSpec``, ``CloudFormatError``, ``cloud_dtype``)
-lives in ``cloud_layout`` and encoding (``encode_cloud``, ``fill_cloud_message``, ``pack_rgb``,
-``unpack_rgb``) in ``cloud_encode``; both are re-exported here, so ``from ssl3d_ros.codec import …``
-reaches every name in ``__all__``.
+is ``codec.layout``; encoding is ``codec.encode``. Importers outside the codec use ``ssl3d_ros.codec``,
+whose ``__init__`` lists every public name of the three.
 """
 from __future__ import annotations
 
@@ -23,15 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ssl3d_ros.cloud_encode import EncodedCloud, encode_cloud, fill_cloud_message, pack_rgb, unpack_rgb
-# Names imported here but unused (datatype constants, cloud_dtype, datatype_of, _DATATYPE_TO_NUMPY, which
-# test_codec reads) are re-exports: importers keep using ssl3d_ros.codec for the whole codec.
-from ssl3d_ros.cloud_layout import (  # noqa: F401
-    _DATATYPE_TO_NUMPY, _check_fields, _check_no_overlap, _column_names, _structured_dtype,
-    DATATYPE_NAMES, FLOAT32, FLOAT64, INT8, INT16, INT32, UINT8, UINT16, UINT32, UNNAMED_FIELD_PREFIX, XYZ,
-    CloudFormatError, FieldSpec, cloud_dtype, datatype_of, field_specs,
+from ..scan import Scan
+from .layout import (
+    FLOAT32, UINT32, UNNAMED_FIELD_PREFIX, XYZ, CloudFormatError, FieldSpec, check_fields, check_no_overlap,
+    column_names, field_specs, structured_dtype,
 )
-from ssl3d_ros.scan import Scan
 
 _UINT32_MAX = 0xFFFFFFFF
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -93,7 +88,7 @@ class DecodedCloud:
 
     @cached_property
     def dtype(self) -> np.dtype:
-        return _structured_dtype(self.fields, _column_names(self.fields), self.point_step, self.is_bigendian)
+        return structured_dtype(self.fields, column_names(self.fields), self.point_step, self.is_bigendian)
 
     @property
     def field_names(self) -> list[str]:
@@ -211,8 +206,8 @@ def decode_cloud(msg: Any, skip_nans: bool = False, *, require_xyz: bool = True)
     height, width, point_step, row_step = _cloud_geometry(msg)
     specs = field_specs(msg.fields)
     is_bigendian = bool(msg.is_bigendian)
-    _check_fields(specs, point_step)
-    _column_names(specs)  # refuses duplicate column names now; the structured dtype is built when used
+    check_fields(specs, point_step)
+    column_names(specs)  # refuses duplicate column names now; the structured dtype is built when used
     names = {s.name for s in specs}
     if require_xyz:
         missing = [n for n in XYZ if n not in names]
@@ -224,7 +219,7 @@ def decode_cloud(msg: Any, skip_nans: bool = False, *, require_xyz: bool = True)
             spec = next(s for s in specs if s.name == n)
             if spec.count != 1:
                 raise CloudFormatError(f"field {n!r} has count {spec.count}; coordinates need count 1")
-    _check_no_overlap(specs)  # after the checks that name a more specific problem
+    check_no_overlap(specs)  # after the checks that name a more specific problem
     if row_step < width * point_step:
         raise CloudFormatError(
             f"row_step {row_step} is smaller than width*point_step = {width}*{point_step} = {width * point_step}"
@@ -271,6 +266,21 @@ def xyz(decoded: DecodedCloud) -> np.ndarray:
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes +-Inf: an invalid point
         for i, name in enumerate(XYZ):
             out[:, i] = decoded.field_values(name)
+    return out
+
+
+def unpack_rgb(packed: np.ndarray) -> np.ndarray:
+    """(N,) packed float32/uint32 ``rgb`` (0x00RRGGBB, any byte order) -> (N, 3) uint8 r, g, b."""
+    packed = np.asarray(packed)
+    if packed.ndim != 1 or packed.dtype.itemsize != 4 or packed.dtype.kind not in "fu":
+        raise CloudFormatError(f"packed rgb must be (N,) float32 or uint32, got {packed.shape} {packed.dtype}")
+    # the float's bits read as an unsigned int of the same byte order ('<f4' -> '<u4')
+    bits = packed.view(packed.dtype.str.replace("f", "u")) if packed.dtype.kind == "f" else packed
+    value = bits.astype("=u4")
+    out = np.empty((len(value), 3), dtype=np.uint8)
+    out[:, 0] = (value >> 16) & 0xFF
+    out[:, 1] = (value >> 8) & 0xFF
+    out[:, 2] = value & 0xFF
     return out
 
 
@@ -347,9 +357,4 @@ def scan_from_cloud(
     return scan, decoded.index
 
 
-__all__ = [
-    "INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32", "FLOAT32", "FLOAT64", "DATATYPE_NAMES",
-    "CloudFormatError", "FieldSpec", "DecodedCloud", "EncodedCloud", "cloud_dtype", "datatype_of",
-    "field_specs", "decode_cloud", "xyz", "encode_cloud", "fill_cloud_message", "scan_from_cloud",
-    "pack_rgb", "unpack_rgb",
-]
+__all__ = ["DecodedCloud", "decode_cloud", "xyz", "unpack_rgb", "scan_from_cloud"]

@@ -3,28 +3,24 @@
 Output selection (:class:`OutputSelection`: which outputs have subscribers), encoding of the
 per-point clouds (:func:`encode_outputs`, layouts in the README's topic table), class colours and
 the occupancy grid. The node turns the encoded clouds into messages and publishes them; the replay
-and the tests call the same functions, so what is published is checkable without DDS.
+and the tests call the same functions, so what is published is checkable without DDS. Whether a
+message fits the transport is :mod:`.transport`.
 """
 from __future__ import annotations
 
 import math
-import os
-import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .codec import EncodedCloud, encode_cloud
-from .config import ConfigError
+from ..codec import EncodedCloud, encode_cloud
+from ..config import ConfigError
+from ..labels import NO_CLASS
 from .params import NodeConfig, OccupancyConfig
+from .results import CloudResult
 
-if TYPE_CHECKING:  # the pipeline imports this module; results are only annotated here
-    from .pipeline import CloudResult
-
-INVALID_CLASS = 255  # class_id of points filtered out before inference (kept in place, never removed)
 FREE, OCCUPIED, UNKNOWN = 0, 100, -1  # nav_msgs/OccupancyGrid cell values
 OUTPUTS = ("segmentation", "embeddings", "visualization", "occupancy")
 
@@ -56,12 +52,12 @@ def parse_colors(hex_colors: list[str]) -> np.ndarray:
 
 
 def class_color_table(colors: np.ndarray, num_classes: int) -> np.ndarray:
-    """(256, 3) uint8 lookup by class_id: given colours, palette for the rest, black for 255 (invalid)."""
+    """(256, 3) uint8 lookup by class_id: given colours, palette for the rest, black for NO_CLASS (invalid)."""
     table = np.zeros((256, 3), np.uint8)
     table[:num_classes] = _PALETTE[np.arange(num_classes) % len(_PALETTE)]
     n = min(len(colors), num_classes)
     table[:n] = colors[:n]
-    table[INVALID_CLASS] = INVALID_COLOR
+    table[NO_CLASS] = INVALID_COLOR
     return table
 
 
@@ -170,7 +166,7 @@ class ComputedFrame:
     to encode, and the ms spent computing it."""
 
     header: Any
-    cloud: "CloudResult"
+    cloud: CloudResult
     selection: OutputSelection
     compute_ms: float
 
@@ -195,13 +191,13 @@ class OutputEncoder:
             embeddings_per_voxel=cfg.embeddings.per_voxel,
         )
 
-    def encode(self, cloud: "CloudResult", selection: OutputSelection) -> Iterator[tuple[str, "EncodedCloud | OccupancyGrid", float]]:
+    def encode(self, cloud: CloudResult, selection: OutputSelection) -> Iterator[tuple[str, "EncodedCloud | OccupancyGrid", float]]:
         """See :func:`encode_outputs`."""
         return encode_outputs(cloud, selection, self)
 
 
 def encode_outputs(
-    cloud: "CloudResult", selection: OutputSelection, encoder: OutputEncoder,
+    cloud: CloudResult, selection: OutputSelection, encoder: OutputEncoder,
 ) -> Iterator[tuple[str, "EncodedCloud | OccupancyGrid", float]]:
     """Encode every selected output of a frame, one at a time: ``(name, payload, encode ms)``.
 
@@ -237,49 +233,8 @@ def encode_outputs(
         yield name, payload, (time.perf_counter() - t) * 1e3
 
 
-# --------------------------------------------------------------------------------------------------
-# Transport fit
-# --------------------------------------------------------------------------------------------------
-
-FASTDDS_DEFAULT_SEGMENT = 512 * 1024  # Fast DDS's shared-memory segment without a profile
-TYPICAL_SCAN_POINTS = 120_000  # an HDL-64 / OS-1-64 scan, for the start-up estimate
-
-
-def shared_memory_segment(environ: dict | None = None) -> tuple[int, str] | None:
-    """Fast DDS's shared-memory segment size in bytes and where it comes from, or None when another
-    middleware is in use (its limits are not known here)."""
-    env = os.environ if environ is None else environ
-    if env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") not in ("rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp"):
-        return None
-    profile = env.get("FASTDDS_DEFAULT_PROFILES_FILE") or env.get("FASTRTPS_DEFAULT_PROFILES_FILE")
-    if not profile:
-        return FASTDDS_DEFAULT_SEGMENT, "Fast DDS's default (no FASTDDS_DEFAULT_PROFILES_FILE)"
-    try:
-        found = re.search(r"<segment_size>\s*(\d+)\s*</segment_size>", Path(profile).read_text(encoding="utf-8"))
-    except OSError:
-        return FASTDDS_DEFAULT_SEGMENT, f"Fast DDS's default ({profile} is unreadable)"
-    if found is None:
-        return FASTDDS_DEFAULT_SEGMENT, f"Fast DDS's default ({profile} sets no segment_size)"
-    return int(found.group(1)), profile
-
-
-def embedding_cloud_bytes(points: int, dims: int) -> int:
-    """Size of an embeddings cloud: x, y, z and ``dims`` float32 per point."""
-    return points * (12 + 4 * dims)
-
-
-def transport_warning(name: str, size: int, segment: tuple[int, str] | None) -> str | None:
-    """A warning when one ``name`` message of ``size`` bytes cannot fit the shared-memory segment."""
-    if segment is None or size <= segment[0]:
-        return None
-    return (f"output {name}: a {size / 1e6:.1f} MB message exceeds the {segment[0] / 2**20:.0f} MiB shared-memory "
-            f"segment ({segment[1]}); it travels as UDP fragments or not at all. Lower embeddings.dims or set "
-            "embeddings.per_voxel, or enlarge the segment for every process that sends or receives it")
-
-
-def typical_scan_warning(per_voxel: bool, dims: int, segment: tuple[int, str] | None) -> str | None:
-    """At start-up: the usual trap, full per-point embeddings of a real scan, before the first scan shows it."""
-    if per_voxel:  # bounded by the voxel budget
-        return None
-    too_big = transport_warning("embeddings", embedding_cloud_bytes(TYPICAL_SCAN_POINTS, dims), segment)
-    return f"{too_big} (estimate for a {TYPICAL_SCAN_POINTS}-point scan, D = {dims})" if too_big else None
+__all__ = [
+    "FREE", "OCCUPIED", "UNKNOWN", "OUTPUTS", "GROUND_CLASS_NAMES", "INVALID_COLOR", "parse_colors", "class_color_table",
+    "colorize", "OccupancyGrid", "occupancy_grid", "obstacle_lookup", "OutputSelection", "ComputedFrame",
+    "OutputEncoder", "encode_outputs",
+]

@@ -1,17 +1,11 @@
-"""Where inference runs: device and precision from the node's parameters, the packaged checkpoint,
-and the pinned staging buffers that carry each frame's model input to a CUDA device."""
+"""Where inference runs: device and precision from the node's parameters, the process-wide settings
+(CPU threads, heap retention), and the pinned staging buffers that carry each frame's model input to
+a CUDA device."""
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-
-import numpy as np
 import torch
 
-from .config import ConfigError
-from .scan import Scan
-
-PACKAGED_CHECKPOINT = "default_nano.safetensors"  # in ssl3d_ros/data, see docs for the command that made it
+from ..config import ConfigError
 
 
 def resolve_device(requested: str) -> tuple[torch.device, list[str]]:
@@ -42,28 +36,6 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[torch.dtype
     if requested in ("fp16", "bf16"):
         return torch.float32, [f"precision '{requested}' is not used on CPU; running fp32"]
     return torch.float32, []
-
-
-def packaged_checkpoint() -> Path:
-    """The default checkpoint shipped with the package (package data, also found in the ament share dir)."""
-    try:
-        candidate = Path(str(resources.files("ssl3d_ros") / "data" / PACKAGED_CHECKPOINT))
-        if candidate.is_file():
-            return candidate
-    except (ModuleNotFoundError, TypeError):
-        pass
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidate = Path(get_package_share_directory("ssl3d_ros")) / "data" / PACKAGED_CHECKPOINT
-        if candidate.is_file():
-            return candidate
-    except Exception:  # no ament index: plain pip install
-        pass
-    raise ConfigError(
-        f"parameter 'checkpoint' is empty and the packaged default checkpoint ssl3d_ros/data/{PACKAGED_CHECKPOINT} "
-        "is missing; pass checkpoint:=/path/to/model.safetensors"
-    )
 
 
 class DeviceStaging:
@@ -102,7 +74,7 @@ class DeviceStaging:
 
 def apply_process_settings(cpu_threads: int, retain_memory: bool) -> None:
     """Process-wide settings the node's parameters ask for: torch's CPU threads and glibc's heap
-    retention (see :mod:`ssl3d_ros.heap`). Called once by the node, before the model loads; a library
+    retention (see :mod:`.heap`). Called once by the node, before the model loads; a library
     user running the pipeline in their own process decides these for themselves."""
     from .heap import retain_freed_memory
 
@@ -112,22 +84,4 @@ def apply_process_settings(cpu_threads: int, retain_memory: bool) -> None:
         retain_freed_memory()
 
 
-def warm_up_scan(points: int, max_range: float, seed: int = 0) -> Scan:
-    """A synthetic ring of ``points`` points with every field a feature may read (intensity, rgb,
-    normal), so any checkpoint's preprocessing accepts it: the warm-up input."""
-    rng = np.random.default_rng(seed)
-    radius = rng.uniform(3.0, max(4.0, min(max_range, 50.0) * 0.9), points)
-    angle = rng.uniform(0, 2 * np.pi, points)
-    xyz = np.stack([radius * np.cos(angle), radius * np.sin(angle), rng.uniform(-1.5, 1.5, points)], 1)
-    normal = np.zeros((points, 3), np.float32)
-    normal[:, 2] = 1.0
-    return Scan(
-        points=xyz.astype(np.float32),
-        fields={
-            "intensity": rng.uniform(0, 1, points).astype(np.float32),
-            "rgb": rng.integers(0, 256, (points, 3), dtype=np.uint8),
-            "normal": normal,
-        },
-        intensity_scale=1.0,
-        source="warm-up",
-    )
+__all__ = ["resolve_device", "resolve_precision", "DeviceStaging", "apply_process_settings"]

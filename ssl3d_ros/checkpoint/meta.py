@@ -285,7 +285,7 @@ def parse_json(path: Path, text: str, problem: str) -> Any:
 
 
 __all__ = [
-    "FORMAT_VERSION", "METADATA_KEY", "CheckpointError", "CheckpointMeta", "ClassInfo", "HeadsInfo",
-    "KMeansInfo", "PCAInfo", "RecipeInfo", "SegHeadInfo", "Header", "TensorSpec", "document", "json_depth",
-    "parse_json", "parse_meta", "read_header",
+    "FORMAT_VERSION", "METADATA_KEY", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "DTYPE_BYTES", "CheckpointError",
+    "CheckpointMeta", "ClassInfo", "HeadsInfo", "KMeansInfo", "PCAInfo", "RecipeInfo", "SegHeadInfo", "Header",
+    "TensorSpec", "document", "json_depth", "parse_json", "parse_meta", "read_header",
 ]

@@ -1,0 +1,69 @@
+"""Per-frame perception without rclpy: what the node (:mod:`ssl3d_ros.node`) runs, the replay and the tests too.
+
+- :mod:`.params`: the node's parameter tree (:class:`NodeConfig`), read from ROS parameters or YAML;
+- :mod:`.pipeline`: checkpoint + preprocessing + heads, one frame at a time (:class:`PerceptionPipeline`);
+- :mod:`.results`: a frame's per-point results (:class:`FrameResult`, :class:`CloudResult`);
+- :mod:`.outputs`: what is published, as pure functions of a frame's results (clouds, colours, grid);
+- :mod:`.transport`: whether a message fits Fast DDS's shared-memory segment;
+- :mod:`.health`: the node's counters and its ``/diagnostics`` policy;
+- :mod:`.worker`: the hand-over between the executor thread and the inference and output threads;
+- :mod:`.device`: device, precision, process settings and the pinned staging buffers;
+- :mod:`.heap`: glibc heap retention between frames;
+- :mod:`.warm_up`: the synthetic scan the pipeline warms up on.
+
+Importers outside the package use ``from ssl3d_ros.perception import …``.
+"""
+from .device import DeviceStaging, apply_process_settings, resolve_device, resolve_precision
+from .health import (
+    ERROR, FINE_STAGES, OK, RATE_WINDOW_S, STAGES, WARN, WARN_PERIOD_S, DiagnosticReport, DiagnosticsPolicy, NodeStats,
+    WarningThrottle, frame_timings, frame_warnings, rss_bytes, why_no_valid_point,
+)
+from .heap import RETAIN_BYTES, retain_freed_memory
+from .outputs import (
+    FREE, GROUND_CLASS_NAMES, INVALID_COLOR, OCCUPIED, OUTPUTS, UNKNOWN, ComputedFrame, OccupancyGrid, OutputEncoder,
+    OutputSelection, class_color_table, colorize, encode_outputs, obstacle_lookup, occupancy_grid, parse_colors,
+)
+from .params import (
+    AUTO_EMBEDDING_DIMS, FOREIGN_PARAMETERS, USAGE, ClassesConfig, DiagnosticsConfig, EmbeddingsConfig, InputConfig,
+    KMeansConfig, NodeConfig, OccupancyConfig, PreprocessingOverrides, QosConfig, apply_preprocessing_overrides,
+    is_list_parameter, leaf_parameters, load_node_config, node_config_from_params, node_usage, unknown_parameters,
+    validate_node_config,
+)
+from .pipeline import CPU_BACKEND, PerceptionPipeline
+from .results import CloudResult, FrameResult
+from .transport import (
+    FASTDDS_DEFAULT_SEGMENT, TYPICAL_SCAN_POINTS, embedding_cloud_bytes, shared_memory_segment, transport_warning,
+    typical_scan_warning,
+)
+from .warm_up import warm_up_scan
+from .worker import InferenceWorker, LatestFrameSlot, OutputStage, frame_failure
+
+__all__ = [
+    # device
+    "resolve_device", "resolve_precision", "DeviceStaging", "apply_process_settings",
+    # health
+    "OK", "WARN", "ERROR", "STAGES", "FINE_STAGES", "WARN_PERIOD_S", "RATE_WINDOW_S", "NodeStats", "frame_timings",
+    "why_no_valid_point", "frame_warnings", "WarningThrottle", "DiagnosticReport", "DiagnosticsPolicy", "rss_bytes",
+    # heap
+    "RETAIN_BYTES", "retain_freed_memory",
+    # outputs
+    "FREE", "OCCUPIED", "UNKNOWN", "OUTPUTS", "GROUND_CLASS_NAMES", "INVALID_COLOR", "parse_colors", "class_color_table",
+    "colorize", "OccupancyGrid", "occupancy_grid", "obstacle_lookup", "OutputSelection", "ComputedFrame",
+    "OutputEncoder", "encode_outputs",
+    # params
+    "AUTO_EMBEDDING_DIMS", "FOREIGN_PARAMETERS", "USAGE", "QosConfig", "InputConfig", "PreprocessingOverrides",
+    "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "OccupancyConfig", "DiagnosticsConfig", "NodeConfig",
+    "validate_node_config", "node_config_from_params", "load_node_config", "leaf_parameters", "is_list_parameter",
+    "unknown_parameters", "node_usage", "apply_preprocessing_overrides",
+    # pipeline
+    "CPU_BACKEND", "PerceptionPipeline",
+    # results
+    "FrameResult", "CloudResult",
+    # transport
+    "FASTDDS_DEFAULT_SEGMENT", "TYPICAL_SCAN_POINTS", "shared_memory_segment", "embedding_cloud_bytes",
+    "transport_warning", "typical_scan_warning",
+    # warm_up
+    "warm_up_scan",
+    # worker
+    "LatestFrameSlot", "frame_failure", "InferenceWorker", "OutputStage",
+]

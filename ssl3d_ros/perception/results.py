@@ -1,0 +1,50 @@
+"""What inference gives for one frame, in the input's point order: :class:`FrameResult` for a
+:class:`~ssl3d_ros.scan.Scan`, :class:`CloudResult` for a PointCloud2 (with its coordinates and shape).
+
+The pipeline makes them; the output encoders, the node and the offline replay read them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class FrameResult:
+    """Per-point outputs of one scan, in the scan's point order (N points), plus per-voxel embeddings.
+
+    ``class_id`` is ``NO_CLASS`` (255) where ``valid`` is False; ``probability`` is 0 and ``entropy`` 1
+    (maximal uncertainty, as :func:`~ssl3d_ros.models.heads.segment_outputs`) there, and the embedding rows are zeros. ``entropy`` is
+    normalised by ln(K), so it lies in 0..1. Arrays are None for outputs that were not requested.
+    """
+
+    valid: np.ndarray  # (N,) bool
+    point_voxel: np.ndarray  # (N,) int64, -1 for dropped points
+    class_id: np.ndarray | None = None  # (N,) uint8
+    probability: np.ndarray | None = None  # (N,) float32, softmax probability of class_id
+    entropy: np.ndarray | None = None  # (N,) float32, softmax entropy / ln(K)
+    embedding: np.ndarray | None = None  # (N, D) float32
+    voxel_coord: np.ndarray | None = None  # (M, 3) float32, one kept point per voxel (metres)
+    voxel_embedding: np.ndarray | None = None  # (M, D) float32
+    points_over_budget: int = 0  # valid points left out because their voxel was over preprocessing.max_points
+    timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, inference, postprocess
+
+    @property
+    def num_valid(self) -> int:
+        return int(self.valid.sum())
+
+
+@dataclass
+class CloudResult:
+    """A FrameResult in the order of a PointCloud2's ``height*width`` points, with their coordinates."""
+
+    result: FrameResult
+    xyz: np.ndarray  # (height*width, 3) float32, as in the message (non-finite points included)
+    height: int
+    width: int
+    decode_ms: float
+    intensity_missing: bool = False  # the model's intensity was fed as zeros (parameter input.missing_intensity)
+
+
+__all__ = ["FrameResult", "CloudResult"]
