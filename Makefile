@@ -11,6 +11,16 @@ STAMP := $(VENV)/.ssl3d-installed
 RECIPE ?= sonata
 OUT ?= demo_output
 PYTEST_ARGS ?=
+# The suite runs in a random order, a new one each run (pytest-random-order, the test extra): modules in
+# a random order, and the tests of each module too. A test that only passes after another one fails here
+# instead of when someone reorders a file. "module" buckets keep each module's tests together, so its
+# module-scoped fixtures (a node process, a wheel build) are set up once, as in file order. The seed is
+# printed before the run and in pytest's summary; `make test PYTEST_SEED=<seed>` repeats that order,
+# `make test PYTEST_ORDER=` runs the files' own order.
+ifndef PYTEST_SEED
+PYTEST_SEED := $(shell echo $$RANDOM)
+endif
+PYTEST_ORDER ?= -p random_order --random-order-bucket=module --random-order-seed=$(PYTEST_SEED)
 # scripts/netns-run: unshare --net -- sh -c 'ip link set lo up && exec ...'
 NETNS := scripts/netns-run
 
@@ -34,7 +44,7 @@ demo: deps
 	$(NETNS) $(PY) -m ssl3d_ros.demo --recipe $(RECIPE) --out $(OUT)
 
 test: deps
-	$(NETNS) $(PY) -m pytest -q -ra $(PYTEST_ARGS) test
+	$(NETNS) $(PY) -m pytest -q -ra $(PYTEST_ORDER) $(PYTEST_ARGS) test
 
 bench: deps
 	$(NETNS) $(PY) benchmarks/run_all.py

@@ -67,7 +67,7 @@ setup(
         ],
         "sim": ["open3d>=0.18"],
         "train": ["tensorboard"],
-        "test": ["pytest>=9", "pytest-timeout", "hypothesis>=6"],
+        "test": ["pytest>=9", "pytest-timeout", "hypothesis>=6", "pytest-random-order>=1.2"],
     },
     zip_safe=False,
     entry_points={

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from ssl3d_ros.models.encoder import EncoderConfig, SparseEncoder
@@ -53,6 +54,16 @@ def sim_scan(seed: int = 0, index: int = 0, beams: int = 16, columns: int = 512)
 
     cfg = with_lidar(SimConfig(), beams=beams, columns=columns)
     return list(simulate_sequence(cfg, index + 1, seed=seed))[index]
+
+
+def ground_and_boxes(n: int = 3000, seed: int = 0) -> Scan:
+    """A small LiDAR-like scene: ground plane plus two boxes, with ring and intensity fields."""
+    rng = np.random.default_rng(seed)
+    ground = np.c_[rng.uniform(-10, 10, (n // 2, 2)), rng.normal(-1.7, 0.01, n // 2)]
+    box = rng.uniform([2, 2, -1.7], [4, 3, 0.5], (n - n // 2, 3))
+    pts = np.concatenate([ground, box]).astype(np.float32)
+    ring = (np.arange(n) % 16).astype(np.uint16)
+    return Scan(pts, {"intensity": rng.uniform(0, 1, n).astype(np.float32), "ring": ring}, intensity_scale=1.0, source=f"synthetic#{seed}")
 
 
 @contextlib.contextmanager

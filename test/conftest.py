@@ -101,3 +101,19 @@ def offline(checkpoint, params_file):
 
     cfg = load_node_config(params_file)
     return PerceptionPipeline.from_checkpoint(checkpoint, device="cpu", overrides=cfg)
+
+
+# ------------------------------------------------------------------------------------ test order
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Name the test order's seed beside the results: pytest-random-order puts it only in the session
+    header, which ``-q`` (``make test``) hides, and a failure that depends on the order needs it."""
+    if not config.pluginmanager.hasplugin("random_order"):
+        return
+    options = {name: str(config.getoption(f"random_order_{name}")) for name in ("bucket", "seed")}
+    # the plugin marks options left at their defaults "default:..."; it shuffles once one is given
+    if config.getoption("random_order_enabled") or not all(v.startswith("default:") for v in options.values()):
+        bucket, seed = (v.removeprefix("default:") for v in (options["bucket"], options["seed"]))
+        terminalreporter.write_line(f"test order: --random-order-bucket={bucket} --random-order-seed={seed} "
+                                    f"(make test PYTEST_SEED={seed} repeats it)")

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import array
-import importlib.util
 import struct
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,10 +17,8 @@ from ssl3d_ros.codec import (
     pack_rgb, scan_from_cloud, unpack_rgb, xyz,
 )
 
-_REF_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "per_field_codec.py"
-_spec = importlib.util.spec_from_file_location("per_field_codec", _REF_PATH)
-reference = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reference)
+import per_field_codec as reference  # test/per_field_codec.py: the oracle, sensor_msgs_py's documented semantics
+
 
 STRUCT_CODE = {INT8: "b", UINT8: "B", INT16: "h", UINT16: "H", INT32: "i", UINT32: "I", FLOAT32: "f", FLOAT64: "d"}
 NUMPY_TYPE = {INT8: "i1", UINT8: "u1", INT16: "i2", UINT16: "u2", INT32: "i4", UINT32: "u4", FLOAT32: "f4", FLOAT64: "f8"}

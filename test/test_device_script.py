@@ -1,6 +1,8 @@
 """The GPU device script rehearsed on the CPU: benchmarks/device/run.py --device cpu --small end to end
 (every section, real scans, the node over DDS in its own process, torchrun), so that the first run on
-a GPU machine does not fail on a typo; and install.sh's unpack-and-run on a made-up carry folder."""
+a GPU machine does not fail on a typo; install.sh's unpack-and-run on a made-up carry folder; and how
+the carry's wheels become one tree (ssl3d_ros.evaluation.device_carry, what scripts/prepare-device-carry
+packs)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +13,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
+from ssl3d_ros.evaluation.device_carry import requirements, unpack
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = REPO / "benchmarks" / "device"
@@ -85,21 +89,9 @@ def test_install_script_unpacks_the_carry_and_runs_the_command_with_it(tmp_path)
     assert missing.returncode == 2 and "make device-carry" in missing.stderr
 
 
-def _prepare_module():
-    import importlib.machinery
-    import importlib.util
-
-    loader = importlib.machinery.SourceFileLoader("prepare_device_carry", str(REPO / "scripts" / "prepare-device-carry"))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
 def test_carry_unpacks_wheels_as_an_installed_prefix_and_follows_only_requirements_that_apply(tmp_path):
     import zipfile
 
-    prep = _prepare_module()
     wheel = tmp_path / "ros_probe-1.0-cp312-cp312-manylinux_2_28_x86_64.whl"
     library = b"\x7fELF" + bytes(range(256)) * 64
     with zipfile.ZipFile(wheel, "w") as z:
@@ -115,10 +107,10 @@ def test_carry_unpacks_wheels_as_an_installed_prefix_and_follows_only_requiremen
         z.writestr("ros_probe-1.0.data/data/include/probe.h", "")
         z.writestr("ros_probe-1.0.data/data/lib/libstatic.a", "")
         z.writestr("ros_probe-1.0.data/scripts/probe-tool", "")
-    assert prep.requirements(wheel) == ["ros-rcl", "lark"]
+    assert requirements(wheel) == ["ros-rcl", "lark"]
 
     site = tmp_path / "site"
-    prep.unpack([wheel], site)
+    unpack([wheel], site)
     files = sorted(str(p.relative_to(site)) for p in site.rglob("*") if not p.is_dir())
     assert files == ["lib/libprobe.so", "lib/libprobe.so.1", "probe_msgs/__init__.py", "ros_probe-1.0.dist-info/METADATA",
                      "ros_probe/__init__.py", "share/probe/package.xml"]

@@ -266,15 +266,35 @@ def test_invalid_parameters_stop_the_node_at_start_up(checkpoint, params_file, o
     assert named in result.stderr
 
 
-def test_no_work_without_subscribers(harness, node_process):
-    """Last in this module: it removes the harness's output subscriptions."""
-    before = harness.latest_diagnostics(lambda v: True, 10, "diagnostics")
-    skipped_before, processed_before = int(before["frames_skipped_no_subscribers"]), int(before["frames_processed"])
-    for sub in harness.subscriptions[:4]:  # segmentation, embeddings, visualization, occupancy (outputs first)
-        harness.node.destroy_subscription(sub)
-    time.sleep(1.0)  # let the node's publishers see the subscriptions go
-    msg = _sim_cloud(seed=9)
-    harness.reliable.publish(msg)
-    values = harness.latest_diagnostics(
-        lambda v: int(v["frames_skipped_no_subscribers"]) > skipped_before, 20, "a frame skipped for lack of subscribers")
-    assert int(values["frames_processed"]) == processed_before
+def test_no_work_without_subscribers(checkpoint, params_file, tmp_path):
+    """Once its outputs lose their last subscriber, the node skips frames without computing them.
+
+    A node and a harness of this test's own (another node name and input topic): destroying the
+    module harness's subscriptions instead would leave the module's other tests without outputs, so
+    this test could only run last. The name must not start with the module node's "ssl3d_perception":
+    a harness keeps every status whose name starts with its node's name."""
+    from ssl3d_ros.evaluation.node_harness import Harness, NodeProcess
+
+    ros_env()
+    name, topic = "unsubscribed_perception", "/ssl3d_test/unsubscribed_points"
+    harness = Harness(topic, node_name=name, name="ssl3d_test_unsubscribing")  # before the node: its first status
+    try:
+        node = NodeProcess(tmp_path, None, topic, node_name=name, params_files=[params_file],
+                           extra_args=["-p", f"checkpoint:={checkpoint}"], private_domain=True)
+        try:
+            harness.wait_for_node(node, 120.0)
+            before = harness.latest_diagnostics(lambda v: True, 10, "diagnostics")
+            skipped_before, processed_before = int(before["frames_skipped_no_subscribers"]), int(before["frames_processed"])
+            for sub in harness.subscriptions[:4]:  # segmentation, embeddings, visualization, occupancy (outputs first)
+                harness.node.destroy_subscription(sub)
+            time.sleep(1.0)  # let the node's publishers see the subscriptions go
+            msg = _sim_cloud(seed=9)
+            harness.reliable.publish(msg)
+            values = harness.latest_diagnostics(
+                lambda v: int(v["frames_skipped_no_subscribers"]) > skipped_before, 20,
+                "a frame skipped for lack of subscribers")
+            assert int(values["frames_processed"]) == processed_before
+        finally:
+            node.stop()
+    finally:
+        harness.close()

@@ -1,18 +1,18 @@
-"""Overload, short: benchmarks/overload.py for 10 s at 3x the rate the node sustains on 120k-point
-clouds. The 60 s run and the soak are the benchmark itself (``--duration``); ``SSL3D_SOAK=<seconds>``
-makes this test run that long too.
+"""Overload, short: ssl3d_ros.evaluation.overload (what benchmarks/overload.py runs) for 10 s at 3x the
+rate the node sustains on 120k-point clouds. The 60 s run and the soak are the benchmark itself
+(``--duration``); ``SSL3D_SOAK=<seconds>`` makes this test run that long too.
 
 Run inside the private network namespace: ``scripts/netns-run .venv/bin/python -m pytest test/test_overload.py``.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("rclpy", reason="rclpy is not installed (pip install '.[ros]')")
+
+from ssl3d_ros.evaluation.overload import run_overload  # noqa: E402
 
 from builders import make_checkpoint, ros_env  # noqa: E402
 
@@ -21,21 +21,13 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("SSL3D_IN_NETNS") != "1",
                        reason="starts ROS 2 participants: run through scripts/netns-run"),
 ]
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_overload():
-    spec = importlib.util.spec_from_file_location("overload", REPO / "benchmarks" / "overload.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_overload_keeps_latency_bounded_counts_drops_and_memory_flat(tmp_path):
     ros_env()
     duration = float(os.environ.get("SSL3D_SOAK") or 10.0)
     checkpoint = make_checkpoint(tmp_path / "nano.safetensors", with_head=True, with_pca=False)
-    r = load_overload().run_overload(checkpoint, duration_s=duration, factor=3.0, device="cpu")
+    r = run_overload(checkpoint, duration_s=duration, factor=3.0, device="cpu")
     summary = {k: v for k, v in r.items() if k != "node_log_tail"}
     print(summary)
     assert r["node_alive"], r["node_log_tail"]

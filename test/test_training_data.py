@@ -1,15 +1,21 @@
-"""Pretraining reads many rosbag2 bags (mcap and sqlite3, chosen PointCloud2 topics), KITTI-style
-folders and simulated streams lazily, in DataLoader worker processes."""
+"""Pretraining data (ssl3d_ros.training.data): many rosbag2 bags (mcap and sqlite3, chosen PointCloud2
+topics), KITTI-style folders and simulated streams read lazily, in DataLoader worker processes; the
+resumable sample order, bad-scan skipping and sharding over ranks."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from ssl3d_ros.io.rosbag import BagWriter
+from ssl3d_ros.preprocessing import PreprocessConfig
+from ssl3d_ros.scan import Scan
 from ssl3d_ros.sim import SimConfig, simulate_sequence, with_lidar
-from ssl3d_ros.training.data import DataConfig, open_data
+from ssl3d_ros.training.data import DataConfig, PretrainDataset, StepSampler, collate_samples, open_data
 from ssl3d_ros.training.loop import train
+from ssl3d_ros.training.views import ViewGroupConfig, ViewMaker
 
-from builders import tiny_config
+from builders import ground_and_boxes, tiny_config
 
 
 def write_bags(root):
@@ -93,3 +99,65 @@ def test_scans_lacking_a_feature_field_are_skipped_once_then_passed_over():
     for p in (5, 13, 30):
         fresh = PretrainDataset(Mixed(), maker, DataConfig(min_voxels=16), seed=1)[p]
         assert np.array_equal(fresh.views["a"][0].coord.numpy(), samples[p].views["a"][0].coord.numpy())
+
+
+# ------------------------------------------------------- sample order, bad scans, ranks
+
+
+class FlakySource:
+    """Scans 3 and 5 are unreadable (as a corrupt file would be); scan 6 has too few points."""
+
+    def __init__(self, n=8):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        from ssl3d_ros.io import ScanReadError
+
+        if i in (3, 5):
+            raise ScanReadError(f"flaky#{i}", "corrupt")
+        if i == 6:
+            return Scan(np.zeros((5, 3), np.float32), {"intensity": np.zeros(5, np.float32)}, source="tiny")
+        return ground_and_boxes(1200, seed=i)
+
+    def describe(self, i):
+        return f"flaky#{i}"
+
+
+def test_dataset_order_is_deterministic_skips_bad_scans_and_shards():
+    maker = ViewMaker({"a": ViewGroupConfig(count=1, crop_points=800)}, PreprocessConfig(voxel_size=0.2))
+    ds = PretrainDataset(FlakySource(), maker, DataConfig(min_voxels=16), seed=3)
+    # a permutation per epoch, every scan once
+    first_epoch = [ds.scan_index(p) for p in range(8)]
+    assert sorted(first_epoch) == list(range(8))
+    assert [ds.scan_index(p) for p in range(8, 16)] != first_epoch
+    samples = [ds[p] for p in range(8)]
+    skipped = [s for sample in samples for s in sample.skipped]
+    assert {d for d, _ in skipped} >= {"flaky#3", "flaky#5"} and len(skipped) >= 3
+    assert all(len(s.views["a"][0].coord) >= 16 for s in samples)
+    # same position, same views: resuming replays identical data
+    again = ds[2]
+    assert torch.equal(again.views["a"][0].coord, samples[2].views["a"][0].coord)
+    batch = collate_samples(samples[:3])
+    assert batch.views["a"][0].batch_size == 3 and batch.views["a"][0].coords[:, 0].max() == 2
+    # two ranks see disjoint positions, together the single-rank stream
+    r0, r1 = StepSampler(2, 4, 0, 0, 2), StepSampler(2, 4, 0, 1, 2)
+    single = StepSampler(4, 4)
+    for s in range(4):
+        assert sorted(r0.positions(s) + r1.positions(s)) == single.positions(s)
+    assert list(StepSampler(2, 5, start_step=3)) == [[6, 7], [8, 9]]
+
+
+def test_dataset_gives_up_on_all_bad_sources():
+    class Broken(FlakySource):
+        def __getitem__(self, i):
+            from ssl3d_ros.io import ScanReadError
+
+            raise ScanReadError(f"b#{i}", "corrupt")
+
+    maker = ViewMaker({"a": ViewGroupConfig()}, PreprocessConfig(voxel_size=0.2))
+    ds = PretrainDataset(Broken(), maker, DataConfig(max_retries=3), seed=0)
+    with pytest.raises(RuntimeError, match="4 consecutive scans were unusable"):
+        ds[0]

@@ -10,6 +10,10 @@
 - the real-data study (``scripts/real_data_study.py``, docs/results.md): ``study_data`` (labelled-scan
   specs), ``perturbations`` (half beams, range noise), ``study`` (pretraining and probe pieces),
   ``study_report`` (tables).
+- ``overload`` (``benchmarks/overload.py``, ``test/test_overload.py``): the node over DDS at several times
+  the rate it sustains: drops, latency, memory.
+- ``device_carry`` (``scripts/prepare-device-carry``): wheels unpacked as one installed tree for the
+  GPU machine.
 - building blocks: ``features``, ``probes``, ``ridge``, ``geometry_targets``, ``replay_stats``, ``report``;
   class maps, metrics and splits are :mod:`ssl3d_ros.labels` (fine-tuning uses them too).
 """

@@ -2,8 +2,9 @@
 
 sensor_msgs_py is not installable from PyPI, so this re-implements what its documentation promises,
 as the rclpy-free oracle test/test_codec.py compares ssl3d_ros.codec against (on duck-typed messages,
-which upstream refuses). The real upstream module (../shared/ros2_launch/site) is the baseline of
-benchmarks/bench_codec.py and the oracle of the parity test in test/test_codec_ros.py.
+which upstream refuses). Only tests use it (``import per_field_codec``), so it lives beside them. The
+real upstream module (../shared/ros2_launch/site) is the baseline of benchmarks/bench_codec.py and the
+oracle of the parity test in test/test_codec_ros.py.
 
 - ``dtype_from_fields``: a structured dtype; a field with ``count > 1`` becomes sub-fields
   ``name_0 … name_{count-1}``, an unnamed field ``unnamed_field_<i>``; duplicate names are an error.
