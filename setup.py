@@ -67,7 +67,8 @@ setup(
         ],
         "sim": ["open3d>=0.18"],
         "train": ["tensorboard"],
-        "test": ["pytest>=9", "pytest-timeout", "hypothesis>=6", "pytest-random-order>=1.2"],
+        "test": ["pytest>=9", "pytest-timeout", "hypothesis>=6", "pytest-random-order>=1.2",
+                 "colcon-common-extensions"],  # real colcon for the colcon build test (test_package)
     },
     zip_safe=False,
     entry_points={

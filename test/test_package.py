@@ -171,8 +171,10 @@ def test_editable_install_imports_training_from_the_source_tree(tmp_path):
 
 
 def colcon() -> str:
-    """The colcon executable (SSL3D_COLCON, or on PATH); the test skips without one."""
-    found = os.environ.get("SSL3D_COLCON") or shutil.which("colcon")
+    """The colcon executable (SSL3D_COLCON, beside this Python as the test extra installs it, or on
+    PATH); the test skips without one."""
+    beside = Path(sys.executable).parent / "colcon"
+    found = os.environ.get("SSL3D_COLCON") or (str(beside) if beside.is_file() else shutil.which("colcon"))
     if not found:
         pytest.skip("colcon is not installed (colcon-core + colcon-ros; or set SSL3D_COLCON to its executable)")
     return found
