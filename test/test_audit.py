@@ -78,3 +78,10 @@ def test_range_target_is_log_distance_from_the_scan_origin():
 
     pts = np.array([[0.0, 0.0, 0.0], [np.e - 1, 0.0, 0.0], [0.0, 3.0, 4.0]], dtype=np.float32)
     np.testing.assert_allclose(sensor_range(pts), [0.0, 1.0, np.log(6.0)], rtol=1e-6)
+
+
+def test_rows_of_checkpoints_with_one_file_name_are_told_apart_by_folder():
+    from ssl3d_ros.evaluation.audit import row_names
+
+    assert row_names(["runs/a/encoder.safetensors", "runs/b/encoder.safetensors", "x/model.safetensors"]) == [
+        "a/encoder.safetensors", "b/encoder.safetensors", "model.safetensors"]

@@ -129,6 +129,31 @@ def test_probe_refuses_a_pickle_checkpoint_in_one_line(tmp_path):
     assert not (tmp_path / "report").exists()
 
 
+def test_a_training_state_given_as_a_checkpoint_names_the_file_to_use(tmp_path, capsys):
+    """OUT/checkpoints/state-*.safetensors passed to --checkpoint / --init: recognised as a resumable
+    training state, one line naming what to use instead (the run's export when it exists), exit 2."""
+    import torch
+
+    from ssl3d_ros.training import state as state_io
+    from ssl3d_ros.training.finetune import main as finetune_main
+
+    run = tmp_path / "run"
+    layer = torch.nn.Linear(2, 2)
+    state = state_io.save_state(run / "checkpoints", 4, layer.state_dict(),
+                                torch.optim.AdamW(layer.parameters()).state_dict(), {"counters": {}})
+    labelled_npy_scan(tmp_path / "scans")
+    result = run_script(["-m", "ssl3d_ros.evaluation.probe", "--checkpoint", str(state), str(tmp_path / "scans"),
+                         "--class-map", "semantickitti", "--out", str(tmp_path / "report")], tmp_path)
+    line = assert_one_error_line(result, "ssl3d-probe", state)
+    assert "resumable training state" in line and "encoder.safetensors" in line and "model.safetensors" in line
+    assert "--resume" in line and not (tmp_path / "report").exists()
+    (run / "encoder.safetensors").write_bytes(b"")  # the pretraining run finished: its export is named
+    assert finetune_main(["--init", str(state), "--data", "sim:outdoor:1", "--out", str(tmp_path / "ft"),
+                          "--steps", "1", "--no-progress"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ssl3d-finetune:")]
+    assert len(errors) == 1 and f"use {run / 'encoder.safetensors'}" in errors[0], errors
+
+
 def test_audit_refuses_a_pickle_checkpoint_in_one_line(tmp_path):
     labelled_npy_scan(tmp_path / "scans")
     ckpt = pickle_checkpoint(tmp_path / "model.ckpt")

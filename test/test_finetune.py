@@ -105,6 +105,10 @@ def test_warm_start_frozen_warm_up_resume_and_node_ready_output(warm_run, init_c
     from ssl3d_ros.evaluation.probe import load_encoder  # ssl3d-probe reads it too
 
     assert load_encoder(out / "model.safetensors")[2] == init.preprocessing
+    # OUT/validation.json: the kept model's validation, by the rule that chose it (keep: best by default)
+    kept = json.loads((out / "validation.json").read_text())
+    assert kept["keep"] == "best" and kept["step"] == second.best["step"] and kept["miou"] == second.best["miou"]
+    assert kept["class_names"] == cmap.class_names and set(kept["iou"]) == set(kept["support"]) == set(cmap.class_names)
 
     # the node's pipeline predicts what the fine-tuned model predicts
     from ssl3d_ros.sim import SimConfig, simulate_sequence, with_lidar
@@ -159,6 +163,51 @@ def test_evaluate_scores_a_model_as_its_validation_did_and_init_head_continues_i
     proc = subprocess.run([sys.executable, "-m", "ssl3d_ros.training.finetune", "--evaluate", "--init",
                            str(out.parent / "does-not-matter")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_cli_keeps_the_last_weights_on_request_and_prints_per_class_iou(warm_run, tmp_path, capsys):
+    """--val-keep last: model.safetensors is the last weights, OUT/validation.json their validation; the
+    run and --evaluate print a per-class table (class, IoU %, support) a user can read."""
+    from ssl3d_ros.training.finetune import main
+
+    names = load_class_map("sim-outdoor").class_names
+    config = tmp_path / "ft.yaml"
+    config.write_text(yaml.safe_dump(tiny(tmp_path / "run", steps=2, validation={"every": 1})))
+    assert main(["--config", str(config), "--no-progress", "--val-keep", "last"]) == 0
+    printed = capsys.readouterr().out
+    kept = json.loads((tmp_path / "run" / "validation.json").read_text())
+    assert kept["keep"] == "last" and kept["step"] == 2 and kept["class_names"] == names
+    assert sum(kept["support"].values()) > 0 and "validation scans" in kept["rule"]
+    table = printed[printed.index("IoU %"):].splitlines()
+    assert "support" in table[0] and [line.split()[0] for line in table[1:len(names) + 1]] == names
+    model_path = warm_run[0] / "model.safetensors"
+    config.write_text(yaml.safe_dump(tiny(tmp_path / "eval", init=str(model_path), init_head=True)))
+    assert main(["--config", str(config), "--evaluate"]) == 0
+    printed = capsys.readouterr().out
+    assert "IoU %" in printed and all(name in printed for name in names)
+    with pytest.raises(ConfigError, match="validation.keep"):
+        config_from_dict({"validation": {"keep": "worst"}})
+
+
+def test_threads_auto_leave_a_core_to_each_dataloader_worker():
+    """run.threads 0: one torch thread per core the DataLoader workers leave (at least one), for
+    fine-tuning and pretraining alike; fine-tuning defaults to one worker (a 2-core machine: 2 busy)."""
+    from ssl3d_ros.training.config import RunConfig
+    from ssl3d_ros.training.finetune.config import FinetuneRunConfig
+    from ssl3d_ros.training.runtime.run import Run, torch_threads
+
+    assert FinetuneRunConfig().workers == 1 and FinetuneRunConfig().threads == RunConfig().threads == 0
+    assert [torch_threads(0, w, 2) for w in (0, 1, 2, 3)] == [2, 1, 1, 1]
+    assert torch_threads(0, 2, 16) == 14 and torch_threads(3, 2, 2) == 3
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        for run_cfg in (FinetuneRunConfig(device="cpu"), RunConfig(device="cpu", workers=2)):
+            torch.set_num_threads(before + 3)
+            Run.start(run_cfg)
+            assert torch.get_num_threads() == max(1, cores - run_cfg.workers), run_cfg
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_label_selection_is_seeded_recorded_and_clustered(warm_run):
@@ -323,7 +372,8 @@ def test_help_documents_the_options():
     assert proc.returncode == 0
     for option in ("--init", "--class-map", "--scans", "--label-fraction", "--label-blocks", "--val-data",
                    "--resume", "--random-weights", "model.safetensors", "torchrun", "labels.json", "--init-head",
-                   "--evaluate", "--pca-dims", "evaluation.json"):
+                   "--evaluate", "--pca-dims", "evaluation.json", "--val-keep", "validation.json",
+                   "not the test scans"):
         assert option in proc.stdout, option
 
 

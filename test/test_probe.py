@@ -232,3 +232,53 @@ def test_supervised_point_predictions_mark_dropped_points():
     valid = np.asarray(vox.point_valid)
     assert (~valid).sum() > 100 and (pred[~valid] == -1).all()
     np.testing.assert_array_equal(pred[valid], voxel_class[np.asarray(vox.point_voxel)[valid]])
+
+
+def test_cli_test_inputs_split_by_files_and_the_report_counts_the_points_fitted(tmp_path, capsys):
+    """--test-inputs: the positional inputs train, the named files test (overlap refused in one line);
+    the report names both sides, and its train points are those each probe fits (capped), beside the
+    labelled train points available."""
+    pytest.importorskip("open3d")
+    from ssl3d_ros.checkpoint import save_checkpoint
+    from ssl3d_ros.evaluation.probe import ProbeConfig, label_scans, load_encoder, main, probe_report, run_probes
+    from ssl3d_ros.evaluation.probes import KNNProbeConfig, LinearProbeConfig
+    from ssl3d_ros.models.encoder import EncoderConfig, SparseEncoder
+    from ssl3d_ros.preprocessing import PreprocessConfig, feature_channels
+    from ssl3d_ros.sim import SimConfig, simulate_sequence, with_lidar
+
+    files = []
+    for i, scan in enumerate(simulate_sequence(with_lidar(SimConfig(), beams=16, columns=256), 3, seed=2)):
+        np.save(tmp_path / f"{i:06d}.points.npy", np.column_stack([scan.points, scan.fields["intensity"]]))
+        np.save(tmp_path / f"{i:06d}.labels.npy", scan.labels.astype(np.int32))
+        files.append(str(tmp_path / f"{i:06d}.points.npy"))
+    pre = PreprocessConfig(voxel_size=0.5, features=("xyz", "height"), coord_scale=20.0)
+    torch.manual_seed(0)
+    ckpt = str(save_checkpoint(tmp_path / "untrained.safetensors",
+                               SparseEncoder(EncoderConfig.preset("nano", in_channels=feature_channels(pre))),
+                               preprocessing=pre))
+    common = ["--checkpoint", ckpt, "--class-map", "sim-outdoor", "--probes", "linear", "--baselines",
+              "--linear-iters", "5", "--out", str(tmp_path / "report")]
+    assert main([*common, files[0], files[1], "--test-inputs", files[2]]) == 0
+    capsys.readouterr()
+    doc = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert doc["train_scans"] == files[:2] and doc["test_scans"] == files[2:] and "--test-inputs" in doc["split"]
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert f"- test scans: {files[2]}" in md and f"- train scans: {files[0]}, {files[1]}" in md
+    assert main([*common, files[0], files[1], "--test-inputs", files[1]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "both" in err[0] and files[1] in err[0], err
+
+    # the linear probe fits at most max_train_points, the kNN bank holds at most max_bank_points
+    cfg = ProbeConfig(linear=LinearProbeConfig(max_iter=5, max_train_points=500), knn=KNNProbeConfig(max_bank_points=300),
+                      probes=("linear", "knn"), baselines=(), split=SplitConfig(kind="x_half"))
+    encoder, factory, pre_cfg, _ = load_encoder(ckpt)
+    scans = [s for s in simulate_sequence(with_lidar(SimConfig(), beams=16, columns=256), 1, seed=2)]
+    results, _ = run_probes(encoder, factory, pre_cfg, label_scans(scans, load_class_map("sim-outdoor"), cfg.split, 4000),
+                            cfg)
+    fitted = {r.probe: (r.train_points, r.train_labelled) for r in results}
+    labelled = fitted["linear"][1]
+    assert labelled > 500 and fitted == {"majority class": (labelled, labelled), "linear": (500, labelled),
+                                         "knn k=10": (300, labelled)}
+    doc, md = probe_report(results, label_scans(scans, load_class_map("sim-outdoor"), cfg.split, 4000), cfg, {})
+    assert [(r["train_points"], r["train_labelled"]) for r in doc["results"]] == list(fitted.values())
+    assert f"| checkpoint | linear | " in md and f"| 500 | {labelled:,} |" in md

@@ -46,7 +46,7 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on CUDA; CPU always runs fp32
     export: Literal["teacher", "student"] = "teacher"  # which encoder becomes encoder.safetensors
-    threads: int = 0  # torch CPU threads per process (0: torch's default)
+    threads: int = 0  # torch CPU threads per process (0: auto, one per core the DataLoader workers leave)
     tensorboard: bool = True
 
 

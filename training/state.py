@@ -23,11 +23,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ssl3d_ros.atomic import atomic_write
+from ssl3d_ros.checkpoint import TRAINING_STATE_KEY as META_KEY  # a model loader recognises a state by it
 
 log = logging.getLogger(__name__)
 
 STATE_RE = re.compile(r"^state-(\d{8,})\.safetensors$")
-META_KEY = "ssl3d_training_state"
 FORMAT = 1
 
 

@@ -11,9 +11,9 @@ Importers outside the package use ``from ssl3d_ros.checkpoint import …``.
 """
 from .format import Checkpoint, add_heads, load_checkpoint, read_meta, read_metadata, save_checkpoint
 from .meta import (
-    DTYPE_BYTES, FORMAT_VERSION, MAX_HEADER_BYTES, MAX_JSON_DEPTH, METADATA_KEY, CheckpointError, CheckpointMeta,
-    ClassInfo, Header, HeadsInfo, KMeansInfo, PCAInfo, RecipeInfo, SegHeadInfo, TensorSpec, document, json_depth,
-    parse_json, parse_meta, read_header,
+    DTYPE_BYTES, FORMAT_VERSION, MAX_HEADER_BYTES, MAX_JSON_DEPTH, METADATA_KEY, TRAINING_STATE_KEY, CheckpointError,
+    CheckpointMeta, ClassInfo, Header, HeadsInfo, KMeansInfo, PCAInfo, RecipeInfo, SegHeadInfo, TensorSpec, document,
+    json_depth, parse_json, parse_meta, read_header,
 )
 from .packaged import PACKAGED_CHECKPOINT, packaged_checkpoint
 from .validation import (
@@ -26,7 +26,8 @@ __all__ = [
     # format
     "Checkpoint", "add_heads", "load_checkpoint", "read_meta", "read_metadata", "save_checkpoint",
     # meta
-    "FORMAT_VERSION", "METADATA_KEY", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "DTYPE_BYTES", "CheckpointError",
+    "FORMAT_VERSION", "METADATA_KEY", "TRAINING_STATE_KEY", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "DTYPE_BYTES",
+    "CheckpointError",
     "CheckpointMeta", "ClassInfo", "HeadsInfo", "KMeansInfo", "PCAInfo", "RecipeInfo", "SegHeadInfo", "Header",
     "TensorSpec", "document", "json_depth", "parse_json", "parse_meta", "read_header",
     # validation

@@ -23,6 +23,8 @@ from ssl3d_ros.preprocessing import PreprocessConfig
 
 FORMAT_VERSION = 1
 METADATA_KEY = "ssl3d"
+#: the metadata key of a resumable training state (training/state.py: OUT/checkpoints/state-*.safetensors)
+TRAINING_STATE_KEY = "ssl3d_training_state"
 #: a safetensors header is a few hundred kB at most; a larger length field means "not safetensors".
 MAX_HEADER_BYTES = 64 * 2**20
 #: the document nests about 6 levels (recipe config sections); the bound keeps the recursion of
@@ -235,6 +237,8 @@ def _what_is_it(prefix: bytes, header_len: int, size: int) -> str:
 def document(path: Path, header: Header) -> dict[str, Any]:
     """The ``ssl3d`` JSON document as stored (plain data)."""
     text = header.metadata.get(METADATA_KEY)
+    if text is None and TRAINING_STATE_KEY in header.metadata:
+        raise CheckpointError(f"{path}: {_training_state_hint(path)}")
     if text is None:
         raise CheckpointError(
             f"{path}: safetensors file without the '{METADATA_KEY}' metadata document: not an ssl3d_ros "
@@ -246,6 +250,18 @@ def document(path: Path, header: Header) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CheckpointError(f"{path}: the '{METADATA_KEY}' metadata is not a JSON object")
     return value
+
+
+def _training_state_hint(path: Path) -> str:
+    """What to use instead of a training state: the model its run exports (named when it exists)."""
+    out = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    exported = [out / name for name in ("model.safetensors", "encoder.safetensors") if (out / name).is_file()]
+    if exported:
+        use = f"use {exported[0]}"
+    else:
+        use = (f"use {out / 'encoder.safetensors'} (ssl3d-pretrain writes it at the end of the run; --resume "
+               f"finishes a stopped run) or {out / 'model.safetensors'} (ssl3d-finetune)")
+    return f"a resumable training state (for --resume), not a model checkpoint: {use}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,7 +301,7 @@ def parse_json(path: Path, text: str, problem: str) -> Any:
 
 
 __all__ = [
-    "FORMAT_VERSION", "METADATA_KEY", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "DTYPE_BYTES", "CheckpointError",
+    "FORMAT_VERSION", "METADATA_KEY", "TRAINING_STATE_KEY", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "DTYPE_BYTES", "CheckpointError",
     "CheckpointMeta", "ClassInfo", "HeadsInfo", "KMeansInfo", "PCAInfo", "RecipeInfo", "SegHeadInfo", "Header",
     "TensorSpec", "document", "json_depth", "parse_json", "parse_meta", "read_header",
 ]

@@ -137,16 +137,23 @@ def audit_features(name: str, encoder: torch.nn.Module | None, pre_cfg: Preproce
     return row
 
 
+def row_names(checkpoints: Sequence[str | Path]) -> list[str]:
+    """Each checkpoint's file name, or its folder/file name where file names repeat (every run of
+    ssl3d-pretrain writes an ``encoder.safetensors``)."""
+    names = [Path(p).name for p in checkpoints]
+    return [f"{Path(p).parent.name}/{n}" if names.count(n) > 1 else n for p, n in zip(checkpoints, names)]
+
+
 def run_audit(checkpoints: Sequence[str | Path], scans: Sequence[Scan], class_map: ClassMap | None,
               cfg: AuditConfig) -> list[AuditRow]:
     prepared = prepare_scans(scans, class_map, cfg)
     k = class_map.num_classes if class_map is not None else None
     rows: list[AuditRow] = []
     first = None
-    for path in checkpoints:
+    for path, name in zip(checkpoints, row_names(checkpoints)):
         encoder, factory, pre_cfg, _ = load_encoder(path)
         first = first or (factory, pre_cfg)
-        rows.append(audit_features(Path(path).name, encoder, pre_cfg, "hypercolumn", scans, prepared, k, cfg))
+        rows.append(audit_features(name, encoder, pre_cfg, "hypercolumn", scans, prepared, k, cfg))
     if first is not None:
         factory, pre_cfg = first
         if "random" in cfg.baselines:

@@ -15,6 +15,8 @@ Example::
     ssl3d-probe --checkpoint model.safetensors ../shared/data/lidar/semantickitti/000700.points.npy \\
         --class-map semantickitti-learning --split block --block-size 10 --out probe_kitti \\
         --write-head model_with_head.safetensors
+    ssl3d-probe --checkpoint model.safetensors train/000000.bin train/000001.bin --test-inputs test/000000.bin \
+        --class-map semantickitti --out probe_files     # split by files: the inputs train, --test-inputs test
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ from ..preprocessing import PreprocessConfig, collate, preprocess, unpool
 from ..scan import Scan
 # The scans, the encoder and their features; ssl3d-audit and the study import them from here too.
 from .probe_data import (STUDY_SUPERVISED_STEPS, STUDY_THREADS, LabelledScans, add_data_arguments, gather_features,
-                         label_scans, load_encoder, load_scans, resolve_class_map, split_config_from_args)
+                         label_scans, load_encoder, load_scans, load_train_test_scans, resolve_class_map,
+                         split_config_from_args)
 from .probes import KNNProbeConfig, LinearProbe, LinearProbeConfig, knn_predict, train_linear_probe
 from .report import fmt, markdown_table, write_json, write_markdown
 
@@ -137,14 +140,17 @@ class ProbeResult:
     encoder: str  # "checkpoint", "random init", "raw input", "supervised"
     probe: str  # "linear", "knn k=10", "multilevel linear", "end-to-end"
     scores: SegmentationScores
-    train_points: int
+    train_points: int  # the train points the probe fits (the linear probe and the kNN bank subsample)
+    train_labelled: int  # the labelled train points there were
     test_points: int
     seconds: float
 
 
 def _scored(encoder: str, probe: str, truth: np.ndarray, pred: np.ndarray, num_classes: int,
-            train_points: int, t0: float) -> ProbeResult:
-    result = ProbeResult(encoder, probe, segmentation_scores(truth, pred, num_classes), train_points,
+            train_labelled: int, t0: float, limit: int | None = None) -> ProbeResult:
+    """``limit``: the most train points the probe fits (its seeded subsample); None: all of them."""
+    fitted = train_labelled if limit is None else min(train_labelled, limit)
+    result = ProbeResult(encoder, probe, segmentation_scores(truth, pred, num_classes), fitted, train_labelled,
                          len(truth), time.perf_counter() - t0)
     log.info("%-12s %-20s mIoU %.3f acc %.3f (%.1f s)", encoder, probe, result.scores.miou,
              result.scores.accuracy, result.seconds)
@@ -161,6 +167,7 @@ def run_probes(encoder: torch.nn.Module, encoder_factory, pre_cfg: PreprocessCon
     results: list[ProbeResult] = []
     kinds = tuple(sorted({"hypercolumn"} | ({"multilevel"} if "multilevel" in cfg.probes else set())
                          | ({"raw"} if "raw" in cfg.baselines else set())))
+    fit, bank = cfg.linear.max_train_points, cfg.knn.max_bank_points  # what the linear probes and kNN subsample to
     encoder.eval()
     feats = gather_features(data, encoder, pre_cfg, kinds)
     linear_probe = None
@@ -173,22 +180,23 @@ def run_probes(encoder: torch.nn.Module, encoder_factory, pre_cfg: PreprocessCon
         t0 = time.perf_counter()
         linear_probe = train_linear_probe(hyper.train_x, hyper.train_y, k, cfg.linear)
         results.append(_scored("checkpoint", "linear", hyper.test_y, linear_probe.predict(hyper.test_x), k,
-                               len(hyper.train_y), t0))
+                               len(hyper.train_y), t0, fit))
     if "knn" in cfg.probes:
         t0 = time.perf_counter()
         pred = knn_predict(hyper.train_x, hyper.train_y, hyper.test_x, k, cfg.knn)
-        results.append(_scored("checkpoint", f"knn k={cfg.knn.k}", hyper.test_y, pred, k, len(hyper.train_y), t0))
+        results.append(_scored("checkpoint", f"knn k={cfg.knn.k}", hyper.test_y, pred, k, len(hyper.train_y), t0, bank))
     if "multilevel" in cfg.probes:
         t0 = time.perf_counter()
         ml = feats["multilevel"]
         probe = train_linear_probe(ml.train_x, ml.train_y, k, cfg.linear)
         results.append(_scored("checkpoint", "multilevel linear", ml.test_y, probe.predict(ml.test_x), k,
-                               len(ml.train_y), t0))
+                               len(ml.train_y), t0, fit))
     if "raw" in cfg.baselines:
         t0 = time.perf_counter()
         raw = feats["raw"]
         probe = train_linear_probe(raw.train_x, raw.train_y, k, cfg.linear)
-        results.append(_scored("raw input", "linear", raw.test_y, probe.predict(raw.test_x), k, len(raw.train_y), t0))
+        results.append(_scored("raw input", "linear", raw.test_y, probe.predict(raw.test_x), k, len(raw.train_y), t0,
+                               fit))
     del feats
     if "random" in cfg.baselines:
         # A seed unlike any training run's, so "random init" is never the checkpoint's own init.
@@ -197,11 +205,13 @@ def run_probes(encoder: torch.nn.Module, encoder_factory, pre_cfg: PreprocessCon
         rnd = gather_features(data, random_encoder, pre_cfg, ("hypercolumn",))["hypercolumn"]
         t0 = time.perf_counter()
         probe = train_linear_probe(rnd.train_x, rnd.train_y, k, cfg.linear)
-        results.append(_scored("random init", "linear", rnd.test_y, probe.predict(rnd.test_x), k, len(rnd.train_y), t0))
+        results.append(_scored("random init", "linear", rnd.test_y, probe.predict(rnd.test_x), k, len(rnd.train_y), t0,
+                               fit))
         if "knn" in cfg.probes:
             t0 = time.perf_counter()
             pred = knn_predict(rnd.train_x, rnd.train_y, rnd.test_x, k, cfg.knn)
-            results.append(_scored("random init", f"knn k={cfg.knn.k}", rnd.test_y, pred, k, len(rnd.train_y), t0))
+            results.append(_scored("random init", f"knn k={cfg.knn.k}", rnd.test_y, pred, k, len(rnd.train_y), t0,
+                                   bank))
         del rnd, random_encoder
     if "supervised" in cfg.baselines:
         t0 = time.perf_counter()
@@ -227,22 +237,30 @@ def probe_report(results: list[ProbeResult], data: LabelledScans, cfg: ProbeConf
         "split": cfg.split.describe(),
         "config": to_dict(cfg),
         "scans": [s.source for s in data.scans],
+        # the scans with train points, and with test points (all of them under a spatial split)
+        "train_scans": [s.source for s, test in zip(data.scans, data.test_masks) if not test.all()],
+        "test_scans": [s.source for s, test in zip(data.scans, data.test_masks) if test.any()],
         "results": [
-            {"encoder": r.encoder, "probe": r.probe, "train_points": r.train_points, "test_points": r.test_points,
-             "seconds": round(r.seconds, 3), **r.scores.to_dict(names)}
+            {"encoder": r.encoder, "probe": r.probe, "train_points": r.train_points, "train_labelled": r.train_labelled,
+             "test_points": r.test_points, "seconds": round(r.seconds, 3), **r.scores.to_dict(names)}
             for r in results
         ],
     }
+    by_scan = ([f"- train scans: {', '.join(map(str, doc['train_scans']))}",
+                f"- test scans: {', '.join(map(str, doc['test_scans']))}"] if cfg.split.kind in ("scans", "files") else [])
     lines = [f"# Probe report: {meta.get('checkpoint', '')}", "",
              f"- data: {len(data.scans)} scan(s); class map `{data.class_map.name}` ({data.class_map.num_classes} classes)",
-             f"- split: {cfg.split.describe()}",
+             f"- split: {cfg.split.describe()}", *by_scan,
              "- rows: `majority class` is chance (always the most frequent train class); `random init` is the "
              "same architecture untrained; `raw input` a linear model on the encoder's input features; "
-             "`supervised` the same architecture trained end to end on the train split (upper reference)", "",
+             "`supervised` the same architecture trained end to end on the train split (upper reference)",
+             f"- train pts: the points a probe fits (linear: a seeded subsample of at most {cfg.linear.max_train_points:,}; "
+             f"kNN: a bank of at most {cfg.knn.max_bank_points:,}) of the labelled train points", "",
              "## Summary (test points; mIoU, accuracy, mean class accuracy in %)", "",
-             markdown_table(["encoder", "probe", "mIoU", "acc", "mAcc", "train pts", "test pts"],
+             markdown_table(["encoder", "probe", "mIoU", "acc", "mAcc", "train pts", "labelled train pts", "test pts"],
                             [[r.encoder, r.probe, fmt(r.scores.miou, percent=True), fmt(r.scores.accuracy, percent=True),
-                              fmt(r.scores.mean_accuracy, percent=True), str(r.train_points), str(r.test_points)]
+                              fmt(r.scores.mean_accuracy, percent=True), f"{r.train_points:,}", f"{r.train_labelled:,}",
+                              f"{r.test_points:,}"]
                              for r in results]),
              "", "## Per-class IoU (%)", "",
              markdown_table(["class", "test pts"] + [f"{r.encoder} / {r.probe}" for r in results],
@@ -287,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl3d-probe", description=__doc__.split("\n\n")[0], epilog=EXIT_CODES_EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
-    add_data_arguments(parser)
+    add_data_arguments(parser, test_inputs=True)
     parser.add_argument("--probes", nargs="+", choices=PROBES, default=list(PROBES))
     parser.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES))
     parser.add_argument("--knn-k", type=int, default=10)
@@ -330,18 +348,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
     class_map = resolve_class_map(args.class_map, args.sim)
-    scans = load_scans(args.inputs, sim=args.sim, sim_scans=args.sim_scans, sim_seed=args.sim_seed,
-                       label_field=args.label_field, max_scans=args.max_scans)
+    scans, test_scans = load_train_test_scans(args)
     if args.with_xyz_only_copies:
-        scans += [dataclasses.replace(s, fields={**s.fields, "intensity": np.zeros(len(s), np.float32)},
-                                      intensity_scale=1.0, source=f"{s.source} (intensity zeroed)")
-                  for s in scans if "intensity" in s.fields]
+        copied = [i for i, s in enumerate(scans) if "intensity" in s.fields]
+        scans += [dataclasses.replace(scans[i], fields={**scans[i].fields, "intensity": np.zeros(len(scans[i]), np.float32)},
+                                      intensity_scale=1.0, source=f"{scans[i].source} (intensity zeroed)") for i in copied]
+        test_scans = None if test_scans is None else test_scans + [test_scans[i] for i in copied]
     if cfg.split.kind == "scans" and len(scans) < 2:
         raise SystemExit("--split scans needs at least 2 scans")
     encoder, factory, pre_cfg, _ = load_encoder(args.checkpoint)
-    data = label_scans(scans, class_map, cfg.split, cfg.max_points_per_scan, cfg.seed)
+    data = label_scans(scans, class_map, cfg.split, cfg.max_points_per_scan, cfg.seed, test_scans)
     results, linear_probe = run_probes(encoder, factory, pre_cfg, data, cfg)
-    meta = {"checkpoint": str(args.checkpoint), "inputs": list(args.inputs) or [f"sim:{args.sim}"]}
+    meta = {"checkpoint": str(args.checkpoint), "inputs": list(args.inputs) or [f"sim:{args.sim}"],
+            "test_inputs": list(args.test_inputs or [])}
     doc, md = probe_report(results, data, cfg, meta)
     out = Path(args.out)
     write_json(out / "report.json", doc)

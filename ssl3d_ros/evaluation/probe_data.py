@@ -5,7 +5,7 @@
 - :func:`gather_features`: the train/test features of the kept points (:class:`SplitFeatures`).
 - :func:`load_encoder`: the checkpoint's encoder, frozen, and a factory of fresh ones of the same
   architecture.
-- :func:`load_scans`, :func:`resolve_class_map`, :func:`add_data_arguments`,
+- :func:`load_scans`, :func:`load_train_test_scans`, :func:`resolve_class_map`, :func:`add_data_arguments`,
   :func:`split_config_from_args`: the scans (files, folders, bags, or simulated), their class map and
   split, as both command lines take them.
 
@@ -56,7 +56,8 @@ class LabelledScans:
 
 
 def label_scans(scans: Sequence[Scan], class_map: ClassMap, split: SplitConfig, max_points_per_scan: int,
-                seed: int = 0) -> LabelledScans:
+                seed: int = 0, test_scans: list[bool] | None = None) -> LabelledScans:
+    """``test_scans``: one flag per scan, the test scans of the ``files`` split."""
     scans = list(scans)
     for s in scans:
         if s.labels is None:
@@ -65,7 +66,7 @@ def label_scans(scans: Sequence[Scan], class_map: ClassMap, split: SplitConfig, 
     if not any((c >= 0).any() for c in classes):
         raise ValueError(f"no point of the {len(scans)} scan(s) has a label in class map {class_map.name!r} "
                          f"(label space {class_map.label_space!r}): wrong --class-map?")
-    masks = point_test_masks([s.points for s in scans], split)
+    masks = point_test_masks([s.points for s in scans], split, test_scans)
     rng = np.random.default_rng(seed)
     keep = []
     for c in classes:
@@ -139,6 +140,33 @@ def load_scans(inputs: Sequence[str], *, sim: str | None, sim_scans: int, sim_se
     return scans
 
 
+def load_train_test_scans(args: argparse.Namespace) -> tuple[list[Scan], list[bool] | None]:
+    """The scans of ``args`` (inputs, or --sim) and, with --test-inputs, one test flag per scan (the
+    inputs train, the --test-inputs scans test; a path on both sides is refused before reading)."""
+    def scans_of(inputs: Sequence[str]) -> list[Scan]:
+        return load_scans(inputs, sim=args.sim, sim_scans=args.sim_scans, sim_seed=args.sim_seed,
+                          label_field=args.label_field, max_scans=args.max_scans)
+
+    test_inputs = getattr(args, "test_inputs", None)
+    if not test_inputs:
+        return scans_of(args.inputs), None
+    if args.sim or not args.inputs:
+        raise SystemExit("--test-inputs names the test scans of input paths: give the training scans as inputs "
+                         "(not --sim)")
+    both = sorted({str(a) for a in args.inputs for t in test_inputs if _overlap(Path(a), Path(t))})
+    if both:
+        raise SystemExit(f"scans both trained and tested on: {', '.join(both)} (inputs and --test-inputs must "
+                         "not overlap)")
+    train, test = scans_of(args.inputs), scans_of(test_inputs)
+    return train + test, [False] * len(train) + [True] * len(test)
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    """Whether two input paths share scans: the same path, or a folder holding the other."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
 def resolve_class_map(arg: str | None, sim: str | None) -> ClassMap:
     if arg:
         return load_class_map(arg)
@@ -147,8 +175,14 @@ def resolve_class_map(arg: str | None, sim: str | None) -> ClassMap:
     raise SystemExit("--class-map is required for recorded data (e.g. semantickitti, semantickitti-learning, scannet20)")
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="*", help="labelled scans: files, folders or rosbag2 bags")
+def add_data_arguments(parser: argparse.ArgumentParser, test_inputs: bool = False) -> None:
+    """The data options; ``test_inputs``: also --test-inputs and the ``files`` split (ssl3d-probe)."""
+    parser.add_argument("inputs", nargs="*", help="labelled scans: files, folders or rosbag2 bags" + (
+        " (the training scans with --test-inputs)" if test_inputs else ""))
+    if test_inputs:
+        parser.add_argument("--test-inputs", nargs="+", metavar="PATH",
+                            help="the test scans (files, folders or bags): split by files, the inputs train, "
+                                 "these test (--split files; must not overlap the inputs)")
     parser.add_argument("--sim", choices=["outdoor", "indoor"], help="use simulated labelled scans instead of inputs")
     parser.add_argument("--sim-scans", type=int, default=4)
     parser.add_argument("--sim-seed", type=int, default=0)
@@ -159,7 +193,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add a copy of every scan with its intensity zeroed, as the node feeds a cloud "
                              "without intensity (input.missing_intensity: zero), so a head written with "
                              "--write-head serves xyz-only sensors too; both copies are scored")
-    parser.add_argument("--split", choices=["block", "x_half", "scans"], default="block")
+    parser.add_argument("--split", choices=["block", "x_half", "scans", *(["files"] if test_inputs else [])],
+                        help="block (default), x_half, scans (the last --test-fraction of the scans test)"
+                             + (", files (with --test-inputs, its default)" if test_inputs else ""))
     parser.add_argument("--block-size", type=float, default=STUDY_BLOCK_SIZE,
                         help="metres (block split); default %(default)s as the study's SemanticKITTI split "
                              "(the study uses 1.5 for ScanNet rooms)")
@@ -174,5 +210,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def split_config_from_args(args: argparse.Namespace) -> SplitConfig:
-    return SplitConfig(kind=args.split, block_size=args.block_size, test_fraction=args.test_fraction,
-                       seed=args.split_seed)
+    test_inputs = getattr(args, "test_inputs", None)
+    kind = args.split or ("files" if test_inputs else "block")
+    if (kind == "files") != bool(test_inputs):
+        raise SystemExit("--test-inputs splits by files: give both --test-inputs and --split files (or no --split)")
+    return SplitConfig(kind=kind, block_size=args.block_size, test_fraction=args.test_fraction, seed=args.split_seed)

@@ -7,6 +7,7 @@
 - ``x_half``: points with x above the scan's median x are test.
 - ``scans``: for sequences, the last ``ceil(test_fraction * n)`` scans are test (a temporal hold-out;
   interleaving consecutive frames would put nearly the same points on both sides).
+- ``files``: the caller names the test scans (``ssl3d-probe --test-inputs``); the others train.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 
 @dataclass
 class SplitConfig:
-    kind: Literal["block", "x_half", "scans"] = "block"
+    kind: Literal["block", "x_half", "scans", "files"] = "block"
     block_size: float = 8.0  # metres (outdoor); ~1.5 m suits rooms
     test_fraction: float = 0.3
     seed: int = 0
@@ -30,6 +31,8 @@ class SplitConfig:
                     f"(seed {self.seed}) {self.test_fraction:.0%} of occupied blocks per scan held out for test")
         if self.kind == "x_half":
             return "points with x above each scan's median x held out for test"
+        if self.kind == "files":
+            return "whole scans: the --test-inputs scans test, the input scans train"
         return f"the last {self.test_fraction:.0%} of scans (rounded up) held out for test"
 
 
@@ -63,10 +66,15 @@ def scan_split(n_scans: int, test_fraction: float) -> np.ndarray:
     return test
 
 
-def point_test_masks(points_per_scan: list[np.ndarray], cfg: SplitConfig) -> list[np.ndarray]:
-    """One (N_i,) bool test mask per scan under ``cfg``."""
-    if cfg.kind == "scans":
-        test_scans = scan_split(len(points_per_scan), cfg.test_fraction)
+def point_test_masks(points_per_scan: list[np.ndarray], cfg: SplitConfig,
+                     test_scans: list[bool] | None = None) -> list[np.ndarray]:
+    """One (N_i,) bool test mask per scan under ``cfg``; ``test_scans`` (one flag per scan) names the
+    test scans of the ``files`` split."""
+    if cfg.kind in ("scans", "files"):
+        if cfg.kind == "scans":
+            test_scans = scan_split(len(points_per_scan), cfg.test_fraction).tolist()
+        elif test_scans is None or len(test_scans) != len(points_per_scan) or all(test_scans) or not any(test_scans):
+            raise ValueError("the files split needs both train and test scans, one flag per scan")
         return [np.full(len(p), t, dtype=bool) for p, t in zip(points_per_scan, test_scans)]
     if cfg.kind == "x_half":
         return [x_half_split(p) for p in points_per_scan]

@@ -17,11 +17,17 @@ node checkpoint): its architecture, weights and preprocessing, checked against t
 --random-weights for the same network from fresh weights. --init none: the config's encoder and
 preprocessing sections, fresh weights.
 
+Validation (--val-data, --val-holdout or validation.split: block) scores the model every --val-every
+steps and at the end; with --val-keep best (the default) model.safetensors is the best validation's
+weights: the validation scans choose it, so they must be held-out scans, not the test scans (score the
+test scans afterwards with --evaluate). --val-keep last keeps the final weights.
+
 --evaluate scores a finished model (--init CKPT with its head) on --val-data the way validation
 does, without training: a packaged and a fine-tuned model compare like for like.
 
 Writes DIR/model.safetensors (encoder + head + class names/colours + preprocessing: loadable by
-ssl3d-perception, ssl3d-replay and ssl3d-probe; the best validation checkpoint when validating),
+ssl3d-perception, ssl3d-replay and ssl3d-probe), DIR/validation.json (the kept model's validation:
+step, mIoU, per-class IoU and support, the keep rule; its per-class table is printed too),
 DIR/best.safetensors, DIR/labels.json (the seeded label selection: scans, points, per-scan digests),
 DIR/checkpoints/state-*.safetensors (resumable), DIR/metrics.csv and TensorBoard events.
 """
@@ -65,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-data", nargs="+", metavar="PATH", help="held-out labelled scans (validation.sources)")
     p.add_argument("--val-holdout", type=int, help="hold out the last N scans of --data (validation.holdout_scans)")
     p.add_argument("--val-every", type=int, help="steps between validations (validation.every)")
+    p.add_argument("--val-keep", choices=["best", "last"],
+                   help="model.safetensors: the best validation's weights (default; chosen on the validation "
+                        "scans) or the last ones (validation.keep)")
     add_run_arguments(p, "optim.layer_decay=0.8")
     return p
 
@@ -74,7 +83,7 @@ OPTION_KEYS = {
     "init": "init", "pca_dims": "pca_dims", "data": "data.sources", "topics": "data.topics", "label_field": "labels.label_field",
     "class_map": "labels.class_map", "scans": "labels.scans", "label_fraction": "labels.fraction",
     "label_seed": "labels.seed", "val_data": "validation.sources", "val_holdout": "validation.holdout_scans",
-    "val_every": "validation.every", "steps": "run.steps", "batch_size": "run.batch_size", "out": "run.out_dir",
+    "val_every": "validation.every", "val_keep": "validation.keep", "steps": "run.steps", "batch_size": "run.batch_size", "out": "run.out_dir",
     "device": "run.device", "workers": "run.workers", "checkpoint_every": "run.checkpoint_every", "seed": "run.seed",
 }
 
@@ -97,7 +106,8 @@ def options_as_overrides(args: argparse.Namespace) -> list[str]:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .config import load_config
-    from .loop import evaluate, finetune
+    from .evaluate import class_table
+    from .loop import VALIDATION_FILE, evaluate, finetune
 
     cfg = load_config(args.config, [*args.overrides, *options_as_overrides(args)])
     if args.evaluate:
@@ -105,6 +115,7 @@ def main(argv=None) -> int:
         miou, acc = (float("nan") if report[k] is None else report[k] for k in ("miou", "accuracy"))
         print(f"{PROG}: {cfg.init} on {report['scans']} scan(s) ({report['validation']}): mIoU {miou:.3f}, "
               f"accuracy {acc:.3f}; written to {cfg.run.out_dir}/evaluation.json")
+        print(class_table(report))
         return 0
     result = finetune(cfg, resume=args.resume, progress=not args.no_progress)
     if result.interrupted_by:
@@ -114,6 +125,11 @@ def main(argv=None) -> int:
     best = f"; best validation mIoU {result.best['miou']:.3f} at step {result.best['step']}" if result.best else ""
     print(f"{PROG}: {result.step} steps done; model written to {result.model_path}{best}; "
           f"{result.scans_skipped} unusable scans skipped")
+    if result.kept:
+        kept = result.kept
+        print(f"{PROG}: model.safetensors is step {kept['step']} ({kept['keep']}: {kept['rule']}); its validation, "
+              f"in {result.out_dir / VALIDATION_FILE}:")
+        print(class_table(kept))
     return 0
 
 

@@ -46,12 +46,14 @@ class LabelConfig:
 
 @dataclass
 class ValidationConfig:
-    """Held-out labelled scans, scored (mIoU) every ``every`` steps; the best checkpoint is kept.
+    """Held-out labelled scans, scored (mIoU) every ``every`` steps and at the end.
 
     sources: separate labelled scans (paths or sim:KIND:COUNT, read like data.sources).
     holdout_scans: scans of data.sources held out (the last ones; never trained on).
     split: ``block`` holds out, inside every training scan, a seeded ``test_fraction`` of its
         ``block_size`` xy squares (their labels never train) and validates on them.
+    keep: which weights become model.safetensors: ``best`` (the best validation mIoU, chosen on these
+        scans: they must not be the test scans) or ``last`` (the final weights).
     """
 
     sources: list[str] = field(default_factory=list)
@@ -63,6 +65,7 @@ class ValidationConfig:
     seed: int = 0  # seed of the block split (fixed across label seeds: every run is scored on the same blocks)
     sim_seed: int = 1000  # seed of simulated validation sources (distinct from data.sim_seed)
     zero_intensity: bool = False  # score with intensity zeroed, as the node feeds a cloud without that field
+    keep: Literal["best", "last"] = "best"  # model.safetensors: the best validation's weights, or the last ones
 
 
 @dataclass
@@ -94,10 +97,10 @@ class FinetuneRunConfig:
     log_every: int = 1
     out_dir: str = "runs/finetune"
     seed: int = 0
-    workers: int = 2
+    workers: int = 1  # DataLoader workers per process
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on CUDA; CPU always runs fp32
-    threads: int = 0
+    threads: int = 0  # torch CPU threads per process (0: auto, one per core the DataLoader workers leave)
     tensorboard: bool = True
 
 

@@ -3,6 +3,7 @@ preprocessing (no augmentation), one scan at a time, every labelled point scored
 preprocessing drops count as misses)."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -53,4 +54,16 @@ def score_scans(model: torch.nn.Module, scans: Sequence[Scan], preprocessing: Pr
     return acc.scores()
 
 
-__all__ = ["predict_points", "score_scans", "voxel_hypercolumns"]
+def class_table(scores: dict) -> str:
+    """Per-class IoU (%) and support (labelled points) of a validation or evaluation record, as text."""
+    def percent(value: float | None) -> str:
+        return "-" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
+
+    width = max(len("class"), *(len(name) for name in scores["iou"]))
+    lines = [f"{'class':<{width}}  {'IoU %':>6}  {'support':>10}"]
+    lines += [f"{name:<{width}}  {percent(iou):>6}  {scores['support'][name]:>10,}" for name, iou in scores["iou"].items()]
+    lines.append(f"{'mIoU':<{width}}  {percent(scores['miou']):>6}")
+    return "\n".join(lines)
+
+
+__all__ = ["predict_points", "score_scans", "voxel_hypercolumns", "class_table"]

@@ -6,12 +6,12 @@ step, save, exit), metrics.csv, TensorBoard and a progress bar.
 Schedule: warm-up then cosine for every group, each scaled by its layer-wise ``lr_scale``; during
 ``freeze_encoder_steps`` the encoder gets no gradient (the head learns on fixed features first).
 Validation on held-out scans every ``validation.every`` steps (and at the end) keeps the best
-checkpoint in OUT/best.safetensors; OUT/model.safetensors is the best one (the last weights when
-there is no validation).
+checkpoint in OUT/best.safetensors; OUT/model.safetensors is the best one with ``validation.keep:
+best`` (chosen on the validation scans), the last weights with ``keep: last`` or without validation.
+OUT/validation.json holds the kept model's validation (per-class IoU and support included) and the rule.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssl3d_ros.atomic import atomic_write
+from ssl3d_ros.atomic import atomic_write, atomic_write_json
 from ssl3d_ros.config import ConfigError
 
 from .. import distributed
@@ -41,6 +41,7 @@ MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
 LABELS_FILE = "labels.json"
 EVALUATION_FILE = "evaluation.json"
+VALIDATION_FILE = "validation.json"
 
 
 @dataclass
@@ -51,6 +52,7 @@ class FinetuneResult:
     out_dir: Path = Path(".")
     model_path: Path | None = None
     best: dict[str, Any] = field(default_factory=dict)  # {"miou", "accuracy", "step", "iou" per class} of the best validation
+    kept: dict[str, Any] = field(default_factory=dict)  # OUT/validation.json: the validation of model.safetensors
     scans_skipped: int = 0
     last_metrics: dict[str, float] = field(default_factory=dict)
     selection: dict[str, Any] = field(default_factory=dict)
@@ -114,9 +116,21 @@ def evaluate(cfg: FinetuneConfig) -> dict[str, Any]:
               **scores.to_dict(list(data.class_map.class_names))}
     out_dir = Path(cfg.run.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = json.dumps(report, indent=1)
-    atomic_write(out_dir / EVALUATION_FILE, lambda tmp: tmp.write_text(doc))
+    atomic_write_json(out_dir / EVALUATION_FILE, report)
     return report
+
+
+def validation_record(scores, at_step: int, class_names: list[str]) -> dict[str, Any]:
+    """One validation as OUT/validation.json and the training state keep it: step, mIoU, accuracy and
+    per class IoU and support."""
+    full = scores.to_dict(class_names)
+    return {"step": at_step, "miou": scores.miou, "accuracy": scores.accuracy, "iou": full["iou"],
+            "support": full["support"]}
+
+
+KEEP_RULES = {"best": "the step of the best validation mIoU, chosen on the validation scans (they must not be the "
+                      "test scans: score those with --evaluate)",
+              "last": "the last step's weights; the validation scans did not choose them"}
 
 
 def finetune_optimizer(cfg: FinetuneConfig, model: SegmentationModel) -> torch.optim.AdamW:
@@ -164,17 +178,19 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, s
     weights = class_weights(torch.tensor(data.selection.record["class_counts"]), cfg.loss)
     counters: dict[str, Any] = {"scans_seen": 0, "scans_skipped": 0}
     best: dict[str, Any] = {}
+    last: dict[str, Any] = {}  # the latest validation
     start_step = 0
     if resume:
         start_step, extra = restore_latest(run, cfg, model, optimizer, counters, MODEL_KEYS,
                                            what="model or label selection")
-        best = dict(extra.get("best", {}))
+        best, last = dict(extra.get("best", {})), dict(extra.get("last", {}))
+    class_names = list(data.class_map.class_names)
     out_dir = run.out_dir
     if run.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        doc = json.dumps({**data.selection.record, "class_map": data.class_map.name,
-                          "class_names": data.class_map.class_names, "validation": data.validation_rule}, indent=1)
-        atomic_write(out_dir / LABELS_FILE, lambda tmp: tmp.write_text(doc))
+        atomic_write_json(out_dir / LABELS_FILE, {**data.selection.record, "class_map": data.class_map.name,
+                                                  "class_names": data.class_map.class_names,
+                                                  "validation": data.validation_rule})
         if data.skipped and start_step == 0:
             record_skipped(out_dir, 0, 0, data.skipped)
 
@@ -190,10 +206,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, s
         scores = None
         if run.is_main:
             scores = score_scans(model, data.validation, init.preprocessing, data.class_map.num_classes, device)
+            last.clear()
+            last.update(validation_record(scores, at_step, class_names))
             if math.isfinite(scores.miou) and scores.miou > best.get("miou", -1.0):
                 # per-class IoU too: which classes a few labels reach is what a label budget changes
-                iou = scores.to_dict(list(data.class_map.class_names))["iou"]
-                best.update(miou=scores.miou, accuracy=scores.accuracy, step=at_step, iou=iou)
+                best.clear()
+                best.update(last)
                 export(out_dir / BEST_FILE, model, cfg, data, init.preprocessing, init.provenance, at_step, counters, best)
         distributed.barrier()
         return {} if scores is None else {"val_miou": scores.miou, "val_accuracy": scores.accuracy,
@@ -201,22 +219,29 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, s
 
     end = run_steps(run, loader, start_step, FinetuneStep(cfg, model, optimizer, weights, device, wrapped, run.dist.rank),
                     model=model, optimizer=optimizer, cfg=cfg, counters=counters, desc="finetune", progress=progress,
-                    stop_at=stop_at, after_step=validate, state=lambda: {"best": best}, shown=("val_miou",))
+                    stop_at=stop_at, after_step=validate, state=lambda: {"best": best, "last": last},
+                    shown=("val_miou",))
 
     completed = end.step >= cfg.run.steps
-    model_path = None
+    model_path, kept = None, {}
     if completed and run.is_main:
         model_path = out_dir / MODEL_FILE
-        if best and (out_dir / BEST_FILE).is_file():
+        keep = cfg.validation.keep
+        if keep == "best" and best and (out_dir / BEST_FILE).is_file():
             atomic_write(model_path, lambda tmp: shutil.copyfile(out_dir / BEST_FILE, tmp))
         else:
             export(model_path, model, cfg, data, init.preprocessing, init.provenance, end.step, counters, best)
         if cfg.pca_dims > 0:
             add_pca_basis(model_path, data.selection.scans, cfg.pca_dims, device)
+        if last:
+            kept = {"keep": keep, "rule": KEEP_RULES[keep], "validation": data.validation_rule,
+                    "scans": len(data.validation), **(best if keep == "best" and best else last),
+                    "class_names": class_names}
+            atomic_write_json(out_dir / VALIDATION_FILE, kept)
     distributed.barrier()
-    return FinetuneResult(end.step, completed, end.interrupted_by, out_dir, model_path, best, counters["scans_skipped"],
-                          end.last, data.selection.record)
+    return FinetuneResult(end.step, completed, end.interrupted_by, out_dir, model_path, best, kept,
+                          counters["scans_skipped"], end.last, data.selection.record)
 
 
 __all__ = ["finetune", "evaluate", "initial_model", "export", "finetune_optimizer", "FinetuneStep", "EVALUATION_FILE",
-           "FinetuneResult", "MODEL_FILE", "BEST_FILE", "LABELS_FILE"]
+           "VALIDATION_FILE", "FinetuneResult", "MODEL_FILE", "BEST_FILE", "LABELS_FILE"]

@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import signal
 import time
 from collections import Counter
@@ -46,10 +47,14 @@ class Run:
     @classmethod
     def start(cls, run_cfg: Any) -> "Run":
         """The process group under torchrun (NCCL on CUDA, gloo on CPU), this rank's device, torch's
-        CPU threads (``run.threads`` > 0)."""
+        CPU threads (:func:`torch_threads` of ``run.threads``)."""
         dist_info = distributed.init_distributed(run_cfg.device)
-        if run_cfg.threads > 0:
-            torch.set_num_threads(run_cfg.threads)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's processes on this machine
+        threads = torch_threads(run_cfg.threads, run_cfg.workers, max(1, cores // max(1, local_processes)))
+        torch.set_num_threads(threads)
+        log.debug("torch CPU threads: %d (run.threads %d, %d DataLoader workers)", threads, run_cfg.threads,
+                  run_cfg.workers)
         return cls(run_cfg, dist_info)
 
     @property
@@ -94,6 +99,13 @@ class Run:
                            else {"broadcast_buffers": False})
         return ddp(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                    find_unused_parameters=find_unused, **no_forward_sync)
+
+
+def torch_threads(threads: int, workers: int, cores: int) -> int:
+    """torch's CPU threads for ``run.threads``: that many when > 0; 0 is auto, one per core the
+    ``workers`` DataLoader processes leave (at least one), so that the trainer and its workers do not
+    oversubscribe the machine (torch's own default, one thread per core, ran beside 2 workers on 2 cores)."""
+    return threads if threads > 0 else max(1, cores - workers)
 
 
 def start_run(run_cfg: Any, resume: bool) -> Run:
@@ -424,6 +436,6 @@ def restore_latest(run: Run, cfg: Any, model: nn.Module, optimizer: torch.optim.
     return saved.step, saved.extra
 
 
-__all__ = ["Run", "start_run", "param_groups", "adamw", "set_learning_rates", "step_seed", "StepReport",
+__all__ = ["Run", "start_run", "torch_threads", "param_groups", "adamw", "set_learning_rates", "step_seed", "StepReport",
            "OptimisationStep", "StopRequest", "record_skipped", "reduce_report", "save_state", "LoopEnd", "run_steps",
            "model_config_changes", "restore_latest"]

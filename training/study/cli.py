@@ -137,8 +137,9 @@ def header(plan: dict | None, records: list[dict]) -> list[str]:
         f"- validation: {', '.join(plan['validation']) if plan['validation'] else 'none (the last model is kept)'}",
         f"- class map: {plan['class_map'] or 'the simulator’s'}; labels: {labels}",
         f"- fine-tuning: {plan['steps']} steps per cell" + (f"; overrides {plan['overrides']}" if plan["overrides"] else ""),
-        f"- pretraining (pretrain: rows): {plan['unlabelled']} unlabelled scans or sources"
-        + (f", {plan['pretrain_steps']} steps" if plan["pretrain_steps"] else ""),
+        *([f"- pretraining (pretrain: rows): {plan['unlabelled']} unlabelled scans or sources"
+           + (f", {plan['pretrain_steps']} steps" if plan["pretrain_steps"] else "")]
+          if any(row["pretrain_config"] for row in plan["rows"]) else []),
         f"- seeds: {sorted({r['seed'] for r in records})}; cells: {len(records)}", "", *rows, ""]
 
 
