@@ -35,7 +35,8 @@ def study(out: Path, sequences: dict[str, str], *extra: str) -> subprocess.Compl
     pretrain_row = "tiny=pretrain:" + ";".join([str(REPO / "config" / "pretrain" / "sonata.yaml"), *TINY_PRETRAIN])
     cmd = [sys.executable, "-m", "ssl3d_ros.training.study", "--out", str(out),
            "--train", sequences["00"], sequences["01"], "--test", sequences["08"], "--class-map", "sim-outdoor",
-           "--unlabelled", sequences["00"], sequences["01"], "--pretrain-steps", "2",
+           # the folder of all three sequences, the test one left out as a user leaves it out of pretraining
+           "--unlabelled", str(Path(sequences["00"]).parent), "--exclude", "*/08/*", "--pretrain-steps", "2",
            "--rows", "scratch", pretrain_row, "--fractions", "0.1", "1", "--scans-per-sequence", "1",
            "--seeds", "0", "--modes", "finetune", "probe", "--steps", "3",
            "--set", "augment.crop_points=3000", "--set", "run.workers=0", *extra]
@@ -82,6 +83,12 @@ def test_study_refuses_a_test_set_it_would_train_on(tmp_path, sequences):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "--val and --test share" in lines[0] and "Traceback" not in run.stderr
     assert not (tmp_path / "bad" / "cells").exists()
+
+
+def test_study_refuses_to_pretrain_on_the_test_set(tmp_path, sequences):
+    run = study(tmp_path / "bad", sequences, "--exclude", "*/nothing/*")
+    assert run.returncode == 2 and "--unlabelled and --test share 2 scan(s)" in run.stderr, run.stderr
+    assert run.stderr.strip().count("\n") == 0
 
 
 def test_study_bad_rows_are_one_line(tmp_path, sequences):

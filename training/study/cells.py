@@ -48,6 +48,8 @@ def pretrain_row(plan: StudyPlan, row: Row, out: Path, progress: bool = False) -
     if encoder.is_file():
         return encoder
     overrides = [*row.pretrain_overrides, f"data.sources={json.dumps(list(plan.unlabelled))}", f"run.out_dir={run_dir}"]
+    if plan.unlabelled_exclude:
+        overrides.append(f"data.exclude={json.dumps(list(plan.unlabelled_exclude))}")
     if plan.pretrain_steps:
         overrides.append(f"run.steps={plan.pretrain_steps}")
     cfg = load_pretrain_config(row.pretrain_config, overrides)

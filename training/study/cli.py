@@ -31,7 +31,6 @@ OUT/study.json every cell.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import logging
 import sys
@@ -95,25 +94,14 @@ def plan_from_args(args: argparse.Namespace):
         raise ConfigError("give the rows to compare: --rows scratch NAME=CHECKPOINT ...")
     if not args.class_map and not all(s.startswith("sim:") for s in args.train):
         raise ConfigError("--class-map is required for recorded data (e.g. semantickitti)")
-    unlabelled = unlabelled_files(args.unlabelled, args.exclude) if args.exclude else list(args.unlabelled)
     plan = StudyPlan(train=list(args.train), test=list(args.test), validation=list(args.val), class_map=args.class_map,
                      rows=[parse_row(r) for r in args.rows], budgets=budgets, seeds=list(args.seeds), modes=list(args.modes),
-                     unlabelled=unlabelled, steps=args.steps, selection=args.selection, block_size=args.block_size,
+                     unlabelled=list(args.unlabelled), unlabelled_exclude=list(args.exclude), steps=args.steps,
+                     selection=args.selection, block_size=args.block_size,
                      pretrain_steps=args.pretrain_steps, finetune_config=args.finetune_config,
                      finetune_overrides=list(args.overrides), val_every=args.val_every)
     check_plan(plan)
     return plan
-
-
-def unlabelled_files(sources: list[str], exclude: list[str]) -> list[str]:
-    """The scan files of ``sources`` left after ``exclude``, so every pretrain: row and the overlap check
-    see the same list."""
-    from .plan import scan_files
-
-    files = sorted(f for f in scan_files(sources, "--unlabelled") if not any(fnmatch.fnmatch(f, g) for g in exclude))
-    if not files:
-        raise ConfigError(f"--exclude {exclude} leaves no scan of --unlabelled {sources}")
-    return files
 
 
 def header(plan: dict | None, records: list[dict]) -> list[str]:
@@ -137,7 +125,8 @@ def header(plan: dict | None, records: list[dict]) -> list[str]:
         f"- validation: {', '.join(plan['validation']) if plan['validation'] else 'none (the last model is kept)'}",
         f"- class map: {plan['class_map'] or 'the simulator’s'}; labels: {labels}",
         f"- fine-tuning: {plan['steps']} steps per cell" + (f"; overrides {plan['overrides']}" if plan["overrides"] else ""),
-        *([f"- pretraining (pretrain: rows): {plan['unlabelled']} unlabelled scans or sources"
+        *([f"- pretraining (pretrain: rows): {plan['unlabelled']} unlabelled sources"
+           + (f" less {plan['exclude']}" if plan.get("exclude") else "")
            + (f", {plan['pretrain_steps']} steps" if plan["pretrain_steps"] else "")]
           if any(row["pretrain_config"] for row in plan["rows"]) else []),
         f"- seeds: {sorted({r['seed'] for r in records})}; cells: {len(records)}", "", *rows, ""]
@@ -161,7 +150,8 @@ def write_outputs(plan: dict | None, records: list[dict], out: Path) -> None:
 def plan_summary(plan) -> dict:
     return {"train": plan.train, "test": plan.test, "validation": plan.validation, "class_map": plan.class_map,
             "rows": [vars(r) for r in plan.rows], "steps": plan.steps, "selection": plan.selection,
-            "block_size": plan.block_size, "unlabelled": len(plan.unlabelled), "pretrain_steps": plan.pretrain_steps,
+            "block_size": plan.block_size, "unlabelled": len(plan.unlabelled), "exclude": plan.unlabelled_exclude,
+            "pretrain_steps": plan.pretrain_steps,
             "overrides": plan.finetune_overrides}
 
 

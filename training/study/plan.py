@@ -14,6 +14,7 @@ training and validation scans (checked before anything runs).
 """
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,7 @@ class StudyPlan:
     modes: list[str] = field(default_factory=lambda: list(MODES))
     validation: list[str] = field(default_factory=list)
     unlabelled: list[str] = field(default_factory=list)
+    unlabelled_exclude: list[str] = field(default_factory=list)  # fnmatch globs, the pretraining's data.exclude
     steps: int = 1000
     selection: str = "random"
     block_size: float = 4.0
@@ -153,7 +155,12 @@ def check_plan(plan: StudyPlan) -> None:
         raise ConfigError("a pretrain: row needs the unlabelled scans to pretrain on (--unlabelled)")
     test = scan_files(plan.test, "--test")
     for option, specs in (("--train", plan.train), ("--val", plan.validation), ("--unlabelled", plan.unlabelled)):
-        shared = test & scan_files(specs, option) if specs else set()
+        files = scan_files(specs, option) if specs else set()
+        if option == "--unlabelled" and plan.unlabelled_exclude:
+            files = {f for f in files if not any(fnmatch.fnmatch(f, g) for g in plan.unlabelled_exclude)}
+            if not files:
+                raise ConfigError(f"--exclude {plan.unlabelled_exclude} leaves no scan of --unlabelled {plan.unlabelled}")
+        shared = test & files
         if shared:
             raise ConfigError(f"{option} and --test share {len(shared)} scan(s), e.g. {sorted(shared)[0]}: "
                               "the test scans must never be trained, pretrained or validated on")
