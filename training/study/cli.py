@@ -174,7 +174,7 @@ def main(argv=None) -> int:
 
     def progress(cell, record):
         miou = "—" if record["miou"] is None else f"{100 * record['miou']:.1f}"
-        print(f"{PROG}: {cell.key}: test mIoU {miou} ({record['seconds']:.0f} s; {done(args.out)}/{total} cells)", flush=True)
+        print(f"{PROG}: {cell.key}: test mIoU {miou} ({record['seconds']:.0f} s; {done(args.out, plan)}/{total} cells)", flush=True)
 
     try:
         records = run_study(plan, args.out, progress=args.progress, on_cell=progress)
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
         finished = cached_records(args.out)
         if finished:
             write_outputs(plan_summary(plan), finished, args.out)
-        print(f"{PROG}: {stop}; state saved; the same command continues ({len(finished)}/{total} cells done)",
+        print(f"{PROG}: {stop}; state saved; the same command continues ({done(args.out, plan)}/{total} cells done)",
               file=sys.stderr)
         return EXIT_INTERRUPTED
     write_outputs(plan_summary(plan), records, args.out)
@@ -190,8 +190,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def done(out: Path) -> int:
-    return len(list((out / "cells").glob("*.json")))
+def done(out: Path, plan) -> int:
+    """Finished cells of this plan (the folder may hold other studies' cells too)."""
+    return sum((out / "cells" / f"{cell.key}.json").is_file() for cell in plan.cells())
 
 
 __all__ = ["main", "build_parser", "plan_from_args"]
