@@ -402,7 +402,8 @@ def test_study_cells_are_valid_configs_and_summaries_say_the_seeds(tmp_path, ini
     md = summarize(records)
     assert "| pretrained (fine-tuned) | 35.0 ± 7.1 (2 seeds) |" in md and "| scratch (fine-tuned) | 20.0 (1 seed) |" in md
     # study.md also says how many classes a cell reaches (IoU >= 1 %), for the cells that recorded them
-    from ssl3d_ros.training.finetune.study import classes_reached, report
+    from ssl3d_ros.training.finetune.study import report
+    from ssl3d_ros.training.study.report import classes_reached
 
     records[2]["iou"] = {"road": 0.5, "car": 0.009, "person": 0.0, "pole": None, "fence": 0.01}
     assert classes_reached(records[2]) == 2.0 and classes_reached(records[0]) is None

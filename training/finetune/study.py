@@ -22,6 +22,7 @@ import numpy as np
 
 from ...config import set_dotted
 from .config import config_from_dict
+from ..study.report import classes_reached
 from .loop import finetune
 
 SEQ01 = [f"lidar/semantickitti/seq01_00000{i}.points.npy" for i in range(3)]
@@ -109,13 +110,6 @@ def _miou(record: dict) -> float | None:
     return None if record["miou"] is None else 100 * record["miou"]
 
 
-def classes_reached(record: dict) -> float | None:
-    """How many classes the cell's model segments at all (test IoU ≥ 1 %): what a label budget moves
-    when a few labels cover only the frequent classes. None for cells recorded without per-class IoU."""
-    iou = record.get("iou")
-    return None if iou is None else float(sum(v is not None and v >= 0.01 for v in iou.values()))
-
-
 def summarize(records: Sequence[dict], value=_miou, what: str = "") -> str:
     """Markdown: per protocol, ``value`` (default mIoU %) mean ± std over seeds for every row / mode /
     budget; ``what`` is added to each table's title."""
@@ -156,5 +150,5 @@ def cached_records(study_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((study_dir / "cells").glob("*.json"))]
 
 
-__all__ = ["PROTOCOLS", "Protocol", "Cell", "cached_records", "cell_config", "classes_reached", "report", "run_cell",
+__all__ = ["PROTOCOLS", "Protocol", "Cell", "cached_records", "cell_config", "report", "run_cell",
            "summarize"]

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .plan import SCRATCH
+from .plan import SCRATCH, Budget
 
 MODE_TITLES = {"finetune": "fine-tuned", "probe": "linear probe, frozen"}
 REACHED_IOU = 0.01  # a class counts as reached at test IoU >= 1 %
@@ -20,7 +20,7 @@ def budget_of(record: dict) -> tuple[int, float]:
 
 def budget_label(budget: tuple[int, float]) -> str:
     k, fraction = budget
-    return f"{k} scan{'s' if k > 1 else ''} per sequence" if k else f"{fraction * 100:g} %"
+    return Budget(fraction, k).label
 
 
 def row_order(records: Sequence[dict]) -> list[tuple[str, str]]:
@@ -168,9 +168,5 @@ def plot(records: Sequence[dict], path: Path, title: str, total_labelled: int | 
     return path
 
 
-def seeds_of(records: Sequence[dict]) -> list[int]:
-    return sorted({r["seed"] for r in records})
-
-
 __all__ = ["report", "plot", "table", "gain_table", "per_class_tables", "classes_reached", "miou_percent", "budget_label",
-           "budget_order", "row_order", "effective_fraction", "seeds_of", "REACHED_IOU"]
+           "budget_order", "row_order", "effective_fraction", "REACHED_IOU"]
