@@ -16,16 +16,17 @@ Importers outside the package use ``from ssl3d_ros.perception import …``.
 from .device import DeviceStaging, apply_process_settings, resolve_device, resolve_precision
 from .health import (
     ERROR, FINE_STAGES, OK, RATE_WINDOW_S, STAGES, WARN, WARN_PERIOD_S, DiagnosticReport, DiagnosticsPolicy, NodeStats,
-    WarningThrottle, frame_timings, frame_warnings, rss_bytes, why_no_valid_point,
+    NoveltyMonitor, WarningThrottle, frame_timings, frame_warnings, rss_bytes, why_no_valid_point,
 )
 from .heap import RETAIN_BYTES, retain_freed_memory
 from .outputs import (
-    FREE, GROUND_CLASS_NAMES, INVALID_COLOR, OCCUPIED, OUTPUTS, UNKNOWN, ComputedFrame, OccupancyGrid, OutputEncoder,
-    OutputSelection, class_color_table, colorize, encode_outputs, obstacle_lookup, occupancy_grid, parse_colors,
+    FREE, GROUND_CLASS_NAMES, INVALID_COLOR, OCCUPIED, OUTPUTS, UNKNOWN, ComputedFrame, NoveltyReading, OccupancyGrid,
+    OutputEncoder, OutputSelection, class_color_table, colorize, encode_outputs, novelty_reading, obstacle_lookup,
+    occupancy_grid, parse_colors,
 )
 from .params import (
     AUTO_EMBEDDING_DIMS, FOREIGN_PARAMETERS, USAGE, ClassesConfig, DiagnosticsConfig, EmbeddingsConfig, InputConfig,
-    KMeansConfig, NodeConfig, OccupancyConfig, PreprocessingOverrides, QosConfig, apply_preprocessing_overrides,
+    KMeansConfig, NodeConfig, NoveltyConfig, OccupancyConfig, PreprocessingOverrides, QosConfig, apply_preprocessing_overrides,
     is_list_parameter, leaf_parameters, load_node_config, node_config_from_params, node_usage, unknown_parameters,
     validate_node_config,
 )
@@ -43,16 +44,18 @@ __all__ = [
     "resolve_device", "resolve_precision", "DeviceStaging", "apply_process_settings",
     # health
     "OK", "WARN", "ERROR", "STAGES", "FINE_STAGES", "WARN_PERIOD_S", "RATE_WINDOW_S", "NodeStats", "frame_timings",
-    "why_no_valid_point", "frame_warnings", "WarningThrottle", "DiagnosticReport", "DiagnosticsPolicy", "rss_bytes",
+    "why_no_valid_point", "frame_warnings", "WarningThrottle", "NoveltyMonitor", "DiagnosticReport", "DiagnosticsPolicy",
+    "rss_bytes",
     # heap
     "RETAIN_BYTES", "retain_freed_memory",
     # outputs
     "FREE", "OCCUPIED", "UNKNOWN", "OUTPUTS", "GROUND_CLASS_NAMES", "INVALID_COLOR", "parse_colors", "class_color_table",
     "colorize", "OccupancyGrid", "occupancy_grid", "obstacle_lookup", "OutputSelection", "ComputedFrame",
-    "OutputEncoder", "encode_outputs",
+    "NoveltyReading", "novelty_reading", "OutputEncoder", "encode_outputs",
     # params
     "AUTO_EMBEDDING_DIMS", "FOREIGN_PARAMETERS", "USAGE", "QosConfig", "InputConfig", "PreprocessingOverrides",
-    "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "OccupancyConfig", "DiagnosticsConfig", "NodeConfig",
+    "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "OccupancyConfig", "DiagnosticsConfig", "NoveltyConfig",
+    "NodeConfig",
     "validate_node_config", "node_config_from_params", "load_node_config", "leaf_parameters", "is_list_parameter",
     "unknown_parameters", "node_usage", "apply_preprocessing_overrides",
     # pipeline

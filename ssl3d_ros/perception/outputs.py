@@ -22,7 +22,7 @@ from .params import NodeConfig, OccupancyConfig
 from .results import CloudResult
 
 FREE, OCCUPIED, UNKNOWN = 0, 100, -1  # nav_msgs/OccupancyGrid cell values
-OUTPUTS = ("segmentation", "embeddings", "visualization", "occupancy")
+OUTPUTS = ("segmentation", "embeddings", "visualization", "occupancy")  # the clouds and grid encode_outputs makes
 
 # Class names treated as traversable ground when no obstacle list is given (SemanticKITTI, nuScenes,
 # ScanNet and this project's simulated scenes use these words).
@@ -149,10 +149,11 @@ class OutputSelection:
     embeddings: bool = True
     visualization: bool = True
     occupancy: bool = True
+    novelty: bool = False  # ~/output/novelty has subscribers (published by the node apart from encode_outputs)
 
     @property
     def any(self) -> bool:
-        return self.segmentation or self.embeddings or self.visualization or self.occupancy
+        return self.segmentation or self.embeddings or self.visualization or self.occupancy or self.novelty
 
     @property
     def needs_classes(self) -> bool:
@@ -163,12 +164,33 @@ class OutputSelection:
 @dataclass
 class ComputedFrame:
     """A frame between inference and publishing: the input's header, its results, which outputs
-    to encode, and the ms spent computing it."""
+    to encode, the ms spent computing it and, with a novelty score, the share of recent frames over
+    the novelty threshold (:class:`~ssl3d_ros.perception.health.NoveltyMonitor`)."""
 
     header: Any
     cloud: CloudResult
     selection: OutputSelection
     compute_ms: float
+    novelty_recent_share: float | None = None
+
+
+@dataclass(frozen=True)
+class NoveltyReading:
+    """What ``~/output/novelty`` (geometry_msgs/Vector3Stamped, the input's header) carries: x the
+    frame's score, y the share of its voxels over 1.0, z the share of recent frames over the threshold."""
+
+    score: float
+    voxel_share: float
+    recent_share: float
+
+
+def novelty_reading(frame: ComputedFrame) -> NoveltyReading | None:
+    """The frame's novelty output (None when it has no score: no reference, no valid voxel)."""
+    result = frame.cloud.result
+    if result.novelty is None:
+        return None
+    return NoveltyReading(float(result.novelty), float(result.novelty_voxel_share or 0.0),
+                          float(frame.novelty_recent_share or 0.0))
 
 
 @dataclass
@@ -179,6 +201,7 @@ class OutputEncoder:
     obstacle: np.ndarray  # (256,) bool by class_id
     occupancy: OccupancyConfig
     embeddings_per_voxel: bool = False
+    point_novelty: bool = False  # a `novelty` field in the segmentation cloud (parameter novelty.per_point)
 
     @classmethod
     def for_classes(cls, class_names: list[str], class_colors: np.ndarray, cfg: NodeConfig) -> "OutputEncoder":
@@ -189,6 +212,7 @@ class OutputEncoder:
             obstacle=obstacle_lookup(class_names, list(cfg.occupancy.obstacle_classes)),
             occupancy=cfg.occupancy,
             embeddings_per_voxel=cfg.embeddings.per_voxel,
+            point_novelty=cfg.novelty.per_point,
         )
 
     def encode(self, cloud: CloudResult, selection: OutputSelection) -> Iterator[tuple[str, "EncodedCloud | OccupancyGrid", float]]:
@@ -208,10 +232,11 @@ def encode_outputs(
     height = cloud.height if len(xyz) else 1  # an empty cloud (even of height 0) encodes as 0 points
     steps: list[tuple[str, Callable[[], Any]]] = []
     if selection.segmentation:
+        fields = {"class_id": result.class_id, "probability": result.probability, "entropy": result.entropy}
+        if encoder.point_novelty and result.point_novelty is not None:
+            fields["novelty"] = result.point_novelty  # after Autoware's 24 bytes: 28-byte points
         steps.append(("segmentation", lambda: encode_cloud(
-            xyz,
-            {"class_id": result.class_id, "probability": result.probability, "entropy": result.entropy},
-            height=height,
+            xyz, fields, height=height,
             align=True,  # x y z class_id(+3 pad) probability entropy = 24 bytes, Autoware's layout
         )))
     if selection.visualization:
@@ -236,5 +261,5 @@ def encode_outputs(
 __all__ = [
     "FREE", "OCCUPIED", "UNKNOWN", "OUTPUTS", "GROUND_CLASS_NAMES", "INVALID_COLOR", "parse_colors", "class_color_table",
     "colorize", "OccupancyGrid", "occupancy_grid", "obstacle_lookup", "OutputSelection", "ComputedFrame",
-    "OutputEncoder", "encode_outputs",
+    "NoveltyReading", "novelty_reading", "OutputEncoder", "encode_outputs",
 ]

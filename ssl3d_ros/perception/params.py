@@ -118,6 +118,23 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class NoveltyConfig:
+    enabled: bool = _doc(
+        "score every frame's novelty against the checkpoint's reference (ssl3d-novelty-ref, ssl3d-pretrain, "
+        "ssl3d-finetune write one) and publish it on ~/output/novelty; without a reference in the checkpoint "
+        "novelty is off", True)
+    threshold: float = _doc(
+        "a frame is novel above this score (1.0 = the reference's 95th-percentile frame; held-back frames of the "
+        "reference data score below 1)", 1.2)
+    window: int = _doc("recent frames the WARN diagnostic looks at", 20)
+    warn_share: float = _doc(
+        "/diagnostics WARN when at least this share of the last `window` frames is over the threshold", 0.5)
+    per_point: bool = _doc(
+        "add a float32 `novelty` field to ~/output/segmentation: each point's voxel distance to the nearest "
+        "reference prototype (1.0 = the reference voxels' 95th percentile; 0 where class_id is 255)", False)
+
+
+@dataclass
 class NodeConfig:
     """The perception node's parameters (``config/perception.yaml``), usable offline."""
 
@@ -140,6 +157,7 @@ class NodeConfig:
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
     occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    novelty: NoveltyConfig = field(default_factory=NoveltyConfig)
 
 
 def validate_node_config(cfg: NodeConfig) -> NodeConfig:
@@ -174,6 +192,10 @@ def validate_node_config(cfg: NodeConfig) -> NodeConfig:
     need(d.error_budget_ms >= d.budget_ms, "diagnostics.error_budget_ms", "must be >= budget_ms")
     need(d.period_s > 0, "diagnostics.period_s", "must be > 0")
     need(d.stale_after_s > 0, "diagnostics.stale_after_s", "must be > 0")
+    n = cfg.novelty
+    need(n.threshold > 0 and math.isfinite(n.threshold), "novelty.threshold", f"must be > 0, got {n.threshold}")
+    need(1 <= n.window <= 10_000, "novelty.window", f"must be within 1..10000 frames, got {n.window}")
+    need(0 < n.warn_share <= 1, "novelty.warn_share", f"must be in (0, 1], got {n.warn_share}")
     return cfg
 
 
@@ -248,7 +270,10 @@ USAGE = """usage: ssl3d-perception [--help] [--managed] --ros-args [--params-fil
 
 The ssl3d_ros perception node: subscribes ~/input/points (sensor_msgs/PointCloud2) and publishes
 ~/output/segmentation, ~/output/embeddings, ~/output/visualization, ~/output/occupancy,
-~/debug/processing_time_ms, ~/debug/pipeline_latency_ms, ~/debug/stage_time_ms and /diagnostics.
+~/output/novelty (geometry_msgs/Vector3Stamped: x the frame's novelty score, y the share of its voxels
+over 1.0, z the share of the last novelty.window frames over novelty.threshold; when the checkpoint has
+a novelty reference), ~/debug/processing_time_ms, ~/debug/pipeline_latency_ms, ~/debug/stage_time_ms
+and /diagnostics.
 Example: ssl3d-perception --ros-args --params-file config/perception.yaml -r ~/input/points:=/points
 
 --managed: a lifecycle (managed) node for nav2-style bring-up: configure loads and warms up the model,
@@ -286,7 +311,7 @@ def apply_preprocessing_overrides(pre: Any, cfg: NodeConfig) -> Any:
 
 __all__ = [
     "AUTO_EMBEDDING_DIMS", "FOREIGN_PARAMETERS", "USAGE", "QosConfig", "InputConfig", "PreprocessingOverrides",
-    "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "OccupancyConfig", "DiagnosticsConfig", "NodeConfig",
-    "validate_node_config", "node_config_from_params", "load_node_config", "leaf_parameters", "is_list_parameter",
+    "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "OccupancyConfig", "DiagnosticsConfig", "NoveltyConfig",
+    "NodeConfig", "validate_node_config", "node_config_from_params", "load_node_config", "leaf_parameters", "is_list_parameter",
     "unknown_parameters", "node_usage", "apply_preprocessing_overrides",
 ]

@@ -26,6 +26,7 @@ from ..codec import CloudFormatError, scan_from_cloud
 from ..config import ConfigError
 from ..labels import NO_CLASS
 from ..models.heads import StreamingKMeans, segment_outputs
+from ..models.novelty import NoveltyScorer
 from ..models.sparse import spconv_available
 from ..preprocessing import PreprocessConfig, collate, preprocess, unpool
 from ..scan import Scan
@@ -60,6 +61,7 @@ class PerceptionPipeline:
         source: str = "",
         warnings: list[str] | None = None,
         max_input_points: int = 0,
+        novelty: bool = True,
     ) -> None:
         self.checkpoint = checkpoint
         self.device = device
@@ -89,6 +91,8 @@ class PerceptionPipeline:
         in_channels = int(checkpoint.encoder_config.in_channels)
         capacity = int(getattr(preprocess_cfg, "max_points", 0) or 0) or 150_000
         self._staging = DeviceStaging(device, dtype, in_channels, capacity) if device.type == "cuda" else None
+        # novelty: on when asked for and the checkpoint has a reference (older checkpoints have none)
+        self.novelty = NoveltyScorer(checkpoint.novelty, device) if novelty and checkpoint.novelty is not None else None
         self.frames = 0
 
     # -- construction ---------------------------------------------------------------------------
@@ -166,6 +170,7 @@ class PerceptionPipeline:
             source=str(path),
             warnings=warnings,
             max_input_points=cfg.input.max_points,
+            novelty=cfg.novelty.enabled,
         )
 
     @classmethod
@@ -222,14 +227,19 @@ class PerceptionPipeline:
         embeddings: bool = True,
         update_clusters: bool = True,
         point_embeddings: bool = True,
+        novelty: bool = True,
+        point_novelty: bool = False,
     ) -> FrameResult:
-        """Segmentation and/or embeddings of every point of ``scan``, in its order.
+        """Segmentation, embeddings and/or novelty of every point of ``scan``, in its order.
 
         ``point_embeddings`` False leaves ``embedding`` None and keeps only ``voxel_embedding`` (the
         node's ``embeddings.per_voxel``): the (N, D) per-point array is a frame's largest by far.
 
         ``update_clusters`` (k-means segmentation only) lets this frame nudge the cluster centres;
         ids stay stable across frames because the centres are carried over, never re-initialised.
+
+        ``novelty`` scores the frame against the checkpoint's novelty reference (when the pipeline has
+        one: ``self.novelty``), ``point_novelty`` also each point (its voxel's score, 0 where invalid).
         """
         t0 = time.perf_counter()
         vox = preprocess(scan, self.preprocess_cfg)  # the only place that decides which points are valid
@@ -240,7 +250,8 @@ class PerceptionPipeline:
             points_over_budget=vox.points_over_budget,
         )
         t1 = time.perf_counter()
-        voxel_class = voxel_prob = voxel_entropy = voxel_embedding = None
+        voxel_class = voxel_prob = voxel_entropy = voxel_embedding = frame_novelty = None
+        novelty = novelty and self.novelty is not None
         if len(vox) == 0:  # nothing survived preprocessing: every point invalid, no model call
             if segmentation:
                 voxel_class = np.zeros(0, np.uint8)
@@ -248,8 +259,10 @@ class PerceptionPipeline:
             if embeddings:
                 voxel_embedding = np.zeros((0, self.embedding_channels), np.float32)
         else:
-            voxel_class, voxel_prob, voxel_entropy, voxel_embedding = self._infer(
-                vox, segmentation, embeddings, update_clusters)
+            voxel_class, voxel_prob, voxel_entropy, voxel_embedding, frame_novelty, novelty_ms = self._infer(
+                vox, segmentation, embeddings, update_clusters, novelty, point_novelty)
+            if novelty:
+                result.timings_ms["novelty"] = novelty_ms
         t2 = time.perf_counter()
 
         # Un-pool to the input points: every point takes its voxel's output; dropped points stay invalid.
@@ -262,17 +275,23 @@ class PerceptionPipeline:
             result.voxel_embedding = voxel_embedding
             if point_embeddings:
                 result.embedding = unpool(voxel_embedding, point_voxel, fill=0.0)
+        if frame_novelty is not None:
+            result.novelty, result.novelty_voxel_share = frame_novelty.score, frame_novelty.voxel_share
+            if frame_novelty.voxel_scores is not None:
+                result.point_novelty = unpool(frame_novelty.voxel_scores.float().cpu().numpy(), point_voxel, fill=0.0)
         t3 = time.perf_counter()
         self.frames += 1
-        result.timings_ms = {
+        result.timings_ms.update({
             "preprocess": (t1 - t0) * 1e3,
             "inference": (t2 - t1) * 1e3,
             "postprocess": (t3 - t2) * 1e3,
-        }
+        })
         return result
 
-    def _infer(self, vox: Any, segmentation: bool, embeddings: bool, update_clusters: bool):
-        """Per-voxel class, probability, entropy and embedding (numpy, None where not asked for)."""
+    def _infer(self, vox: Any, segmentation: bool, embeddings: bool, update_clusters: bool, novelty: bool = False,
+               point_novelty: bool = False):
+        """Per-voxel class, probability, entropy and embedding (numpy, None where not asked for), the
+        frame's novelty (None where not asked for) and the ms the novelty score took."""
         sparse = collate([vox])
         if self._staging is not None:
             feats, coords = self._staging.upload(sparse.feats, sparse.coords)
@@ -306,7 +325,12 @@ class PerceptionPipeline:
             voxel_entropy = voxel_entropy.cpu().numpy().astype(np.float32, copy=False)
         if voxel_embedding is not None:
             voxel_embedding = voxel_embedding.cpu().numpy().astype(np.float32, copy=False)
-        return voxel_class, voxel_prob, voxel_entropy, voxel_embedding
+        frame_novelty, novelty_ms = None, 0.0
+        if novelty:  # timed on its own: its cost is what a novelty reference adds to a frame
+            t = time.perf_counter()
+            frame_novelty = self.novelty.score(self.encoder, output, voxel_scores=point_novelty)
+            novelty_ms = (time.perf_counter() - t) * 1e3
+        return voxel_class, voxel_prob, voxel_entropy, voxel_embedding, frame_novelty, novelty_ms
 
     def scan_from_message(self, msg: Any) -> tuple[Scan, bool]:
         """Decode a PointCloud2 (rclpy or rosbags) once into the Scan the model reads: every one of
@@ -349,13 +373,13 @@ class PerceptionPipeline:
         return "intensity" in tuple(self.preprocess_cfg.features)
 
     def process_cloud(self, msg: Any, *, segmentation: bool = True, embeddings: bool = True,
-                      point_embeddings: bool = True) -> CloudResult:
+                      point_embeddings: bool = True, novelty: bool = True, point_novelty: bool = False) -> CloudResult:
         """``process`` on a PointCloud2, results in the message's point order (all height*width points)."""
         t0 = time.perf_counter()
         scan, intensity_missing = self.scan_from_message(msg)
         decode_ms = (time.perf_counter() - t0) * 1e3
         result = self.process(scan, segmentation=segmentation, embeddings=embeddings,
-                              point_embeddings=point_embeddings)
+                              point_embeddings=point_embeddings, novelty=novelty, point_novelty=point_novelty)
         return CloudResult(result=result, xyz=scan.points, height=int(msg.height), width=int(msg.width),
                            decode_ms=decode_ms, intensity_missing=intensity_missing)
 
