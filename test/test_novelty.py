@@ -75,7 +75,7 @@ def test_reference_scores_its_own_frames_low_and_another_scene_high(with_referen
     def score(scan, voxel_scores=False):
         with torch.inference_mode():
             out = ckpt.encoder(collate([preprocess(scan, ckpt.preprocessing)]))
-            return scorer.score(ckpt.encoder, out, voxel_scores), ckpt.encoder.hypercolumn(out)
+            return scorer.score(out, voxel_scores), ckpt.encoder.hypercolumn(out)
 
     own = [score(s)[0].score for s in street_scans]
     # the reference's own frames: 1.0 is their 95th percentile, so none is far above it
@@ -244,3 +244,34 @@ def test_novelty_ref_command_writes_a_reference_the_node_pipeline_uses(plain, tm
     assert all(torch.equal(v, ckpt.encoder.state_dict()[k]) for k, v in before.encoder.state_dict().items())
     assert torch.equal(ckpt.seg_head.weight, before.seg_head.weight) and ckpt.pca.out_channels == before.pca.out_channels
     assert json.loads(json.dumps(read_metadata(out)["recipe"])) == read_metadata(plain)["recipe"]
+
+
+def test_auroc_counts_ties_half():
+    from ssl3d_ros.evaluation.novelty_study import auroc
+
+    assert auroc([0.1, 0.2], [0.3, 0.4]) == 1.0 and auroc([0.3, 0.4], [0.1, 0.2]) == 0.0
+    assert auroc([0.5], [0.5]) == 0.5 and auroc([0.1, 0.5], [0.5]) == 0.75 and np.isnan(auroc([], [1.0]))
+
+
+@pytest.mark.slow
+def test_novelty_study_command_writes_its_report(plain, tmp_path):
+    """The study end to end on simulated sets (the repository's run is scripts/novelty-study)."""
+    out = tmp_path / "report"
+    result = subprocess.run(
+        [sys.executable, "-m", "ssl3d_ros.evaluation.novelty_study", "--checkpoint", str(plain),
+         "--reference", "sim:outdoor:8", "--familiar", "street=sim:outdoor:2", "--other", "room=sim:indoor:2",
+         "--control", "depth=sim-depth:outdoor:2", "--switch-frames", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=280, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    assert data["reference"]["frames"] == 8 and list(data["sets"]) == ["street", "room", "depth"]
+    assert data["pairs"]["room"]["auroc"] == 1.0  # a room against streets: every room frame scores higher
+    assert [s["group"] for s in data["sets"].values()] == ["familiar", "other", "control"]
+    assert len(data["switch"]) == 1 and len(data["switch"][0]["scores"]) == 4
+    text = (out / "results.md").read_text()
+    assert "| room | other sensor | 2 |" in text and "python -m ssl3d_ros.evaluation.novelty_study" in text
+    assert (out / "novelty.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run([sys.executable, "-m", "ssl3d_ros.evaluation.novelty_study", "--checkpoint", str(plain),
+                          "--reference", "sim:outdoor:2", "--familiar", "no-source", "--out", str(out)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("novelty-study: error: --familiar 'no-source'")

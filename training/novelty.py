@@ -50,15 +50,13 @@ def reference_scans(source, count: int) -> Iterable:
 def fit_on_scans(encoder, scans: Iterable, preprocessing, device, *, dims: int | None = None,
                  prototypes: int | None = None, seed: int = 0, sources: Sequence[str] = ()):
     """A :class:`~ssl3d_ros.models.novelty.NoveltyReference` of ``encoder`` on ``scans``: each scan
-    preprocessed as the node does it (no augmentation), encoded, a random subset of its voxels'
-    hypercolumns kept. Scans without a voxel after preprocessing are left out."""
+    preprocessed as the node does it (no augmentation), encoded, the hypercolumns of the voxels a frame
+    is scored on kept (0.5 MB a scan). Scans without a voxel after preprocessing are left out."""
     import torch
 
-    from ssl3d_ros.models.novelty import (DEFAULT_DIMS, DEFAULT_PROTOTYPES, VOXELS_PER_FRAME, fit_reference,
-                                          sample_voxels)
+    from ssl3d_ros.models.novelty import DEFAULT_DIMS, DEFAULT_PROTOTYPES, fit_reference, sample_voxels
     from ssl3d_ros.preprocessing import collate, preprocess
 
-    generator = torch.Generator().manual_seed(seed)
     frames = []
     was_training = encoder.training
     encoder.eval()
@@ -69,7 +67,7 @@ def fit_on_scans(encoder, scans: Iterable, preprocessing, device, *, dims: int |
                 if len(vox) == 0:
                     continue
                 hyper = encoder.hypercolumn(encoder(collate([vox], device=device)))
-                frames.append(sample_voxels(hyper, VOXELS_PER_FRAME, generator))
+                frames.append(sample_voxels(hyper))
     finally:
         encoder.train(was_training)
     channels = int(encoder.hypercolumn_channels)

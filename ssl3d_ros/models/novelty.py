@@ -15,21 +15,26 @@ A voxel's distance is its hypercolumn's Euclidean distance to the nearest protot
 lying in the subspace: the in-subspace part plus the residual outside it). A frame's divergence is the
 mean over prototypes of its share's squared deviation from ``share_mean`` in units of ``share_std``:
 what differs between sensors and places is the mix of local patterns (beam spacing, density, ground,
-walls) more than any single voxel, which another sensor's frame reproduces one by one (the per-voxel
-distance averaged over a frame separated other sensors from held-back KITTI frames far worse:
+walls) more than any single voxel, which another sensor's frame reproduces one by one (the share of a
+frame's voxels far from every prototype separated other sensors from held-back KITTI frames far worse:
 docs/novelty-study). Both scores are over the reference's quantile at ``normalise_at`` (0.95): 1.0 is
 the reference's 95th percentile, a held-back frame of the reference data scores below 1, a frame of
 another sensor above.
 
-At run time :class:`NoveltyScorer` needs only the encoder's levels, never the (M, C) hypercolumn: the
-projection and the squared norm are taken level by level at each level's own resolution and gathered
-once (as :meth:`SparseEncoder.linear_over_levels`), then one (M, d) x (d, K) product and a bincount.
+A frame is scored on :data:`FRAME_VOXELS` of its voxels, evenly spaced over its voxel list (all of
+them in a smaller frame), at run time as in the reference's calibration: the histogram's sampling noise
+is the same on both sides, and the cost no longer grows with the frame (a 40k-voxel HDL-64 frame: one
+voxel in forty; BENCHMARKS.md, "Novelty score"). :class:`NoveltyScorer` needs only the encoder's
+levels, never the (M, C) hypercolumn: the projection and the squared norm are taken level by level,
+each at its own resolution or on the sampled rows, whichever is smaller, then one (n, d) x (d, K)
+product and a bincount. The per-point field (``voxel_scores``) scores every voxel.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .heads import PCAProjection, StreamingKMeans
@@ -40,9 +45,9 @@ DEFAULT_DIMS = 16
 DEFAULT_PROTOTYPES = 32
 MAX_PROTOTYPES = 4096
 MAX_QUANTILES = 64
-#: voxels kept per reference frame (a random subset): PCA, k-means and the calibration use them
-VOXELS_PER_FRAME = 8192
-#: voxels kept over all frames: bounds the fit's memory (C floats each)
+#: voxels a frame is scored on (evenly spaced over its voxels), in the node and in the calibration
+FRAME_VOXELS = 1024
+#: voxels the subspace and the prototypes are fitted on, at most (a random subset of every frame's sample)
 MAX_VOXELS = 400_000
 #: the tensor names of a reference (a checkpoint stores them under ``novelty.``)
 #: a prototype's share varies at least this much from frame to frame (1 percentage point): a share no
@@ -104,18 +109,20 @@ def _nearest(z: torch.Tensor, centred_sq: torch.Tensor, prototypes: torch.Tensor
              prototype_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(distance to the nearest prototype, its index) per voxel, from the subspace coordinates ``z``
     and the squared norm of (x - mean): |x - (mean + basis p)|^2 = |x - mean|^2 - 2 z.p + |p|^2."""
-    scores = prototype_sq - 2.0 * (z @ prototypes.T)  # (M, K)
+    scores = torch.addmm(prototype_sq, z, prototypes.T, alpha=-2.0)  # (M, K)
     best, index = scores.min(dim=1)
     return (centred_sq + best).clamp_min_(0.0).sqrt_(), index
 
 
-def share_divergence(counts: torch.Tensor, share_mean: torch.Tensor, share_std: torch.Tensor) -> float:
-    """Mean over prototypes of ((share - share_mean) / share_std)^2 for a frame's prototype counts."""
-    total = float(counts.sum())
+def share_divergence(counts, share_mean, share_std) -> float:
+    """Mean over prototypes of ((share - share_mean) / share_std)^2 for a frame's prototype counts
+    (tensors or arrays of K values; computed in numpy: K is small, torch's per-call overhead is not)."""
+    counts, share_mean, share_std = (np.asarray(v, dtype=np.float64) for v in (counts, share_mean, share_std))
+    total = counts.sum()
     if total <= 0:
         return float("nan")
-    deviation = (counts.double() / total - share_mean.double()) / share_std.double()
-    return float((deviation * deviation).mean())
+    deviation = (counts / total - share_mean) / share_std
+    return float(np.mean(deviation * deviation))
 
 
 def voxel_distances(hypercolumns: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor,
@@ -136,8 +143,16 @@ class FrameNovelty:
     voxel_scores: torch.Tensor | None = None
 
 
+def frame_sample(voxels: int, count: int = FRAME_VOXELS) -> torch.Tensor | None:
+    """Rows of the voxels a frame of ``voxels`` voxels is scored on: ``count`` evenly spaced ones (None:
+    every voxel, the frame is not larger)."""
+    if voxels <= count:
+        return None
+    return torch.arange(count, dtype=torch.int64) * voxels // count
+
+
 class NoveltyScorer:
-    """A reference made ready for one device: ``score(encoder, output)`` per frame."""
+    """A reference made ready for one device: ``score(output)`` per frame, from the encoder's output."""
 
     def __init__(self, reference: NoveltyReference, device: torch.device | str = "cpu") -> None:
         self.reference = reference
@@ -149,53 +164,85 @@ class NoveltyScorer:
         self._mean_sq = float(reference.mean.double().pow(2).sum())
         self._prototypes = reference.prototypes.float().to(device)
         self._prototype_sq = (self._prototypes * self._prototypes).sum(dim=1)
-        self._share_mean = reference.share_mean.double().cpu()
-        self._share_std = reference.share_std.double().cpu()
+        self._share_mean = reference.share_mean.double().cpu().numpy()
+        self._share_std = reference.share_std.double().cpu().numpy()
         self._voxel_scale = reference.quantile("voxel")
         self._frame_scale = reference.quantile("frame")
         self._dims = d
+        self._weights_by_layout: dict[tuple[int, ...], list[torch.Tensor]] = {}
 
     @property
     def num_prototypes(self) -> int:
         return int(self._prototypes.shape[0])
 
-    def project(self, encoder: torch.nn.Module, output) -> tuple[torch.Tensor, torch.Tensor]:
-        """(M, d) subspace coordinates and (M,) |x - mean|^2 of every level-0 voxel's hypercolumn x,
-        computed level by level (each level's slice of the weights at its own resolution, one gather)."""
-        if self._weight.shape[0] != encoder.hypercolumn_channels:
-            raise ValueError(f"the novelty reference has {self._weight.shape[0]} input channels, the encoder's "
-                             f"hypercolumn {encoder.hypercolumn_channels}")
-        total = None
-        start = 0
-        for level, parent in zip(output.levels, output.parents):
-            feats = level.feats.float()
-            width = feats.shape[1]
-            part = torch.cat([feats @ self._weight[start:start + width], (feats * feats).sum(dim=1, keepdim=True)], 1)
-            part = part.index_select(0, parent)
-            total = part if total is None else total.add_(part)
-            start += width
-        z = total[:, :self._dims] - self._z_offset
-        centred_sq = total[:, self._dims + 1] - 2.0 * total[:, self._dims] + self._mean_sq
+    def project(self, output, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, d) subspace coordinates and (n,) |x - mean|^2 of the hypercolumn x of level-0 voxels
+        ``rows`` (None: all), level by level: a level larger than ``rows`` is gathered first, a smaller
+        one projected first (its slice of the weights at its own resolution)."""
+        weights = self._level_weights(tuple(int(level.feats.shape[1]) for level in output.levels))
+        if rows is not None:
+            rows = rows.to(output.parents[0].device)
+        projected = squared = None
+        for level, parent, weight in zip(output.levels, output.parents, weights):
+            feats = level.feats if level.feats.dtype == torch.float32 else level.feats.float()
+            if rows is not None:
+                parent = rows if level is output.levels[0] else parent.index_select(0, rows)  # level 0: identity
+                if feats.shape[0] > parent.shape[0]:  # fewer rows than the level has voxels: gather first
+                    feats, parent = feats.index_select(0, parent), None
+            part, norm = torch.mm(feats, weight), torch.linalg.vecdot(feats, feats)
+            if parent is not None:
+                part, norm = part.index_select(0, parent), norm.index_select(0, parent)
+            if projected is None:
+                projected, squared = part, norm
+            else:
+                projected += part
+                squared += norm
+        z = projected[:, :self._dims] - self._z_offset
+        centred_sq = squared.sub_(projected[:, self._dims], alpha=2.0).add_(self._mean_sq)
         return z, centred_sq
 
-    def score(self, encoder: torch.nn.Module, output, voxel_scores: bool = False) -> FrameNovelty | None:
-        """The frame's novelty from the encoder's output (None for a frame without voxels)."""
-        z, centred_sq = self.project(encoder, output)
+    def _level_weights(self, widths: tuple[int, ...]) -> list[torch.Tensor]:
+        """Each level's rows of [basis | mean], contiguous, made once per encoder layout."""
+        if widths not in self._weights_by_layout:
+            if sum(widths) != self._weight.shape[0]:
+                raise ValueError(f"the novelty reference has {self._weight.shape[0]} input channels, the encoder's "
+                                 f"hypercolumn {sum(widths)}")
+            starts = [sum(widths[:i]) for i in range(len(widths))]
+            self._weights_by_layout[widths] = [self._weight[s:s + w].contiguous() for s, w in zip(starts, widths)]
+        return self._weights_by_layout[widths]
+
+    def score(self, output, voxel_scores: bool = False) -> FrameNovelty | None:
+        """The frame's novelty from the encoder's output (an ``EncoderOutput``; None for a frame without
+        voxels); with
+        ``voxel_scores`` every voxel is scored (the frame score still comes from the frame's sample)."""
+        voxels = int(output.parents[0].shape[0])
+        rows = None if voxel_scores else frame_sample(voxels)
+        z, centred_sq = self.project(output, rows)
         return self._score(z, centred_sq, voxel_scores)
 
     def score_hypercolumns(self, hypercolumns: torch.Tensor, voxel_scores: bool = False) -> FrameNovelty | None:
         """The same from an (M, C) hypercolumn (offline tools; the node uses :meth:`score`)."""
         ref = self.reference
+        rows = None if voxel_scores else frame_sample(hypercolumns.shape[0])
+        if rows is not None:
+            hypercolumns = hypercolumns.index_select(0, rows.to(hypercolumns.device))
         centred = hypercolumns.float().to(self._weight.device) - ref.mean.to(self._weight.device)
         return self._score(centred @ ref.basis.to(centred.device), (centred * centred).sum(dim=1), voxel_scores)
 
     def _score(self, z: torch.Tensor, centred_sq: torch.Tensor, voxel_scores: bool) -> FrameNovelty | None:
+        """From the subspace coordinates and squared norms of the frame's sample, or of every voxel
+        (``voxel_scores``: the sample is then taken from them)."""
         if z.shape[0] == 0:
             return None
         distance, index = _nearest(z, centred_sq, self._prototypes, self._prototype_sq)
         scores = distance.div_(self._voxel_scale)
-        counts = torch.bincount(index, minlength=self.num_prototypes).cpu()
-        share = float((scores > 1.0).float().mean())
+        sampled_scores, sampled_index = scores, index
+        rows = frame_sample(z.shape[0]) if voxel_scores else None
+        if rows is not None:
+            rows = rows.to(scores.device)
+            sampled_scores, sampled_index = scores.index_select(0, rows), index.index_select(0, rows)
+        counts = torch.bincount(sampled_index, minlength=self.num_prototypes).cpu().numpy()
+        share = int(torch.count_nonzero(sampled_scores > 1.0)) / sampled_scores.shape[0]
         frame = share_divergence(counts, self._share_mean, self._share_std) / self._frame_scale
         return FrameNovelty(frame, share, scores if voxel_scores else None)
 
@@ -205,12 +252,13 @@ class NoveltyScorer:
 # --------------------------------------------------------------------------------------------------
 
 
-def sample_voxels(hypercolumns: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
-    """At most ``count`` random rows of one frame's (M, C) hypercolumns (float32, CPU)."""
-    rows = hypercolumns.shape[0]
-    if rows > count:
-        hypercolumns = hypercolumns.index_select(0, torch.randperm(rows, generator=generator)[:count].to(hypercolumns.device))
-    return hypercolumns.detach().float().cpu()
+def sample_voxels(hypercolumns: torch.Tensor) -> torch.Tensor:
+    """The rows of one frame's (M, C) hypercolumns a frame is scored on (:func:`frame_sample`), as the
+    reference keeps them: float16 on the CPU (0.5 MB a frame at C = 256)."""
+    rows = frame_sample(hypercolumns.shape[0])
+    if rows is not None:
+        hypercolumns = hypercolumns.index_select(0, rows.to(hypercolumns.device))
+    return hypercolumns.detach().to(device="cpu", dtype=torch.float16)
 
 
 def fit_reference(
@@ -223,13 +271,15 @@ def fit_reference(
     seed: int = 0,
     sources: Sequence[str] = (),
 ) -> NoveltyReference:
-    """Fit a reference on ``frames``: per frame an (M_i, C) sample of its voxels' hypercolumns (at most
-    :data:`VOXELS_PER_FRAME` rows each is enough: :func:`sample_voxels`).
+    """Fit a reference on ``frames``: per frame the (M_i, C) hypercolumns of its voxels, or only of the
+    voxels it is scored on (:func:`sample_voxels`, which this applies anyway: :data:`FRAME_VOXELS`
+    evenly spaced voxels, as :class:`NoveltyScorer` takes them).
 
-    Each frame's voxels are split in two random halves: the subspace and the prototypes are fitted on
-    the first halves, the voxel quantiles taken on the second (distances of voxels the prototypes never
-    saw); frame histograms use every given voxel. :class:`NoveltyFitError` (one line) when the data
-    cannot give a reference: fewer than 2 frames, fewer voxels than prototypes, identical frames."""
+    Each frame's sample is split in two random halves: the subspace and the prototypes are fitted on
+    the first halves (at most :data:`MAX_VOXELS` of them, at random), the voxel quantiles taken on the
+    second (distances of voxels the prototypes never saw); frame histograms use the whole sample.
+    :class:`NoveltyFitError` (one line) when the data cannot give a reference: fewer than 2 frames,
+    fewer voxels than prototypes, identical frames."""
     if len(frames) < 2:
         raise NoveltyFitError(f"a novelty reference needs at least 2 frames, got {len(frames)}")
     levels = tuple(float(q) for q in quantile_levels)
@@ -243,16 +293,17 @@ def fit_reference(
         raise NoveltyFitError(f"novelty dims must be within 1..{c} (the hypercolumn's channels), got {dims}")
     if not 1 <= prototypes <= MAX_PROTOTYPES:
         raise NoveltyFitError(f"novelty prototypes must be within 1..{MAX_PROTOTYPES}, got {prototypes}")
+    frames = [sample_voxels(f) for f in frames]
     generator = torch.Generator().manual_seed(seed)
-    per_frame = max(64, min(VOXELS_PER_FRAME, MAX_VOXELS // len(frames)))
-    samples = [sample_voxels(f, per_frame, generator) for f in frames]
     fit_part, calibration = [], []
-    for sample in samples:
+    for sample in frames:
         order = torch.randperm(sample.shape[0], generator=generator)
         half = (sample.shape[0] + 1) // 2
-        fit_part.append(sample[order[:half]])
-        calibration.append(sample[order[half:]])
-    fit_voxels = torch.cat(fit_part)
+        fit_part.append(order[:half])
+        calibration.append(order[half:])
+    fit_voxels = torch.cat([f.index_select(0, rows).float() for f, rows in zip(frames, fit_part)])
+    if fit_voxels.shape[0] > MAX_VOXELS:
+        fit_voxels = fit_voxels.index_select(0, torch.randperm(fit_voxels.shape[0], generator=generator)[:MAX_VOXELS])
     if fit_voxels.shape[0] < max(prototypes, 2):
         raise NoveltyFitError(f"{fit_voxels.shape[0]} reference voxels cannot place {prototypes} prototypes")
     pca = PCAProjection.fit(fit_voxels, dims, generator=generator)
@@ -268,12 +319,14 @@ def fit_reference(
         quantile_levels=levels, normalise_at=float(normalise_at), frames=len(frames),
         voxels=int(fit_voxels.shape[0]), sources=list(sources),
     )
-    held = torch.cat([c_ for c_ in calibration if c_.shape[0]]) if any(c_.shape[0] for c_ in calibration) else fit_voxels
-    distance, _ = voxel_distances(held, pca.mean, pca.basis, centres)
-    counts = []
-    for sample in samples:
-        _, index = voxel_distances(sample, pca.mean, pca.basis, centres)
+    distances, counts = [], []
+    for sample, held in zip(frames, calibration):
+        distance, index = voxel_distances(sample.float(), pca.mean, pca.basis, centres)
+        distances.append(distance.index_select(0, held))
         counts.append(torch.bincount(index, minlength=prototypes).double())
+    distance = torch.cat(distances)
+    if distance.numel() == 0:  # frames of a single voxel each: no held-out voxel
+        distance = voxel_distances(fit_voxels, pca.mean, pca.basis, centres)[0]
     shares = torch.stack([c_ / c_.sum() for c_ in counts])
     share_mean = shares.mean(dim=0)
     share_std = (shares.var(dim=0, unbiased=True) + SHARE_STD_FLOOR ** 2).sqrt()
@@ -286,12 +339,12 @@ def fit_reference(
     for which in ("voxel", "frame"):
         if not reference.quantile(which) > 0:
             raise NoveltyFitError(f"the reference's {which} scores are all zero at the {normalise_at} quantile: "
-                             f"its {len(frames)} frames are too alike to calibrate a score (give more varied scans)")
+                                  f"its {len(frames)} frames are too alike to calibrate a score (give more varied scans)")
     return reference
 
 
 __all__ = [
     "QUANTILE_LEVELS", "NORMALISE_AT", "DEFAULT_DIMS", "DEFAULT_PROTOTYPES", "MAX_PROTOTYPES", "MAX_QUANTILES",
-    "VOXELS_PER_FRAME", "MAX_VOXELS", "TENSOR_NAMES", "NoveltyFitError", "NoveltyReference", "FrameNovelty", "NoveltyScorer",
-    "SHARE_STD_FLOOR", "fit_reference", "sample_voxels", "share_divergence", "voxel_distances",
+    "FRAME_VOXELS", "MAX_VOXELS", "TENSOR_NAMES", "NoveltyFitError", "NoveltyReference", "FrameNovelty", "NoveltyScorer",
+    "SHARE_STD_FLOOR", "fit_reference", "frame_sample", "sample_voxels", "share_divergence", "voxel_distances",
 ]

@@ -326,9 +326,9 @@ class PerceptionPipeline:
         if voxel_embedding is not None:
             voxel_embedding = voxel_embedding.cpu().numpy().astype(np.float32, copy=False)
         frame_novelty, novelty_ms = None, 0.0
-        if novelty:  # timed on its own: its cost is what a novelty reference adds to a frame
+        if novelty:  # after the transfers (its counts come back to the host too); timed: what a reference adds
             t = time.perf_counter()
-            frame_novelty = self.novelty.score(self.encoder, output, voxel_scores=point_novelty)
+            frame_novelty = self.novelty.score(output, voxel_scores=point_novelty)
             novelty_ms = (time.perf_counter() - t) * 1e3
         return voxel_class, voxel_prob, voxel_entropy, voxel_embedding, frame_novelty, novelty_ms
 
