@@ -83,6 +83,7 @@ setup(
             "ssl3d-replay = ssl3d_ros.evaluation.replay:main",
             "ssl3d-viz = ssl3d_ros.evaluation.viz:main",
             "ssl3d-audit = ssl3d_ros.evaluation.audit:main",
+            "ssl3d-select = ssl3d_ros.evaluation.selection:main",
             "ssl3d-simulate = ssl3d_ros.sim.cli:main",
             "ssl3d-demo = ssl3d_ros.demo:main",
             # pip users: lay a colcon-style prefix so `ros2 launch ssl3d_ros ...` finds the package.
