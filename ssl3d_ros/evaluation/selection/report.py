@@ -23,7 +23,7 @@ class RankedScan:
     source: str  # the scan file, or the bag
     topic: str  # bag topic ('' for files)
     index: int  # message number on the topic, or file number in its folder
-    stamp_ns: int
+    stamp_ns: int  # 0: the source gives none (most scan files)
     score: float  # the strategy's score when it was chosen (NaN: none)
     uncertainty: float  # the head's uncertainty of the scan (NaN: no head)
     voxels: int
@@ -39,7 +39,7 @@ def ranked_csv(rows: Sequence[RankedScan]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for r in rows:
-        writer.writerow([r.rank, r.source, r.topic, r.index, r.stamp_ns, _number(r.score), _number(r.uncertainty),
+        writer.writerow([r.rank, r.source, r.topic, r.index, r.stamp_ns or "", _number(r.score), _number(r.uncertainty),
                          r.voxels, r.picture])
     return buffer.getvalue()
 

@@ -35,8 +35,9 @@ UNCERTAINTY_STRATEGIES = ("uncertainty", "mix")  # the ones that need a segmenta
 # Cosine distance between normalised pooled embeddings (``normalised_embeddings``) below which two scans
 # count as near-duplicates. Measured with the pretrained nano encoder of docs/results.md on the 35 scans of
 # SemanticKITTI sequences 00-05 and 07 plus kitti_seq00 and kitti_raw_0002 (docs/results.md, "Choosing
-# scans to label"): the same scan found twice 0; frames 0.2 s apart 0.007 (sequence 07) and 0.04 (01, a
-# highway), but up to 1.1 elsewhere; scans of different drives 0.17 at the least (1st percentile 0.27).
+# scans to label"): the same scan found twice (kitti_seq00 holds byte copies of two frames of sequence 00)
+# 0; frames 0.2 s apart 0.007-0.05 for 4 of the 28 pairs (sequences 01, a highway, and 07), 0.08-1.1 for
+# the others; scans of different drives 0.17 at the least (1st percentile 0.27).
 DEFAULT_DUPLICATE_DISTANCE = 0.05
 
 
