@@ -221,3 +221,15 @@ def test_select_refuses_what_it_cannot_do():
         select("mix", 2, 0, [[0, 1, 2]], vectors=vectors, uncertainty=None)
     with pytest.raises(ValueError, match="unknown strategy"):
         select("coreset", 2, 0, [[0, 1, 2]], vectors=vectors)
+
+
+def test_topics_choose_the_bag_topic_and_an_unknown_one_is_one_line(duplicated_bag, checkpoints, cache, tmp_path, capsys):
+    record = run_select(duplicated_bag, tmp_path / "ok", checkpoints["encoder"], cache, "--budget", "1",
+                        "--topics", "/points", "--no-pictures")
+    assert record["ranked"][0]["topic"] == "/points" and record["topics"] == ["/points"]
+    capsys.readouterr()
+    argv = [str(duplicated_bag), "--topics", "/no_such_topic", "--budget", "1", "--out", str(tmp_path / "bad"),
+            "--checkpoint", str(checkpoints["encoder"]), "--no-progress"]
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("ssl3d-select: error: ") and "/no_such_topic" in errors[0], errors
