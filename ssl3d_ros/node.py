@@ -83,6 +83,9 @@ def declare_node_parameters(node: Node) -> NodeConfig:
         if node.has_parameter(name):  # an override (or a managed node's earlier configure): keep its value
             value = node.get_parameter(name).value
             if not node.describe_parameter(name).read_only:
+                # its type is the override's (a list of doubles, of strings): a typeless static descriptor
+                # would refuse it, and node_config_from_params checks the type with the key named
+                descriptor.dynamic_typing = True
                 node.set_descriptor(name, descriptor)
         elif is_list_parameter(tp):
             # Typed without a default: rcl cannot parse an empty YAML list, so "unset" means the default.

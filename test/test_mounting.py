@@ -254,3 +254,19 @@ def test_beams_never_clear_an_obstacle_and_clip_to_the_grid():
     outside = occupancy_grid(np.array([[4.5, 0.5, 0.0]], np.float32), np.array([1], np.uint8), np.ones(1, bool),
                              obstacle, _grid_cfg(), sensor_xy=(-20.0, 0.5)).data
     assert (outside[5, :] == FREE).all() and (outside == FREE).sum() == 10
+
+
+def test_the_nav2_example_reads_the_node_s_obstacles_and_latched_grid(repo_root):
+    import yaml
+
+    from ssl3d_ros.evaluation.node_harness import NODE_NAME
+
+    doc = yaml.safe_load((repo_root / "config" / "nav2_costmap_example.yaml").read_text())
+    costmap = doc["local_costmap"]["local_costmap"]["ros__parameters"]
+    layer = costmap["obstacle_layer"]
+    assert "obstacle_layer" in costmap["plugins"] and layer["plugin"] == "nav2_costmap_2d::ObstacleLayer"
+    source = layer[layer["observation_sources"]]
+    assert source["topic"] == f"/{NODE_NAME}/output/obstacles" and source["data_type"] == "PointCloud2"
+    assert source["marking"] is True and source["clearing"] is True
+    text = (repo_root / "config" / "nav2_costmap_example.yaml").read_text()
+    assert f"map_topic: /{NODE_NAME}/output/occupancy" in text and "map_subscribe_transient_local: true" in text

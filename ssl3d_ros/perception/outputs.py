@@ -93,8 +93,8 @@ class OccupancyGrid:
         return int(self.data.shape[0])
 
 
-# Hits farther than this many cells from the grid's origin are ignored (2**28 cells: 2,700 km at 1 cm),
-# so that one int64 key per cell holds both indices.
+# Hits farther than this many cells from the grid's corner are ignored (2**28 cells: 2,700 km at 1 cm),
+# so that cell indices stay exact integers.
 _MAX_CELLS = 1 << 28
 
 
@@ -124,7 +124,7 @@ def occupancy_grid(
     ix, iy = np.floor(fx[hit]).astype(np.int64), np.floor(fy[hit]).astype(np.int64)
     if cfg.ray_cast:
         sensor = ((sensor_xy[0] - cfg.origin_x) / cfg.resolution, (sensor_xy[1] - cfg.origin_y) / cfg.resolution)
-        grid[free_along_beams(ix, iy, sensor, width, height)] = FREE
+        grid[free_along_beams(fx[hit], fy[hit], sensor, width, height)] = FREE
     inside = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
     cell = iy[inside] * width + ix[inside]
     is_obstacle = obstacle[class_id[hit][inside]]
@@ -133,22 +133,38 @@ def occupancy_grid(
     return OccupancyGrid(grid.reshape(height, width), cfg.resolution, cfg.origin_x, cfg.origin_y)
 
 
-def free_along_beams(ix: np.ndarray, iy: np.ndarray, sensor: tuple[float, float], width: int, height: int) -> np.ndarray:
-    """Flat indices (with repeats) of the grid cells that beams cross from ``sensor`` (in cell units, may lie
-    outside the grid) to the hit cells ``(ix, iy)`` (any integers), the hit cells themselves left out.
+def free_along_beams(hx: np.ndarray, hy: np.ndarray, sensor: tuple[float, float], width: int, height: int) -> np.ndarray:
+    """Flat indices (with repeats) of the grid cells that beams cross from ``sensor`` to the hits
+    ``(hx, hy)``, all in cell units from the grid's corner (the sensor and the hits may lie outside it).
 
-    2-D, vectorised: one beam per distinct hit cell, aimed at its centre and clipped to the grid, sampled
-    every half cell along its longer axis (the cells a line drawn as Bresenham would, 8-connected), so
-    its cost is the beams' length in cells, not the number of points."""
-    if ix.size == 0:
+    2-D, vectorised, and bounded by the grid rather than the number of points: the hits are binned by
+    bearing from the sensor, in bins narrow enough that neighbouring beams are at most half a cell apart
+    inside the grid, and one beam per bin runs to its farthest hit (a nearer hit in the same bin lies on
+    the way, give or take a fraction of a cell). Each beam stops half a cell short of its hit, so it
+    never frees a cell beside the hit, and is clipped to the grid and sampled every half cell along its
+    longer axis, so that every cell it runs through holds a sample."""
+    if hx.size == 0:
         return np.zeros(0, np.int64)
-    span = np.int64(4 * _MAX_CELLS)  # one int64 key per cell: |ix|, |iy| < _MAX_CELLS
-    keys = np.unique((ix + span // 2) * span + (iy + span // 2))  # distinct hit cells
-    ex, ey = (keys // span - span // 2).astype(np.float64), (keys % span - span // 2).astype(np.float64)
     sx, sy = float(sensor[0]), float(sensor[1])
-    dx, dy = ex + 0.5 - sx, ey + 0.5 - sy
-    # Clip each beam's parameter t in [0, 1] to the grid's box (slab method), so beams from far hits or
-    # from a sensor outside the grid cost only the cells inside it.
+    dx, dy = hx - sx, hy - sy
+    dist = np.hypot(dx, dy)
+    reach = max(math.hypot(max(sx, width - sx), max(sy, height - sy)), 1.0)  # to the grid's farthest corner
+    # An arc of half a cell at the farthest corner; at most 65,535 bins (uint16: a radix sort below),
+    # which keeps that up to a reach of 5,200 cells.
+    bins = int(min(math.ceil(4 * math.pi * reach), 65_535))
+    bearing = (((np.arctan2(dy, dx) + math.pi) * (bins / (2 * math.pi))).astype(np.int64) % bins).astype(np.uint16)
+    order = np.argsort(bearing, kind="stable")  # radix sort of 16-bit keys: linear in the hits
+    sorted_bin, sorted_dist = bearing[order], dist[order]
+    starts = np.flatnonzero(np.r_[True, sorted_bin[1:] != sorted_bin[:-1]])
+    sizes = np.diff(np.r_[starts, sorted_bin.size])
+    group = np.repeat(np.arange(starts.size), sizes)
+    farthest = np.flatnonzero(sorted_dist == np.repeat(np.maximum.reduceat(sorted_dist, starts), sizes))
+    first = farthest[np.r_[True, group[farthest][1:] != group[farthest][:-1]]]  # one farthest hit per bin
+    beam_hit = order[first]
+    length = dist[beam_hit]
+    scale = np.minimum(np.maximum(length - 0.5, 0.0), reach) / np.maximum(length, 1e-12)
+    dx, dy = dx[beam_hit] * scale, dy[beam_hit] * scale  # from the sensor to half a cell short of the hit
+    # Clip each beam's parameter t in [0, 1] to the grid's box (slab method).
     t0, t1 = np.zeros_like(dx), np.ones_like(dx)
     for start, d, size in ((sx, dx, width), (sy, dy, height)):
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -157,18 +173,16 @@ def free_along_beams(ix: np.ndarray, iy: np.ndarray, sensor: tuple[float, float]
         lo, hi = np.where(parallel, -np.inf, np.minimum(a, b)), np.where(parallel, np.inf, np.maximum(a, b))
         outside = parallel & ((start < 0) | (start >= size))
         t0, t1 = np.maximum(t0, lo), np.where(outside, -1.0, np.minimum(t1, hi))
-    crossing = t1 > t0
-    dx, dy, ex, ey, t0, t1 = dx[crossing], dy[crossing], ex[crossing], ey[crossing], t0[crossing], t1[crossing]
-    # Half-cell steps along the longer axis: every cell the beam runs through along that axis holds a
-    # sample, even when rounding puts a sample a hair before a cell border.
-    steps = 2.0 * np.maximum(np.abs(dx), np.abs(dy))
+    crossing = t1 >= t0
+    dx, dy, t0, t1 = dx[crossing], dy[crossing], t0[crossing], t1[crossing]
+    steps = 2.0 * np.maximum(np.abs(dx), np.abs(dy))  # half cells along the longer axis
     count = np.ceil((t1 - t0) * steps).astype(np.int64) + 1
     beam = np.repeat(np.arange(count.size), count)
     k = np.arange(beam.size) - np.repeat(np.cumsum(count) - count, count)
     t = np.minimum(t0[beam] + k / np.maximum(steps[beam], 1e-9), t1[beam])
     cx = np.floor(sx + t * dx[beam]).astype(np.int64)
     cy = np.floor(sy + t * dy[beam]).astype(np.int64)
-    keep = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height) & ~((cx == ex[beam]) & (cy == ey[beam]))
+    keep = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
     return cy[keep] * width + cx[keep]  # repeats included: writing a cell twice costs less than sorting
 
 
