@@ -311,7 +311,7 @@ obstacle-class points, for a nav2 costmap) in the base frame (frame.base_frame),
 ~/debug/pipeline_latency_ms, ~/debug/stage_time_ms and /diagnostics.
 Example: ssl3d-perception --ros-args --params-file config/perception.yaml -r ~/input/points:=/points
 A depth camera (optical frame) 1.2 m up on base_link, looking along its x axis:
-  -p frame.base_frame:=base_link -p "frame.sensor_xyz:=[0.0, 0.0, 1.2]" -p "frame.sensor_rpy:=[-1.5708, 0.0, -1.5708]"
+  -p frame.base_frame:=base_link -p "frame.sensor_xyz:=[0.0, 0.0, 1.2]" -p "frame.sensor_quaternion:=[-0.5, 0.5, -0.5, 0.5]"
 
 --managed: a lifecycle (managed) node for nav2-style bring-up: configure loads and warms up the model,
 activate subscribes (`ros2 lifecycle set /ssl3d_perception configure`, then `activate`).
