@@ -34,8 +34,8 @@ UNCERTAINTY_STRATEGIES = ("uncertainty", "mix")  # the ones that need a segmenta
 
 # Cosine distance between normalised pooled embeddings (``normalised_embeddings``) below which two scans
 # count as near-duplicates. Measured with the pretrained nano encoder of docs/results.md on the 35 scans of
-# SemanticKITTI sequences 00-05 and 07 plus kitti_seq00 and kitti_raw_0002 (docs/results.md, "Choosing
-# scans to label"): the same scan found twice (kitti_seq00 holds byte copies of two frames of sequence 00)
+# SemanticKITTI sequences 00-05 and 07 plus kitti_seq00 and kitti_raw_0002 (docs/selection-study/
+# selection.md): the same scan found twice (kitti_seq00 holds byte copies of two frames of sequence 00)
 # 0; frames 0.2 s apart 0.007-0.05 for 4 of the 28 pairs (sequences 01, a highway, and 07), 0.08-1.1 for
 # the others; scans of different drives 0.17 at the least (1st percentile 0.27).
 DEFAULT_DUPLICATE_DISTANCE = 0.05
