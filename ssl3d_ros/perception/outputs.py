@@ -104,9 +104,10 @@ def occupancy_grid(
     width = int(math.ceil(cfg.size_x / cfg.resolution))
     height = int(math.ceil(cfg.size_y / cfg.resolution))
     grid = np.full(height * width, UNKNOWN, np.int8)
-    ix = np.floor((xyz[:, 0] - cfg.origin_x) / cfg.resolution)
-    iy = np.floor((xyz[:, 1] - cfg.origin_y) / cfg.resolution)
-    with np.errstate(invalid="ignore"):  # NaN points are already invalid
+    # Invalid points (NaN, Inf, 1e38 m) overflow or compare as NaN here: quietly, since `valid` drops them.
+    with np.errstate(over="ignore", invalid="ignore"):
+        ix = np.floor((xyz[:, 0] - cfg.origin_x) / cfg.resolution)
+        iy = np.floor((xyz[:, 1] - cfg.origin_y) / cfg.resolution)
         keep = (
             valid
             & (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
