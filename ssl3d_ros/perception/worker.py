@@ -4,6 +4,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
+from .headers import loggable_frame_id
+
 
 class LatestFrameSlot:
     """One-slot mailbox: a new frame replaces a waiting one (the replaced one counts as dropped)."""
@@ -45,7 +47,7 @@ def frame_failure(exc: BaseException, frame_id: str, device: Any) -> tuple[str, 
     from ..codec import CloudFormatError
 
     if isinstance(exc, CloudFormatError):
-        return "rejected", f"rejected malformed PointCloud2 (frame {frame_id!r}): {exc}", f"rejected:{exc}"
+        return "rejected", f"rejected malformed PointCloud2 (frame {loggable_frame_id(frame_id)}): {exc}", f"rejected:{exc}"
     if isinstance(exc, torch.OutOfMemoryError):
         return "errors", f"out of memory on {device}: {str(exc).splitlines()[0]}", "out_of_memory"
     message = f"processing failed: {type(exc).__name__}: {exc}"
