@@ -18,6 +18,7 @@ This is the only module of the package that imports rclpy.
 from __future__ import annotations
 
 import array
+import dataclasses
 import sys
 import time
 from typing import Any
@@ -38,10 +39,12 @@ from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension
 from .codec import fill_cloud_message
 from .config import ConfigError
 from .perception import (
-    FINE_STAGES, STAGES, ComputedFrame, DiagnosticsPolicy, InferenceWorker, NodeConfig, NodeStats, OutputEncoder,
-    OutputSelection, OutputStage, PerceptionPipeline, WarningThrottle, apply_process_settings, frame_failure,
-    frame_timings, frame_warnings, is_list_parameter, leaf_parameters, node_config_from_params, node_usage,
-    shared_memory_segment, transport_warning, typical_scan_warning, unknown_parameters,
+    FINE_STAGES, STAGES, STAMP_PROBLEM_KINDS, ComputedFrame, DiagnosticsPolicy, InferenceWorker, NodeConfig,
+    NodeStats, OutputEncoder, OutputSelection, OutputStage, OverloadMonitor, PerceptionPipeline, WarningThrottle,
+    apply_process_settings, frame_failure, frame_timings, frame_warnings, header_problems, input_transport_lines,
+    is_list_parameter, leaf_parameters, node_config_from_params, node_usage, resolve_max_input_points,
+    route_python_warnings, shared_memory_segment, transport_values, transport_warning, typical_scan_warning,
+    unknown_parameters,
 )
 
 NODE_NAME = "ssl3d_perception"
@@ -92,7 +95,12 @@ class PerceptionShell:
         self.stats = NodeStats()
         self._throttle = WarningThrottle()
         self.subscription = self.diagnostics_timer = None
-        self.config = declare_node_parameters(self)
+        config = declare_node_parameters(self)
+        # input.max_points (auto) agrees with what the transport carries; the pipeline gets the number in force
+        self._segment = shared_memory_segment()
+        requested = config.input.max_points
+        max_points = resolve_max_input_points(requested, self._segment)
+        self.config = dataclasses.replace(config, input=dataclasses.replace(config.input, max_points=max_points))
         apply_process_settings(self.config.cpu_threads, self.config.retain_freed_memory)
         self._worker = InferenceWorker(self._load, self.process_message, self._frame_failed)
         warm_ms = self._worker.start()
@@ -100,14 +108,19 @@ class PerceptionShell:
         pipe, log = self.pipeline, self.get_logger()
         self.outputs = OutputEncoder.for_classes(pipe.class_names, pipe.class_colors, self.config)
         self._health = DiagnosticsPolicy(self.config.diagnostics, time.monotonic())
-        self._segment = shared_memory_segment()
+        self._overload = OverloadMonitor(time.monotonic())
+        self._transport_values = transport_values(max_points, self._segment)
         too_big = typical_scan_warning(self.config.embeddings.per_voxel, pipe.embedding_channels, self._segment)
-        for warning in pipe.warnings + ([too_big] if too_big else []):
+        transport_info, transport_warnings = input_transport_lines(requested, max_points, self._segment,
+                                                                   self.config.input.qos.reliability)
+        for warning in pipe.warnings + ([too_big] if too_big else []) + transport_warnings:
             log.warning(warning)
         log.info(
             f"loaded {pipe.source} on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')}), "
             f"{len(pipe.class_names)} classes, embedding D={pipe.embedding_channels}; warm-up {warm_ms:.0f} ms"
         )
+        for line in transport_info:
+            log.info(line)
         self.publishers_by_output = {
             "segmentation": self.create_publisher(PointCloud2, "~/output/segmentation", OUTPUT_QOS),
             "embeddings": self.create_publisher(PointCloud2, "~/output/embeddings", OUTPUT_QOS),
@@ -179,20 +192,29 @@ class PerceptionShell:
     def process_message(self, msg: PointCloud2) -> None:
         """Decode and infer one cloud (worker thread), then hand it to the output stage."""
         t_start = time.perf_counter()
+        header = msg.header  # same stamp and frame on every output, even a questionable one: never restamped
+        problems = header_problems(header.frame_id, header.stamp.sec, header.stamp.nanosec,
+                                   self.get_clock().now().nanoseconds)
+        if problems:
+            self.stats.count_header_problems([p.kind for p in problems])
+            for problem in problems:
+                self._warn_throttled(f"header:{problem.kind}", problem.message)
         selection = self._selection()
         if not selection.any:
             self.stats.count("skipped")
             return
         cloud = self.pipeline.process_cloud(msg, segmentation=selection.needs_classes, embeddings=selection.embeddings,
                                             point_embeddings=not self.config.embeddings.per_voxel)
-        result, header = cloud.result, msg.header  # same stamp and frame on every output: never restamped
+        result = cloud.result
         total, invalid = result.valid.size, result.valid.size - result.num_valid
-        self.stats.add_points(invalid, total, result.points_over_budget, cloud.intensity_missing)
+        self.stats.add_points(invalid, total, result.points_over_budget, cloud.intensity_missing, msg.is_bigendian)
         for kind, message in frame_warnings(header.frame_id, cloud.xyz, invalid, result.points_over_budget,
                                             self.pipeline.preprocess_cfg.max_points, cloud.intensity_missing,
-                                            self.config.input.intensity_field):
+                                            self.config.input.intensity_field, msg.is_bigendian):
             self._warn_throttled(kind, message)
-        self._output_stage.submit(ComputedFrame(header, cloud, selection, (time.perf_counter() - t_start) * 1e3))
+        stamp_valid = not any(p.kind in STAMP_PROBLEM_KINDS for p in problems)
+        self._output_stage.submit(ComputedFrame(header, cloud, selection, (time.perf_counter() - t_start) * 1e3,
+                                                stamp_valid))
 
     # -- output thread ------------------------------------------------------------------------------
 
@@ -221,7 +243,7 @@ class PerceptionShell:
         self.pub_processing_time.publish(_float_array(STAGES, coarse))
         self.pub_stage_time.publish(_float_array(FINE_STAGES, [stages[k] for k in FINE_STAGES]))
         self.pub_latency.publish(Float64(data=latency_ms))
-        self.stats.add_frame(stages, total_ms, latency_ms)
+        self.stats.add_frame(stages, total_ms, latency_ms if frame.stamp_valid else None)
 
     # -- diagnostics --------------------------------------------------------------------------------
 
@@ -232,7 +254,8 @@ class PerceptionShell:
             {"device": str(pipe.device), "precision": str(pipe.dtype).removeprefix("torch."), "checkpoint": pipe.source,
              # the node's own view of each output's subscribers: DDS matches each side separately, and an
              # output is computed only when this side has matched (a client waits on these before sending)
-             **{f"subscribers_{name}": str(pub.get_subscription_count()) for name, pub in self.publishers_by_output.items()}},
+             **{f"subscribers_{name}": str(pub.get_subscription_count()) for name, pub in self.publishers_by_output.items()},
+             **self._transport_values},
             pipe.memory_bytes(),
         )
         return DiagnosticStatus(
@@ -241,6 +264,9 @@ class PerceptionShell:
         )
 
     def _publish_diagnostics(self) -> None:
+        overloaded = self._overload.check(self.stats, time.monotonic())
+        if overloaded:  # throttled by the monitor itself: one line per window at most
+            self.get_logger().warning(overloaded)
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [self.diagnostic_status()]
@@ -332,6 +358,8 @@ def main(args: list[str] | None = None) -> int:
         return 0
     managed = "--managed" in user_args
     rclpy.init(args=argv)
+    # Python warnings (numpy, torch) become throttled log lines of the node, not raw blocks on stderr
+    route_python_warnings(rclpy.logging.get_logger(NODE_NAME).warning, WarningThrottle())
     try:
         node = ManagedPerceptionNode() if managed else PerceptionNode()
     except (ConfigError, ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError

@@ -164,12 +164,14 @@ class OutputSelection:
 @dataclass
 class ComputedFrame:
     """A frame between inference and publishing: the input's header, its results, which outputs
-    to encode, and the ms spent computing it."""
+    to encode, the ms spent computing it, and whether its stamp is a time (not zero, negative, ...:
+    such a frame is kept out of the latency figures)."""
 
     header: Any
     cloud: CloudResult
     selection: OutputSelection
     compute_ms: float
+    stamp_valid: bool = True
 
 
 @dataclass
