@@ -321,14 +321,17 @@ OVERLOAD_LINE = re.compile(r"overloaded: dropped (\d+) of (\d+) frames in the la
 
 def test_sustained_overload_logs_a_throttled_warning_with_the_rates(harness, node_process):
     """Clouds at four times the rate the node sustains here (measured first, so the test holds on any
-    machine) until the node's warning comes; frames dropped, counted and named in one line per window."""
+    machine; 20 Hz at least) until the node's warning comes; frames dropped, counted and named in one
+    line per window."""
     proc, log_path = node_process
     periods = []
     for _ in range(3):  # one frame in flight at a time: what the node sustains on this cloud here
         t0 = time.monotonic()
         send_and_receive(harness, valid_cloud("case_calibration"))
         periods.append(time.monotonic() - t0)
-    interval = max(periods) / 4.0
+    # 20 Hz at least: on a loaded CPU the node's executor, sharing the GIL with inference, takes only some
+    # of the samples (its DDS queue keeps the last one), and only those it takes can be counted as dropped
+    interval = min(max(periods) / 4.0, 0.05)
     before = fresh_counts(harness)
     offset = log_path.stat().st_size
     start = next_check = time.monotonic()
@@ -352,4 +355,5 @@ def test_sustained_overload_logs_a_throttled_warning_with_the_rates(harness, nod
     assert "unsubscribe outputs you do not need" in lines[0]
     after = fresh_counts(harness)
     assert int(after["frames_dropped"]) > int(before["frames_dropped"])
+    send_and_receive(harness, valid_cloud("case_after_overload"))  # answered: the mailbox holds nothing stale
     assert proc.poll() is None
