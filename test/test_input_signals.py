@@ -13,7 +13,7 @@ import pytest
 from ssl3d_ros.codec import FLOAT32, FLOAT64, encode_cloud
 from ssl3d_ros.labels import NO_CLASS
 from ssl3d_ros.perception import (
-    DEFAULT_MAX_INPUT_POINTS, HEADER_PROBLEM_KINDS, OK, SEGMENT_MARGIN, WARN, DiagnosticsConfig, DiagnosticsPolicy,
+    DEFAULT_MAX_INPUT_POINTS, HEADER_PROBLEM_KINDS, OK, OUTPUTS, SEGMENT_MARGIN, WARN, DiagnosticsConfig, DiagnosticsPolicy,
     NodeConfig, NodeStats, OutputEncoder, OutputSelection, OverloadMonitor, PerceptionPipeline, WarningThrottle,
     big_endian_suspect, frame_warnings, header_problems, input_transport_lines, loggable_frame_id,
     node_config_from_params, resolve_max_input_points, route_python_warnings, shared_memory_segment,
@@ -52,7 +52,7 @@ def test_each_header_problem_is_named_with_its_field_and_value(frame_id, sec, na
     problems = header_problems(frame_id, sec, nanosec, NOW_NS)
     assert [p.kind for p in problems] == expected
     assert field_text in problems[0].message
-    assert "the outputs keep the input's header unchanged" in problems[0].message
+    assert "the outputs keep the input's stamp and frame_id unchanged" in problems[0].message
     assert len(problems[0].message) < 600  # a 10 kB frame_id is cut in the log line
 
 
@@ -199,7 +199,7 @@ def test_hostile_values_raise_no_python_warning_and_give_sane_outputs(pipeline, 
     assert (result.probability[bad] == 0).all() and (result.entropy[bad] == 1).all()
     assert np.isfinite(result.probability).all() and np.isfinite(result.entropy).all()
     assert np.isfinite(result.voxel_embedding).all() and np.isfinite(result.voxel_coord).all()
-    assert set(outputs) == {"segmentation", "visualization", "embeddings", "occupancy"}
+    assert set(outputs) == set(OUTPUTS)
     assert (outputs["occupancy"].data != -1).any()  # the valid points still mark cells
     if case == "intensity_1e300_float64":  # beyond float32's range: unusable, like a non-finite value
         assert not result.valid[::7].any()

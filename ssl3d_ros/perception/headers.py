@@ -1,10 +1,11 @@
 """What is wrong with an input cloud's ``std_msgs/Header``, without ROS: :func:`header_problems`.
 
 Policy (the node's): a frame with a questionable header is still processed, and every output keeps
-the input's header unchanged, an empty ``frame_id`` included. Subscribers match outputs to their
-input by header (stamp and frame, e.g. message_filters), so a restamped or renamed output would match
-nothing, and a frame name made up here would place the data in a frame its sender never meant. What
-the node adds is a sign: one throttled warning per kind of problem naming the field and its value,
+the input's stamp unchanged, the per-point clouds its ``frame_id`` too, an empty one included (the grid
+and the obstacles are in the base frame: the input's unless ``frame.base_frame`` is set). Subscribers
+match outputs to their input by header (stamp and frame, e.g. message_filters), so a restamped or
+renamed output would match nothing, and a frame name made up here would place the data in a frame its
+sender never meant. What the node adds is a sign: one throttled warning per kind of problem naming the field and its value,
 and a ``/diagnostics`` counter per kind (``frames_header_<kind>``).
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ HEADER_PROBLEM_KINDS = ("frame_id_empty", "frame_id_too_long", "stamp_zero", "st
 # The kinds that make the stamp meaningless as a time (the node keeps such frames out of its latency figures).
 STAMP_PROBLEM_KINDS = frozenset(k for k in HEADER_PROBLEM_KINDS if k.startswith("stamp_"))
 
-_KEPT = "processed; the outputs keep the input's header unchanged"
+_KEPT = "processed; the outputs keep the input's stamp and frame_id unchanged"
 
 
 @dataclass(frozen=True)
