@@ -81,8 +81,8 @@ setup(
     entry_points={
         "console_scripts": [
             # `perception_node` is what the launch file starts from lib/ssl3d_ros under colcon.
-            "perception_node = ssl3d_ros.node:main",
-            "ssl3d-perception = ssl3d_ros.node:main",
+            "perception_node = ssl3d_ros.node_entry:main",
+            "ssl3d-perception = ssl3d_ros.node_entry:main",
             "ssl3d-pretrain = ssl3d_ros.training.pretrain:main",
             "ssl3d-finetune = ssl3d_ros.training.finetune:main",
             "ssl3d-study = ssl3d_ros.training.study:main",

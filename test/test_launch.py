@@ -60,7 +60,7 @@ def test_launch_file_starts_the_installed_executable_with_the_input_remapped():
     assert ast.literal_eval(source) == "~/input/points"
     assert isinstance(target, ast.Call) and ast.literal_eval(target.args[0]) == "input_topic"
     # The executable the launch file names is one the package installs (into lib/ssl3d_ros under colcon).
-    assert '"perception_node = ssl3d_ros.node:main"' in (REPO / "setup.py").read_text()
+    assert '"perception_node = ssl3d_ros.node_entry:main"' in (REPO / "setup.py").read_text()
 
 
 def test_default_params_file_is_a_valid_node_config():
@@ -221,7 +221,7 @@ def test_use_sim_time_is_parsed_strictly(pip_prefix, tmp_path):
     (["use_sim_time:=maybe"], "launch argument use_sim_time:='maybe' is not a boolean"),
     (["params_file:=/nonexistent/perception.yaml"], "launch argument params_file:='/nonexistent/perception.yaml' is not a file"),
     (["checkpoint:=/nonexistent/model.safetensors", "device:=cpu"],
-     "perception_node-1 exited with code 2 (it refused its configuration; its log line above says why)"),
+     "perception_node-1 exited with code 2 (it refused to start; its log line above says why)"),
 ], ids=["use_sim_time", "params_file", "node_refuses_config"])
 def test_a_bad_launch_stops_with_one_line_and_a_nonzero_exit(pip_prefix, tmp_path, args, line):
     proc = _ros2_launch(pip_prefix, [REPO], args, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
