@@ -15,7 +15,7 @@ torch, exit 2), ends the launch with one "Caught exception in launch ...: <why>"
 status; upstream launch would otherwise only log a warning for a missing params file and return 0.
 
 Stopping: SIGINT (Ctrl-C) stops the node and the launch (exit 0), with upstream's grace periods kept
-(sigterm_timeout 5 s, then sigkill_timeout 5 s; the node stops within about 2 s). SIGTERM, SIGHUP or
+(sigterm_timeout 5 s, then sigkill_timeout 5 s; the node stops within a few seconds). SIGTERM, SIGHUP or
 SIGKILL kill the launch process at once (upstream has no handler for them and leaves its processes
 running); the node, started with --exit-with-parent, gets SIGTERM from the kernel when the launch exits
 and stops cleanly.
