@@ -6,8 +6,10 @@ published :mod:`~ssl3d_ros.perception.outputs`, statistics and diagnostics :mod:
 ``~/input/points`` (sensor_msgs/PointCloud2), keeps only the newest scan in a one-slot mailbox, and
 runs inference on the worker thread so executor callbacks never block; a second thread encodes and
 publishes a frame's outputs while the next frame is inferred. Every output carries the
-input's header (never restamped) and, for per-point clouds, the input's point order (height/width
-kept; filtered points have class_id 255 rather than being removed).
+input's stamp (never restamped); per-point clouds carry the input's header and point order
+(height/width kept; filtered points have class_id 255 rather than being removed), the occupancy grid
+and the obstacle cloud the base frame's name (parameter ``frame.base_frame``), whose pose comes from
+the ``frame.*`` parameters or ``/tf_static``.
 
 Run without a ROS distribution::
 
@@ -33,12 +35,12 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2, PointField
-from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension
+from std_msgs.msg import Float64, Float64MultiArray, Header, MultiArrayDimension
 
 from .codec import fill_cloud_message
 from .config import ConfigError
 from .perception import (
-    FINE_STAGES, STAGES, ComputedFrame, DiagnosticsPolicy, InferenceWorker, NodeConfig, NodeStats, OutputEncoder,
+    BASE_FRAME_OUTPUTS, FINE_STAGES, STAGES, ComputedFrame, DiagnosticsPolicy, InferenceWorker, NodeConfig, NodeStats, OutputEncoder,
     OutputSelection, OutputStage, PerceptionPipeline, WarningThrottle, apply_process_settings, frame_failure,
     frame_timings, frame_warnings, is_list_parameter, leaf_parameters, node_config_from_params, node_usage,
     shared_memory_segment, transport_warning, typical_scan_warning, unknown_parameters,
@@ -48,6 +50,27 @@ NODE_NAME = "ssl3d_perception"
 # Outputs: reliable keep-last-1 (the newest result matters), which best-effort and reliable
 # subscribers (RViz, planners) both accept.
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
+# The occupancy grid is latched (transient local): nav2's StaticLayer subscribes to its map that way
+# (map_subscribe_transient_local: true, its default) and gets no map from a volatile publisher; a
+# subscriber that joins late gets the newest grid at once. Volatile subscribers (RViz) match it too.
+OCCUPANCY_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# /tf_static is latched by its publishers (static_transform_publisher, robot_state_publisher).
+TF_STATIC_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def tf_message_type() -> type:
+    """tf2_msgs/TFMessage, imported only when ``frame.tf_static`` asks for it: the package is not among
+    PyPI's ros-* wheels, so a pip install has no /tf_static and takes the mount from parameters."""
+    try:
+        from tf2_msgs.msg import TFMessage
+    except ImportError:
+        raise ConfigError(
+            "parameter 'frame.tf_static': /tf_static needs the tf2_msgs message package, which is not installed "
+            "here (a ROS distribution has it; PyPI's ros-* wheels do not); give the sensor's pose with "
+            "frame.sensor_xyz and frame.sensor_rpy or frame.sensor_quaternion instead") from None
+    return TFMessage
 
 
 def declare_node_parameters(node: Node) -> NodeConfig:
@@ -60,6 +83,9 @@ def declare_node_parameters(node: Node) -> NodeConfig:
         if node.has_parameter(name):  # an override (or a managed node's earlier configure): keep its value
             value = node.get_parameter(name).value
             if not node.describe_parameter(name).read_only:
+                # its type is the override's (a list of doubles, of strings): a typeless static descriptor
+                # would refuse it, and node_config_from_params checks the type with the key named
+                descriptor.dynamic_typing = True
                 node.set_descriptor(name, descriptor)
         elif is_list_parameter(tp):
             # Typed without a default: rcl cannot parse an empty YAML list, so "unset" means the default.
@@ -93,6 +119,7 @@ class PerceptionShell:
         self._throttle = WarningThrottle()
         self.subscription = self.diagnostics_timer = None
         self.config = declare_node_parameters(self)
+        tf_message = tf_message_type() if self.config.frame.tf_static else None  # refused before the model loads
         apply_process_settings(self.config.cpu_threads, self.config.retain_freed_memory)
         self._worker = InferenceWorker(self._load, self.process_message, self._frame_failed)
         warm_ms = self._worker.start()
@@ -114,8 +141,11 @@ class PerceptionShell:
             "segmentation": self.create_publisher(PointCloud2, "~/output/segmentation", OUTPUT_QOS),
             "embeddings": self.create_publisher(PointCloud2, "~/output/embeddings", OUTPUT_QOS),
             "visualization": self.create_publisher(PointCloud2, "~/output/visualization", OUTPUT_QOS),
-            "occupancy": self.create_publisher(OccupancyGrid, "~/output/occupancy", OUTPUT_QOS),
+            "occupancy": self.create_publisher(OccupancyGrid, "~/output/occupancy", OCCUPANCY_QOS),
+            "obstacles": self.create_publisher(PointCloud2, "~/output/obstacles", OUTPUT_QOS),
         }
+        self.tf_static_subscription = None if tf_message is None else self.create_subscription(
+            tf_message, "/tf_static", self._on_tf_static, TF_STATIC_QOS)
         self.pub_processing_time = self.create_publisher(Float64MultiArray, "~/debug/processing_time_ms", 10)
         self.pub_latency = self.create_publisher(Float64, "~/debug/pipeline_latency_ms", 10)
         self.pub_stage_time = self.create_publisher(Float64MultiArray, "~/debug/stage_time_ms", 10)
@@ -152,6 +182,9 @@ class PerceptionShell:
         super().destroy_node()
 
     # -- executor thread: only stores the message ---------------------------------------------------
+
+    def _on_tf_static(self, msg: Any) -> None:
+        self.pipeline.mounting.static.add_message(msg)
 
     def _on_cloud(self, msg: PointCloud2) -> None:
         self.stats.received_at(time.monotonic())
@@ -202,17 +235,20 @@ class PerceptionShell:
         """Encode and publish one computed frame's outputs and its timings (output thread)."""
         t_start = time.perf_counter()
         cloud, header = frame.cloud, frame.header
+        base_frame = cloud.result.base_frame
+        base_header = Header(stamp=header.stamp, frame_id=base_frame) if base_frame else header
         encode_ms = publish_ms = 0.0
         for name, payload, ms in self.outputs.encode(cloud, frame.selection):
             encode_ms += ms
+            out_header = base_header if name in BASE_FRAME_OUTPUTS else header
             if name == "occupancy":
-                out = occupancy_message(payload, header)
+                out = occupancy_message(payload, out_header)
             else:
                 too_big = transport_warning(name, len(payload.data), self._segment)
                 if too_big:
                     self._warn_throttled(f"transport:{name}", too_big)
                 out = fill_cloud_message(PointCloud2(), payload, PointField)
-                out.header = header
+                out.header = out_header
             t = time.perf_counter()
             self.publishers_by_output[name].publish(out)
             publish_ms += (time.perf_counter() - t) * 1e3
@@ -297,6 +333,8 @@ class ManagedPerceptionNode(PerceptionShell, LifecycleNode):
         for pub in [*self.publishers_by_output.values(), self.pub_processing_time, self.pub_latency,
                     self.pub_stage_time, self.pub_diagnostics]:
             self.destroy_publisher(pub)
+        if self.tf_static_subscription is not None:
+            self.destroy_subscription(self.tf_static_subscription)
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
@@ -313,7 +351,8 @@ def _float_array(labels: tuple[str, ...], values: list[float]) -> Float64MultiAr
 
 
 def occupancy_message(grid, header) -> OccupancyGrid:
-    """nav_msgs/OccupancyGrid of an :class:`ssl3d_ros.perception.OccupancyGrid`, in the input's frame and stamp."""
+    """nav_msgs/OccupancyGrid of an :class:`ssl3d_ros.perception.OccupancyGrid` with ``header`` (the input's
+    stamp, the base frame)."""
     out = OccupancyGrid()
     out.header = header
     out.info.map_load_time = header.stamp

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 NODE_NAME = "ssl3d_perception"
 # Outputs under ~/output/ (the node computes only those with subscribers) and its debug topics.
-OUTPUTS = ("segmentation", "embeddings", "visualization", "occupancy")
+OUTPUTS = ("segmentation", "embeddings", "visualization", "occupancy", "obstacles")
 DEBUG_TOPICS = ("processing_time_ms", "pipeline_latency_ms", "stage_time_ms")
 DIAGNOSTICS_TOPIC = "/diagnostics"
 # Fast DDS's default 512 kB shared-memory segment cannot carry a real scan, and best-effort samples

@@ -2,6 +2,7 @@
 
 - :mod:`.params`: the node's parameter tree (:class:`NodeConfig`), read from ROS parameters or YAML;
 - :mod:`.pipeline`: checkpoint + preprocessing + heads, one frame at a time (:class:`PerceptionPipeline`);
+- :mod:`.mounting`: the sensor's pose on the robot, points into the gravity-aligned base frame;
 - :mod:`.results`: a frame's per-point results (:class:`FrameResult`, :class:`CloudResult`);
 - :mod:`.outputs`: what is published, as pure functions of a frame's results (clouds, colours, grid);
 - :mod:`.transport`: whether a message fits Fast DDS's shared-memory segment;
@@ -19,15 +20,20 @@ from .health import (
     WarningThrottle, frame_timings, frame_warnings, rss_bytes, why_no_valid_point,
 )
 from .heap import RETAIN_BYTES, retain_freed_memory
+from .mounting import (
+    FrameMounting, Mount, StaticTransforms, TransformUnavailable, mount_from_config, rotation_from_quaternion,
+    rotation_from_rpy,
+)
 from .outputs import (
-    FREE, GROUND_CLASS_NAMES, INVALID_COLOR, OCCUPIED, OUTPUTS, UNKNOWN, ComputedFrame, OccupancyGrid, OutputEncoder,
-    OutputSelection, class_color_table, colorize, encode_outputs, obstacle_lookup, occupancy_grid, parse_colors,
+    BASE_FRAME_OUTPUTS, FREE, GROUND_CLASS_NAMES, INVALID_COLOR, OCCUPIED, OUTPUTS, UNKNOWN, ComputedFrame, OccupancyGrid,
+    OutputEncoder, OutputSelection, class_color_table, colorize, encode_outputs, free_along_beams, obstacle_lookup,
+    obstacle_points, occupancy_grid, parse_colors,
 )
 from .params import (
-    AUTO_EMBEDDING_DIMS, FOREIGN_PARAMETERS, USAGE, ClassesConfig, DiagnosticsConfig, EmbeddingsConfig, InputConfig,
-    KMeansConfig, NodeConfig, OccupancyConfig, PreprocessingOverrides, QosConfig, apply_preprocessing_overrides,
-    is_list_parameter, leaf_parameters, load_node_config, node_config_from_params, node_usage, unknown_parameters,
-    validate_node_config,
+    AUTO_EMBEDDING_DIMS, FOREIGN_PARAMETERS, USAGE, ClassesConfig, DiagnosticsConfig, EmbeddingsConfig, FrameConfig,
+    InputConfig, KMeansConfig, NodeConfig, OccupancyConfig, PreprocessingOverrides, QosConfig,
+    apply_preprocessing_overrides, is_list_parameter, leaf_parameters, load_node_config, node_config_from_params,
+    node_usage, unknown_parameters, validate_frame_config, validate_node_config,
 )
 from .pipeline import CPU_BACKEND, PerceptionPipeline
 from .results import CloudResult, FrameResult
@@ -46,14 +52,17 @@ __all__ = [
     "why_no_valid_point", "frame_warnings", "WarningThrottle", "DiagnosticReport", "DiagnosticsPolicy", "rss_bytes",
     # heap
     "RETAIN_BYTES", "retain_freed_memory",
+    # mounting
+    "Mount", "FrameMounting", "StaticTransforms", "TransformUnavailable", "rotation_from_rpy", "rotation_from_quaternion",
+    "mount_from_config",
     # outputs
-    "FREE", "OCCUPIED", "UNKNOWN", "OUTPUTS", "GROUND_CLASS_NAMES", "INVALID_COLOR", "parse_colors", "class_color_table",
-    "colorize", "OccupancyGrid", "occupancy_grid", "obstacle_lookup", "OutputSelection", "ComputedFrame",
-    "OutputEncoder", "encode_outputs",
+    "FREE", "OCCUPIED", "UNKNOWN", "OUTPUTS", "BASE_FRAME_OUTPUTS", "GROUND_CLASS_NAMES", "INVALID_COLOR", "parse_colors",
+    "class_color_table", "colorize", "OccupancyGrid", "occupancy_grid", "free_along_beams", "obstacle_points",
+    "obstacle_lookup", "OutputSelection", "ComputedFrame", "OutputEncoder", "encode_outputs",
     # params
     "AUTO_EMBEDDING_DIMS", "FOREIGN_PARAMETERS", "USAGE", "QosConfig", "InputConfig", "PreprocessingOverrides",
-    "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "OccupancyConfig", "DiagnosticsConfig", "NodeConfig",
-    "validate_node_config", "node_config_from_params", "load_node_config", "leaf_parameters", "is_list_parameter",
+    "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "FrameConfig", "OccupancyConfig", "DiagnosticsConfig",
+    "NodeConfig", "validate_node_config", "validate_frame_config", "node_config_from_params", "load_node_config", "leaf_parameters", "is_list_parameter",
     "unknown_parameters", "node_usage", "apply_preprocessing_overrides",
     # pipeline
     "CPU_BACKEND", "PerceptionPipeline",

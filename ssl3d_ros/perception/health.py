@@ -38,6 +38,7 @@ class NodeStats:
     errors: int = 0  # any other failure while processing a frame
     skipped: int = 0  # no subscriber on any output
     out_of_memory: int = 0  # frames skipped because the device ran out of memory (also in ``errors``)
+    without_transform: int = 0  # frames skipped: no /tf_static transform to the base frame yet (frame.tf_static)
     no_valid_points: int = 0  # processed frames in which no point survived (empty, all NaN, out of range)
     without_intensity: int = 0  # processed frames whose intensity was fed as zeros (input.missing_intensity)
     points_invalid: int = 0  # points marked invalid (class_id 255) over all processed frames
@@ -181,7 +182,7 @@ class DiagnosticsPolicy:
             counts = dict(received=stats.received, processed=stats.processed, dropped=stats.dropped,
                           rejected=stats.rejected, errors=stats.errors, skipped_no_subscribers=stats.skipped,
                           out_of_memory=stats.out_of_memory, without_valid_points=stats.no_valid_points,
-                          without_intensity=stats.without_intensity)
+                          without_intensity=stats.without_intensity, without_transform=stats.without_transform)
             points_invalid, points_subsampled = stats.points_invalid, stats.points_subsampled
             last_receive, last_error = stats.last_receive_mono, stats.last_error
         rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) >= 2 and recent[-1] > recent[0] else 0.0

@@ -97,16 +97,42 @@ class EmbeddingsConfig:
 
 
 @dataclass
+class FrameConfig:
+    base_frame: str = _doc(
+        "gravity-aligned frame (z up) the points are moved into before preprocessing; the model, the occupancy "
+        "grid and the obstacles cloud work in it, per-point outputs keep the input's frame ('' = the input's "
+        "frame, nothing moved: for z-up sensors such as a level LiDAR)", "")
+    sensor_xyz: list[float] = _doc(
+        "[x, y, z] of the sensor frame's origin in base_frame, metres (the input's frame_id is the sensor frame)",
+        factory=lambda: [0.0, 0.0, 0.0])
+    sensor_rpy: list[float] = _doc(
+        "[roll, pitch, yaw] of the sensor frame in base_frame, radians, fixed axes x-y-z as tf2 and "
+        "static_transform_publisher (a depth camera's optical frame looking along base x: [-1.5708, 0.0, -1.5708]); "
+        "give this or sensor_quaternion", factory=list)
+    sensor_quaternion: list[float] = _doc(
+        "[x, y, z, w] orientation of the sensor frame in base_frame (normalised on reading); give this or sensor_rpy",
+        factory=list)
+    tf_static: bool = _doc(
+        "take base_frame <- input frame from /tf_static instead of sensor_xyz/rpy/quaternion (needs the tf2_msgs "
+        "package; frames are skipped and counted until the transform arrives)", False)
+
+
+@dataclass
 class OccupancyConfig:
     resolution: float = _doc("cell size in metres", 0.5)
     size_x: float = _doc("grid extent along x in metres", 100.0)
     size_y: float = _doc("grid extent along y in metres", 100.0)
-    origin_x: float = _doc("x of the grid's lower-left corner in the input frame", -50.0)
-    origin_y: float = _doc("y of the grid's lower-left corner in the input frame", -50.0)
-    z_min: float = _doc("ignore points below this height (input frame), metres", -3.0)
-    z_max: float = _doc("ignore points above this height (input frame), metres", 3.0)
+    origin_x: float = _doc("x of the grid's lower-left corner in the base frame (frame.base_frame)", -50.0)
+    origin_y: float = _doc("y of the grid's lower-left corner in the base frame (frame.base_frame)", -50.0)
+    z_min: float = _doc("ignore points below this height (base frame), metres", -3.0)
+    z_max: float = _doc("ignore points above this height (base frame), metres", 3.0)
     obstacle_classes: list[str] = _doc(
-        "class names marked occupied (empty = every class that is not ground-like)", factory=list)
+        "class names marked occupied and published on ~/output/obstacles (empty = every class that is not "
+        "ground-like)", factory=list)
+    ray_cast: bool = _doc(
+        "mark free the cells each beam crosses from the sensor to its hit (2-D, in the grid plane), as a planner "
+        "expects; false: free only where ground points lie. Occupied cells stay occupied, cells no beam crosses "
+        "stay unknown (-1)", True)
 
 
 @dataclass
@@ -138,6 +164,7 @@ class NodeConfig:
     classes: ClassesConfig = field(default_factory=ClassesConfig)
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
+    frame: FrameConfig = field(default_factory=FrameConfig)
     occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
@@ -165,6 +192,7 @@ def validate_node_config(cfg: NodeConfig) -> NodeConfig:
     need(cfg.embeddings.dims >= -1, "embeddings.dims", f"must be >= -1 (-1 = auto, 0 = all), got {cfg.embeddings.dims}")
     for i, c in enumerate(cfg.classes.colors):
         need(bool(_HEX_COLOR.match(c)), f"classes.colors[{i}]", f"{c!r} is not '#rrggbb'")
+    validate_frame_config(cfg.frame)
     need(o.resolution > 0, "occupancy.resolution", f"must be > 0, got {o.resolution}")
     need(o.size_x > 0 and o.size_y > 0, "occupancy.size_x/size_y", "must be > 0")
     cells = math.ceil(o.size_x / o.resolution) * math.ceil(o.size_y / o.resolution) if o.resolution > 0 else 0
@@ -175,6 +203,36 @@ def validate_node_config(cfg: NodeConfig) -> NodeConfig:
     need(d.period_s > 0, "diagnostics.period_s", "must be > 0")
     need(d.stale_after_s > 0, "diagnostics.stale_after_s", "must be > 0")
     return cfg
+
+
+def validate_frame_config(f: FrameConfig) -> None:
+    """The sensor mounting: a base frame needs exactly one orientation (or /tf_static), finite numbers of
+    the right length; without a base frame nothing may be set. Raises ConfigError naming the key."""
+
+    def need(ok: bool, name: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"parameter 'frame.{name}': {what}")
+
+    for name, length in (("sensor_xyz", 3), ("sensor_rpy", 3), ("sensor_quaternion", 4)):
+        values = getattr(f, name)
+        need(len(values) in ((length,) if name == "sensor_xyz" else (0, length)), name,
+             f"needs {length} numbers, got {len(values)}")
+        need(all(math.isfinite(v) for v in values), name, f"{values} has a value that is not finite")
+    if f.sensor_quaternion:
+        need(math.fsum(v * v for v in f.sensor_quaternion) > 1e-12, "sensor_quaternion",
+             "is all zeros: not a rotation ([0.0, 0.0, 0.0, 1.0] is no rotation)")
+    pose_given = bool(f.sensor_rpy or f.sensor_quaternion) or any(f.sensor_xyz)
+    if not f.base_frame:
+        need(not pose_given and not f.tf_static, "base_frame",
+             "is empty (points stay in the input's frame) but a sensor pose or tf_static is set; name the base "
+             "frame the pose is given in")
+    elif f.tf_static:
+        need(not pose_given, "tf_static",
+             "is true: the pose comes from /tf_static, so leave sensor_xyz/sensor_rpy/sensor_quaternion unset")
+    else:
+        need(bool(f.sensor_rpy) != bool(f.sensor_quaternion), "sensor_rpy" if not f.sensor_quaternion else "sensor_quaternion",
+             "give exactly one of frame.sensor_rpy and frame.sensor_quaternion for base_frame "
+             f"{f.base_frame!r} ([0.0, 0.0, 0.0] rpy for a sensor aligned with it)")
 
 
 def node_config_from_params(params: dict[str, Any]) -> NodeConfig:
@@ -247,9 +305,13 @@ def unknown_parameters(given: typing.Iterable[str]) -> list[str]:
 USAGE = """usage: ssl3d-perception [--help] [--managed] [--exit-with-parent] --ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r ~/input/points:=TOPIC]
 
 The ssl3d_ros perception node: subscribes ~/input/points (sensor_msgs/PointCloud2) and publishes
-~/output/segmentation, ~/output/embeddings, ~/output/visualization, ~/output/occupancy,
-~/debug/processing_time_ms, ~/debug/pipeline_latency_ms, ~/debug/stage_time_ms and /diagnostics.
+~/output/segmentation, ~/output/embeddings, ~/output/visualization (the input's header and points),
+~/output/occupancy (nav_msgs/OccupancyGrid, transient local) and ~/output/obstacles (x, y, z of the
+obstacle-class points, for a nav2 costmap) in the base frame (frame.base_frame), ~/debug/processing_time_ms,
+~/debug/pipeline_latency_ms, ~/debug/stage_time_ms and /diagnostics.
 Example: ssl3d-perception --ros-args --params-file config/perception.yaml -r ~/input/points:=/points
+A depth camera (optical frame) 1.2 m up on base_link, looking along its x axis:
+  -p frame.base_frame:=base_link -p "frame.sensor_xyz:=[0.0, 0.0, 1.2]" -p "frame.sensor_quaternion:=[-0.5, 0.5, -0.5, 0.5]"
 
 --managed: a lifecycle (managed) node for nav2-style bring-up: configure loads and warms up the model,
 activate subscribes (`ros2 lifecycle set /ssl3d_perception configure`, then `activate`).
@@ -291,7 +353,7 @@ def apply_preprocessing_overrides(pre: Any, cfg: NodeConfig) -> Any:
 
 __all__ = [
     "AUTO_EMBEDDING_DIMS", "FOREIGN_PARAMETERS", "USAGE", "QosConfig", "InputConfig", "PreprocessingOverrides",
-    "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "OccupancyConfig", "DiagnosticsConfig", "NodeConfig",
-    "validate_node_config", "node_config_from_params", "load_node_config", "leaf_parameters", "is_list_parameter",
+    "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "FrameConfig", "OccupancyConfig", "DiagnosticsConfig", "NodeConfig",
+    "validate_node_config", "validate_frame_config", "node_config_from_params", "load_node_config", "leaf_parameters", "is_list_parameter",
     "unknown_parameters", "node_usage", "apply_preprocessing_overrides",
 ]
