@@ -401,5 +401,6 @@ def main(args: list[str] | None = None, stop_requested: Callable[[], bool] = lam
         rclpy.try_shutdown()
     return 0
 
+
 if __name__ == "__main__":  # the executables enter through ssl3d_ros.node_entry (signals, a missing rclpy)
     sys.exit(main())
