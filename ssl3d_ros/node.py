@@ -23,7 +23,7 @@ import array
 import dataclasses
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import rclpy
 import torch
@@ -131,6 +131,8 @@ class PerceptionShell:
         apply_process_settings(self.config.cpu_threads, self.config.retain_freed_memory)
         self._worker = InferenceWorker(self._load, self.process_message, self._frame_failed)
         warm_ms = self._worker.start()
+        if not self.context.ok():  # SIGINT/SIGTERM during the load: rclpy has shut down, nothing more to set up
+            raise ExternalShutdownException("stopped while loading the model")
         self._output_stage = OutputStage(self.publish_frame, self._frame_failed)
         pipe, log = self.pipeline, self.get_logger()
         self.outputs = OutputEncoder.for_classes(pipe.class_names, pipe.class_colors, self.config)
@@ -319,10 +321,10 @@ class PerceptionNode(PerceptionShell, Node):
         Node.__init__(self, NODE_NAME, **node_kwargs)
         try:
             self._configure()
-        except Exception:
+            self._activate()
+        except Exception:  # a refused configuration, or rclpy shut down by a signal while starting
             self.destroy_node()
             raise
-        self._activate()
 
 
 class ManagedPerceptionNode(PerceptionShell, LifecycleNode):
@@ -389,34 +391,44 @@ def occupancy_message(grid, header) -> OccupancyGrid:
     return out
 
 
-def main(args: list[str] | None = None) -> int:
+def main(args: list[str] | None = None, stop_requested: Callable[[], bool] = lambda: False) -> int:
+    """Run the node until SIGINT/SIGTERM (exit 0) or a refused configuration (exit 2). The executables
+    enter through :func:`ssl3d_ros.node_entry.main`, which installs the signal handlers that run before
+    rclpy's and passes ``stop_requested``: whether one of those signals came before rclpy was up."""
     argv = list(args if args is not None else sys.argv)
     user_args = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
     if "--help" in user_args or "-h" in user_args:
         print(node_usage())
         return 0
     managed = "--managed" in user_args
-    rclpy.init(args=argv)
+    rclpy.init(args=argv)  # from here on rclpy's handlers turn SIGINT/SIGTERM into a shutdown of its context
     # Python warnings (numpy, torch) become throttled log lines of the node, not raw blocks on stderr
     route_python_warnings(rclpy.logging.get_logger(NODE_NAME).warning, WarningThrottle())
     try:
-        node = ManagedPerceptionNode() if managed else PerceptionNode()
-    except (ConfigError, ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
-        print(f"[{NODE_NAME}] invalid configuration, not starting: {exc}", file=sys.stderr, flush=True)
-        rclpy.try_shutdown()
-        return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        if stop_requested():
+            return 0
+        try:
+            node = ManagedPerceptionNode() if managed else PerceptionNode()
+        except Exception as exc:
+            if not rclpy.ok():  # stopped while starting: rclpy shut its context down under the node being built
+                return 0
+            if isinstance(exc, (ConfigError, ValueError, FileNotFoundError)):  # CheckpointError is a ValueError
+                print(f"[{NODE_NAME}] invalid configuration, not starting: {exc}", file=sys.stderr, flush=True)
+                return 2
+            raise
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
+            executor.shutdown()
+            node.destroy_node()
     finally:
-        executor.shutdown()
-        node.destroy_node()
         rclpy.try_shutdown()
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the executables enter through ssl3d_ros.node_entry (signals, a missing rclpy)
     sys.exit(main())

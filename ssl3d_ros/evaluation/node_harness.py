@@ -109,7 +109,7 @@ def node_command(params_files: Sequence[str | Path], input_topic: str, *extra: s
     """The node's command line: its console script beside this interpreter (else ``python -m``), the
     parameter files in order (a later one overrides an earlier one), the input remapped to ``input_topic``."""
     executable = Path(sys.executable).with_name("ssl3d-perception")
-    program = [str(executable)] if executable.exists() else [sys.executable, "-m", "ssl3d_ros.node"]
+    program = [str(executable)] if executable.exists() else [sys.executable, "-m", "ssl3d_ros.node_entry"]
     args = [*program, "--ros-args"]
     if node_name:
         args += ["-r", f"__node:={node_name}"]

@@ -307,7 +307,7 @@ def unknown_parameters(given: typing.Iterable[str]) -> list[str]:
     )
 
 
-USAGE = """usage: ssl3d-perception [--help] [--managed] --ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r ~/input/points:=TOPIC]
+USAGE = """usage: ssl3d-perception [--help] [--managed] [--exit-with-parent] --ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r ~/input/points:=TOPIC]
 
 The ssl3d_ros perception node: subscribes ~/input/points (sensor_msgs/PointCloud2) and publishes
 ~/output/segmentation, ~/output/embeddings, ~/output/visualization (the input's header and points),
@@ -320,9 +320,14 @@ A depth camera (optical frame) 1.2 m up on base_link, looking along its x axis:
 
 --managed: a lifecycle (managed) node for nav2-style bring-up: configure loads and warms up the model,
 activate subscribes (`ros2 lifecycle set /ssl3d_perception configure`, then `activate`).
+--exit-with-parent: stop (as on SIGTERM) when the process that started the node exits, however it
+ended (Linux); perception.launch.py passes it, so the node never outlives its `ros2 launch`.
 
-exit status: 0 after a normal shutdown, 2 when the configuration or checkpoint is refused at start-up
-(one line on stderr names the parameter or file).
+SIGINT or SIGTERM stops the node cleanly at any moment, start-up included (its threads stopped, the
+node destroyed, rclpy shut down).
+exit status: 0 after a normal shutdown (SIGINT, SIGTERM), 2 when the configuration or checkpoint is
+refused at start-up (one line on stderr names the parameter or file) or when rclpy, a message package
+or torch cannot be imported (one line names the Python that lacks it).
 
 parameters (config/perception.yaml documents the same):"""
 
