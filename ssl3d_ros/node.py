@@ -20,9 +20,10 @@ This is the only module of the package that imports rclpy.
 from __future__ import annotations
 
 import array
+import dataclasses
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import rclpy
 import torch
@@ -40,10 +41,12 @@ from std_msgs.msg import Float64, Float64MultiArray, Header, MultiArrayDimension
 from .codec import fill_cloud_message
 from .config import ConfigError
 from .perception import (
-    BASE_FRAME_OUTPUTS, FINE_STAGES, STAGES, ComputedFrame, DiagnosticsPolicy, InferenceWorker, NodeConfig, NodeStats, OutputEncoder,
-    OutputSelection, OutputStage, PerceptionPipeline, WarningThrottle, apply_process_settings, frame_failure,
-    frame_timings, frame_warnings, is_list_parameter, leaf_parameters, node_config_from_params, node_usage,
-    shared_memory_segment, transport_warning, typical_scan_warning, unknown_parameters,
+    BASE_FRAME_OUTPUTS, FINE_STAGES, STAGES, STAMP_PROBLEM_KINDS, ComputedFrame, DiagnosticsPolicy, InferenceWorker,
+    NodeConfig, NodeStats, OutputEncoder, OutputSelection, OutputStage, OverloadMonitor, PerceptionPipeline,
+    WarningThrottle, apply_process_settings, frame_failure, frame_timings, frame_warnings, header_problems,
+    input_transport_lines, is_list_parameter, leaf_parameters, node_config_from_params, node_usage,
+    resolve_max_input_points, route_python_warnings, shared_memory_segment, transport_values, transport_warning,
+    typical_scan_warning, unknown_parameters,
 )
 
 NODE_NAME = "ssl3d_perception"
@@ -118,23 +121,35 @@ class PerceptionShell:
         self.stats = NodeStats()
         self._throttle = WarningThrottle()
         self.subscription = self.diagnostics_timer = None
-        self.config = declare_node_parameters(self)
+        config = declare_node_parameters(self)
+        # input.max_points (auto) agrees with what the transport carries; the pipeline gets the number in force
+        self._segment = shared_memory_segment()
+        requested = config.input.max_points
+        max_points = resolve_max_input_points(requested, self._segment)
+        self.config = dataclasses.replace(config, input=dataclasses.replace(config.input, max_points=max_points))
         tf_message = tf_message_type() if self.config.frame.tf_static else None  # refused before the model loads
         apply_process_settings(self.config.cpu_threads, self.config.retain_freed_memory)
         self._worker = InferenceWorker(self._load, self.process_message, self._frame_failed)
         warm_ms = self._worker.start()
+        if not self.context.ok():  # SIGINT/SIGTERM during the load: rclpy has shut down, nothing more to set up
+            raise ExternalShutdownException("stopped while loading the model")
         self._output_stage = OutputStage(self.publish_frame, self._frame_failed)
         pipe, log = self.pipeline, self.get_logger()
         self.outputs = OutputEncoder.for_classes(pipe.class_names, pipe.class_colors, self.config)
         self._health = DiagnosticsPolicy(self.config.diagnostics, time.monotonic())
-        self._segment = shared_memory_segment()
+        self._overload = OverloadMonitor(time.monotonic())
+        self._transport_values = transport_values(max_points, self._segment)
         too_big = typical_scan_warning(self.config.embeddings.per_voxel, pipe.embedding_channels, self._segment)
-        for warning in pipe.warnings + ([too_big] if too_big else []):
+        transport_info, transport_warnings = input_transport_lines(requested, max_points, self._segment,
+                                                                   self.config.input.qos.reliability)
+        for warning in pipe.warnings + ([too_big] if too_big else []) + transport_warnings:
             log.warning(warning)
         log.info(
             f"loaded {pipe.source} on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')}), "
             f"{len(pipe.class_names)} classes, embedding D={pipe.embedding_channels}; warm-up {warm_ms:.0f} ms"
         )
+        for line in transport_info:
+            log.info(line)
         self.publishers_by_output = {
             "segmentation": self.create_publisher(PointCloud2, "~/output/segmentation", OUTPUT_QOS),
             "embeddings": self.create_publisher(PointCloud2, "~/output/embeddings", OUTPUT_QOS),
@@ -212,20 +227,29 @@ class PerceptionShell:
     def process_message(self, msg: PointCloud2) -> None:
         """Decode and infer one cloud (worker thread), then hand it to the output stage."""
         t_start = time.perf_counter()
+        header = msg.header  # same stamp and frame on every output, even a questionable one: never restamped
+        problems = header_problems(header.frame_id, header.stamp.sec, header.stamp.nanosec,
+                                   self.get_clock().now().nanoseconds)
+        if problems:
+            self.stats.count_header_problems([p.kind for p in problems])
+            for problem in problems:
+                self._warn_throttled(f"header:{problem.kind}", problem.message)
         selection = self._selection()
         if not selection.any:
             self.stats.count("skipped")
             return
         cloud = self.pipeline.process_cloud(msg, segmentation=selection.needs_classes, embeddings=selection.embeddings,
                                             point_embeddings=not self.config.embeddings.per_voxel)
-        result, header = cloud.result, msg.header  # same stamp and frame on every output: never restamped
+        result = cloud.result
         total, invalid = result.valid.size, result.valid.size - result.num_valid
-        self.stats.add_points(invalid, total, result.points_over_budget, cloud.intensity_missing)
+        self.stats.add_points(invalid, total, result.points_over_budget, cloud.intensity_missing, msg.is_bigendian)
         for kind, message in frame_warnings(header.frame_id, cloud.xyz, invalid, result.points_over_budget,
                                             self.pipeline.preprocess_cfg.max_points, cloud.intensity_missing,
-                                            self.config.input.intensity_field):
+                                            self.config.input.intensity_field, msg.is_bigendian):
             self._warn_throttled(kind, message)
-        self._output_stage.submit(ComputedFrame(header, cloud, selection, (time.perf_counter() - t_start) * 1e3))
+        stamp_valid = not any(p.kind in STAMP_PROBLEM_KINDS for p in problems)
+        self._output_stage.submit(ComputedFrame(header, cloud, selection, (time.perf_counter() - t_start) * 1e3,
+                                                stamp_valid))
 
     # -- output thread ------------------------------------------------------------------------------
 
@@ -257,7 +281,7 @@ class PerceptionShell:
         self.pub_processing_time.publish(_float_array(STAGES, coarse))
         self.pub_stage_time.publish(_float_array(FINE_STAGES, [stages[k] for k in FINE_STAGES]))
         self.pub_latency.publish(Float64(data=latency_ms))
-        self.stats.add_frame(stages, total_ms, latency_ms)
+        self.stats.add_frame(stages, total_ms, latency_ms if frame.stamp_valid else None)
 
     # -- diagnostics --------------------------------------------------------------------------------
 
@@ -268,7 +292,8 @@ class PerceptionShell:
             {"device": str(pipe.device), "precision": str(pipe.dtype).removeprefix("torch."), "checkpoint": pipe.source,
              # the node's own view of each output's subscribers: DDS matches each side separately, and an
              # output is computed only when this side has matched (a client waits on these before sending)
-             **{f"subscribers_{name}": str(pub.get_subscription_count()) for name, pub in self.publishers_by_output.items()}},
+             **{f"subscribers_{name}": str(pub.get_subscription_count()) for name, pub in self.publishers_by_output.items()},
+             **self._transport_values},
             pipe.memory_bytes(),
         )
         return DiagnosticStatus(
@@ -277,6 +302,9 @@ class PerceptionShell:
         )
 
     def _publish_diagnostics(self) -> None:
+        overloaded = self._overload.check(self.stats, time.monotonic())
+        if overloaded:  # throttled by the monitor itself: one line per window at most
+            self.get_logger().warning(overloaded)
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [self.diagnostic_status()]
@@ -293,10 +321,10 @@ class PerceptionNode(PerceptionShell, Node):
         Node.__init__(self, NODE_NAME, **node_kwargs)
         try:
             self._configure()
-        except Exception:
+            self._activate()
+        except Exception:  # a refused configuration, or rclpy shut down by a signal while starting
             self.destroy_node()
             raise
-        self._activate()
 
 
 class ManagedPerceptionNode(PerceptionShell, LifecycleNode):
@@ -363,32 +391,44 @@ def occupancy_message(grid, header) -> OccupancyGrid:
     return out
 
 
-def main(args: list[str] | None = None) -> int:
+def main(args: list[str] | None = None, stop_requested: Callable[[], bool] = lambda: False) -> int:
+    """Run the node until SIGINT/SIGTERM (exit 0) or a refused configuration (exit 2). The executables
+    enter through :func:`ssl3d_ros.node_entry.main`, which installs the signal handlers that run before
+    rclpy's and passes ``stop_requested``: whether one of those signals came before rclpy was up."""
     argv = list(args if args is not None else sys.argv)
     user_args = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
     if "--help" in user_args or "-h" in user_args:
         print(node_usage())
         return 0
     managed = "--managed" in user_args
-    rclpy.init(args=argv)
+    rclpy.init(args=argv)  # from here on rclpy's handlers turn SIGINT/SIGTERM into a shutdown of its context
+    # Python warnings (numpy, torch) become throttled log lines of the node, not raw blocks on stderr
+    route_python_warnings(rclpy.logging.get_logger(NODE_NAME).warning, WarningThrottle())
     try:
-        node = ManagedPerceptionNode() if managed else PerceptionNode()
-    except (ConfigError, ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
-        print(f"[{NODE_NAME}] invalid configuration, not starting: {exc}", file=sys.stderr, flush=True)
-        rclpy.try_shutdown()
-        return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        if stop_requested():
+            return 0
+        try:
+            node = ManagedPerceptionNode() if managed else PerceptionNode()
+        except Exception as exc:
+            if not rclpy.ok():  # stopped while starting: rclpy shut its context down under the node being built
+                return 0
+            if isinstance(exc, (ConfigError, ValueError, FileNotFoundError)):  # CheckpointError is a ValueError
+                print(f"[{NODE_NAME}] invalid configuration, not starting: {exc}", file=sys.stderr, flush=True)
+                return 2
+            raise
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
+            executor.shutdown()
+            node.destroy_node()
     finally:
-        executor.shutdown()
-        node.destroy_node()
         rclpy.try_shutdown()
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the executables enter through ssl3d_ros.node_entry (signals, a missing rclpy)
     sys.exit(main())

@@ -117,9 +117,10 @@ def occupancy_grid(
     width = int(math.ceil(cfg.size_x / cfg.resolution))
     height = int(math.ceil(cfg.size_y / cfg.resolution))
     grid = np.full(height * width, UNKNOWN, np.int8)
-    fx = (xyz[:, 0] - cfg.origin_x) / cfg.resolution  # position in cells
-    fy = (xyz[:, 1] - cfg.origin_y) / cfg.resolution
-    with np.errstate(invalid="ignore"):  # NaN points are already invalid
+    # Invalid points (NaN, Inf, 1e38 m) overflow or compare as NaN here: quietly, since `hit` drops them.
+    with np.errstate(over="ignore", invalid="ignore"):
+        fx = (xyz[:, 0] - cfg.origin_x) / cfg.resolution  # position in cells
+        fy = (xyz[:, 1] - cfg.origin_y) / cfg.resolution
         hit = valid & (xyz[:, 2] >= cfg.z_min) & (xyz[:, 2] <= cfg.z_max) & (np.abs(fx) < _MAX_CELLS) & (np.abs(fy) < _MAX_CELLS)
     ix, iy = np.floor(fx[hit]).astype(np.int64), np.floor(fy[hit]).astype(np.int64)
     if cfg.ray_cast:
@@ -236,12 +237,14 @@ class OutputSelection:
 @dataclass
 class ComputedFrame:
     """A frame between inference and publishing: the input's header, its results, which outputs
-    to encode, and the ms spent computing it."""
+    to encode, the ms spent computing it, and whether its stamp is a time (not zero, negative, ...:
+    such a frame is kept out of the latency figures)."""
 
     header: Any
     cloud: CloudResult
     selection: OutputSelection
     compute_ms: float
+    stamp_valid: bool = True
 
 
 @dataclass

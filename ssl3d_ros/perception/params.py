@@ -22,6 +22,9 @@ from ..labels import NO_CLASS
 
 _HEX_COLOR = re.compile(r"^#?[0-9a-fA-F]{6}$")
 AUTO_EMBEDDING_DIMS = 32  # embeddings.dims -1: PCA components published when the checkpoint has a basis
+# input.max_points -1 (auto) without a transport that bounds it (offline, other middleware, no Fast DDS
+# profile): about 1 s of work on 2 CPU cores with the default voxel budget (README, "Bounded frames").
+DEFAULT_MAX_INPUT_POINTS = 4_000_000
 #: Parameters rclpy itself declares or reads; not the node's to reject.
 FOREIGN_PARAMETERS = ("use_sim_time", "start_type_description_service")
 
@@ -57,8 +60,9 @@ class InputConfig:
     intensity_scale: float = _doc("full-scale value of the intensity field (0 = auto: checkpoint's setting)",
                                   0.0)
     max_points: int = _doc("largest cloud accepted (height*width points); a larger one is rejected before it is "
-                           "decoded, so a hostile or misconfigured sender cannot stall the node (0 = no limit)",
-                           4_000_000)
+                           "decoded, so a hostile or misconfigured sender cannot stall the node (0 = no limit; "
+                           "-1 = auto: 4,000,000, or fewer when the Fast DDS profile's shared-memory segment "
+                           "carries fewer 16-byte points, so that no accepted size vanishes in transport)", -1)
     qos: QosConfig = field(default_factory=QosConfig)
 
 
@@ -180,7 +184,8 @@ def validate_node_config(cfg: NodeConfig) -> NodeConfig:
     need(cfg.cpu_threads >= 0, "cpu_threads", f"must be >= 0 (0 = torch's default), got {cfg.cpu_threads}")
     need(cfg.input.qos.depth >= 1, "input.qos.depth", f"must be >= 1, got {cfg.input.qos.depth}")
     need(cfg.input.intensity_scale >= 0, "input.intensity_scale", "must be >= 0 (0 = auto)")
-    need(cfg.input.max_points >= 0, "input.max_points", f"must be >= 0 (0 = no limit), got {cfg.input.max_points}")
+    need(cfg.input.max_points >= -1, "input.max_points",
+         f"must be >= -1 (-1 = auto, 0 = no limit), got {cfg.input.max_points}")
     need(p.voxel_size >= 0, "preprocessing.voxel_size", f"must be >= 0 (0 = checkpoint's), got {p.voxel_size}")
     need(p.max_range >= 0, "preprocessing.max_range", f"must be >= 0 (0 = checkpoint's), got {p.max_range}")
     need(p.max_range == 0 or p.min_range < p.max_range, "preprocessing.min_range",
@@ -302,7 +307,7 @@ def unknown_parameters(given: typing.Iterable[str]) -> list[str]:
     )
 
 
-USAGE = """usage: ssl3d-perception [--help] [--managed] --ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r ~/input/points:=TOPIC]
+USAGE = """usage: ssl3d-perception [--help] [--managed] [--exit-with-parent] --ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r ~/input/points:=TOPIC]
 
 The ssl3d_ros perception node: subscribes ~/input/points (sensor_msgs/PointCloud2) and publishes
 ~/output/segmentation, ~/output/embeddings, ~/output/visualization (the input's header and points),
@@ -315,9 +320,14 @@ A depth camera (optical frame) 1.2 m up on base_link, looking along its x axis:
 
 --managed: a lifecycle (managed) node for nav2-style bring-up: configure loads and warms up the model,
 activate subscribes (`ros2 lifecycle set /ssl3d_perception configure`, then `activate`).
+--exit-with-parent: stop (as on SIGTERM) when the process that started the node exits, however it
+ended (Linux); perception.launch.py passes it, so the node never outlives its `ros2 launch`.
 
-exit status: 0 after a normal shutdown, 2 when the configuration or checkpoint is refused at start-up
-(one line on stderr names the parameter or file).
+SIGINT or SIGTERM stops the node cleanly at any moment, start-up included (its threads stopped, the
+node destroyed, rclpy shut down).
+exit status: 0 after a normal shutdown (SIGINT, SIGTERM), 2 when the configuration or checkpoint is
+refused at start-up (one line on stderr names the parameter or file) or when rclpy, a message package
+or torch cannot be imported (one line names the Python that lacks it).
 
 parameters (config/perception.yaml documents the same):"""
 
@@ -347,8 +357,9 @@ def apply_preprocessing_overrides(pre: Any, cfg: NodeConfig) -> Any:
 
 
 __all__ = [
-    "AUTO_EMBEDDING_DIMS", "FOREIGN_PARAMETERS", "USAGE", "QosConfig", "InputConfig", "PreprocessingOverrides",
-    "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "FrameConfig", "OccupancyConfig", "DiagnosticsConfig", "NodeConfig",
-    "validate_node_config", "validate_frame_config", "node_config_from_params", "load_node_config", "leaf_parameters", "is_list_parameter",
+    "AUTO_EMBEDDING_DIMS", "DEFAULT_MAX_INPUT_POINTS", "FOREIGN_PARAMETERS", "USAGE", "QosConfig", "InputConfig",
+    "PreprocessingOverrides", "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "FrameConfig", "OccupancyConfig",
+    "DiagnosticsConfig", "NodeConfig", "validate_node_config", "validate_frame_config", "node_config_from_params",
+    "load_node_config", "leaf_parameters", "is_list_parameter",
     "unknown_parameters", "node_usage", "apply_preprocessing_overrides",
 ]

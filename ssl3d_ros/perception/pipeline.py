@@ -33,7 +33,7 @@ from ..preprocessing import PreprocessConfig, collate, preprocess, unpool
 from ..scan import Scan
 from .device import DeviceStaging, resolve_device, resolve_precision
 from .mounting import FrameMounting, Mount
-from .params import AUTO_EMBEDDING_DIMS, NodeConfig, apply_preprocessing_overrides
+from .params import AUTO_EMBEDDING_DIMS, DEFAULT_MAX_INPUT_POINTS, NodeConfig, apply_preprocessing_overrides
 from .results import CloudResult, FrameResult
 from .warm_up import warm_up_scan
 
@@ -170,7 +170,8 @@ class PerceptionPipeline:
             missing_intensity=cfg.input.missing_intensity,
             source=str(path),
             warnings=warnings,
-            max_input_points=cfg.input.max_points,
+            # auto (-1): the node resolves it against its transport first (transport.resolve_max_input_points)
+            max_input_points=cfg.input.max_points if cfg.input.max_points >= 0 else DEFAULT_MAX_INPUT_POINTS,
             mounting=FrameMounting.from_config(cfg.frame),
         )
 
