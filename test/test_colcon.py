@@ -52,7 +52,11 @@ def require_colcon_route() -> None:
 
 
 def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # see test_launch._default_sigint
+    """The launch starts with the signals' default actions, whatever this run inherited: see
+    test_launch._default_sigint for SIGINT; a suite started under nohup ignores SIGHUP, and an ignored
+    signal stays ignored across exec, so the SIGHUP case would test nohup instead of the launch."""
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def run_blocks(home: Path, log_path: Path, *names: str, between: str = "") -> subprocess.Popen:
