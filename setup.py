@@ -1,9 +1,16 @@
 """ssl3d_ros: one setup.py for `colcon build` (ament_python) and for `pip install` into a plain venv."""
+import os
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 PACKAGE = "ssl3d_ros"
+# The source tree, found through this file's real path: `colcon build --symlink-install` runs setup.py
+# from a link in its build folder, where only setup.py, setup.cfg, the top-level package and the data
+# files are linked (no README.md, no training/); every other build runs it in the source tree.
+SOURCE = Path(__file__).resolve().parent
+TRAINING = os.path.relpath(SOURCE / "training")  # "training" in the source tree
 
 # `training/` lives at the repository root (offline tooling, not needed by the node) and is the
 # subpackage `ssl3d_ros.training`, by ONE mapping: `package_dir` below. Every installer applies it -
@@ -11,9 +18,9 @@ PACKAGE = "ssl3d_ros"
 # bare top-level `training` lands in site-packages - and a source tree, which nothing installs (a bare
 # checkout on PYTHONPATH, an editable install), gets the same mapping from ssl3d_ros/__init__.py.
 # There is no link or copy of training/ inside ssl3d_ros/, so find_packages sees each module once.
-core_packages = find_packages(include=[PACKAGE, f"{PACKAGE}.*"])
+core_packages = find_packages(where=str(SOURCE), include=[PACKAGE, f"{PACKAGE}.*"])
 training_packages = [f"{PACKAGE}.training"] + [
-    f"{PACKAGE}.training.{sub}" for sub in find_packages(where="training")
+    f"{PACKAGE}.training.{sub}" for sub in find_packages(where=str(SOURCE / "training"))
 ]
 
 ROS_WHEELS = [  # rclpy and messages from PyPI, for venvs without a ROS distribution
@@ -31,12 +38,12 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     description="Self-supervised sparse 3D encoders: pretraining from scan logs and a ROS 2 perception node",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(SOURCE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=core_packages + training_packages,
-    package_dir={f"{PACKAGE}.training": "training"},
+    package_dir={f"{PACKAGE}.training": TRAINING},
     package_data={PACKAGE: ["data/*.json", "data/*.safetensors", "data/*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
@@ -74,8 +81,8 @@ setup(
     entry_points={
         "console_scripts": [
             # `perception_node` is what the launch file starts from lib/ssl3d_ros under colcon.
-            "perception_node = ssl3d_ros.node:main",
-            "ssl3d-perception = ssl3d_ros.node:main",
+            "perception_node = ssl3d_ros.node_entry:main",
+            "ssl3d-perception = ssl3d_ros.node_entry:main",
             "ssl3d-pretrain = ssl3d_ros.training.pretrain:main",
             "ssl3d-finetune = ssl3d_ros.training.finetune:main",
             "ssl3d-novelty-ref = ssl3d_ros.training.novelty:main",
@@ -84,6 +91,7 @@ setup(
             "ssl3d-replay = ssl3d_ros.evaluation.replay:main",
             "ssl3d-viz = ssl3d_ros.evaluation.viz:main",
             "ssl3d-audit = ssl3d_ros.evaluation.audit:main",
+            "ssl3d-select = ssl3d_ros.evaluation.selection:main",
             "ssl3d-simulate = ssl3d_ros.sim.cli:main",
             "ssl3d-demo = ssl3d_ros.demo:main",
             # pip users: lay a colcon-style prefix so `ros2 launch ssl3d_ros ...` finds the package.

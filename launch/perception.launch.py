@@ -10,9 +10,15 @@ yes/no, on/off; anything else stops the launch), managed (false: a lifecycle nod
 configure/activate, as nav2's lifecycle manager expects). Outputs stay under the node's private names
 (/ssl3d_perception/output/...), which rviz/ssl3d_ros.rviz displays.
 
-A bad argument, or the node exiting with an error (e.g. refusing its configuration, exit 2), ends the
-launch with one "Caught exception in launch ...: <why>" line and a non-zero exit status; upstream
-launch would otherwise only log a warning for a missing params file and return 0.
+A bad argument, or the node exiting with an error (e.g. refusing its configuration or missing rclpy or
+torch, exit 2), ends the launch with one "Caught exception in launch ...: <why>" line and a non-zero exit
+status; upstream launch would otherwise only log a warning for a missing params file and return 0.
+
+Stopping: SIGINT (Ctrl-C) stops the node and the launch (exit 0), with upstream's grace periods kept
+(sigterm_timeout 5 s, then sigkill_timeout 5 s; the node stops within a few seconds). SIGTERM, SIGHUP or
+SIGKILL kill the launch process at once (upstream has no handler for them and leaves its processes
+running); the node, started with --exit-with-parent, gets SIGTERM from the kernel when the launch exits
+and stops cleanly.
 """
 import os
 
@@ -44,7 +50,7 @@ def _fail_on_error_exit(event, context):
     # (SIGINT, or SIGTERM after the grace period) is not an error.
     if event.returncode != 0 and not context.is_shutdown:
         raise RuntimeError(f"{event.process_name} exited with code {event.returncode}"
-                           + (" (it refused its configuration; its log line above says why)" if event.returncode == 2 else ""))
+                           + (" (it refused to start; its log line above says why)" if event.returncode == 2 else ""))
 
 
 def _node(context, *args, **kwargs):
@@ -65,8 +71,11 @@ def _node(context, *args, **kwargs):
         emulate_tty=True,
         parameters=[params_file, overrides],
         remappings=[("~/input/points", LaunchConfiguration("input_topic"))],
-        # a lifecycle node waits for configure/activate (nav2's lifecycle manager, `ros2 lifecycle set`)
-        arguments=["--managed"] if parse_bool("managed", LaunchConfiguration("managed").perform(context)) else [],
+        # --exit-with-parent: Linux stops the node (SIGTERM) when this launch's process exits, however it ended;
+        # SIGTERM (docker stop, systemd) or SIGHUP kill upstream `ros2 launch` without it stopping its processes.
+        # A lifecycle node waits for configure/activate (nav2's lifecycle manager, `ros2 lifecycle set`).
+        arguments=["--exit-with-parent"]
+        + (["--managed"] if parse_bool("managed", LaunchConfiguration("managed").perform(context)) else []),
     )
     return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_fail_on_error_exit))]
 

@@ -7,7 +7,7 @@ that ``colcon build`` (ament_python) installs, for the package already importabl
 
     PREFIX/share/ament_index/resource_index/packages/ssl3d_ros   (the index marker)
     PREFIX/share/ssl3d_ros/{package.xml, launch/, config/, rviz/}
-    PREFIX/lib/ssl3d_ros/perception_node                          (runs ssl3d_ros.node with this Python)
+    PREFIX/lib/ssl3d_ros/perception_node                          (runs the node with this Python)
 
 The Python code is not copied: the wrapper imports ``ssl3d_ros`` from this interpreter's install, so
 an editable install stays editable (re-run after editing launch/ or config/ files, which are copied).
@@ -29,7 +29,7 @@ from .locations import PACKAGE, SOURCE_ROOT
 # a setup.py-built prefix and this one hold the same files).
 SHARE_GLOBS = ("package.xml", "launch/*.launch.py", "config/*.yaml", "config/*.xml", "config/classes/*.yaml",
                "config/pretrain/*.yaml", "config/finetune/*.yaml", "rviz/*.rviz")
-EXECUTABLES = {"perception_node": "ssl3d_ros.node"}
+EXECUTABLES = {"perception_node": "ssl3d_ros.node_entry"}
 INDEX_MARKER = Path("share") / "ament_index" / "resource_index" / "packages" / PACKAGE
 
 

@@ -6,8 +6,10 @@ published :mod:`~ssl3d_ros.perception.outputs`, statistics and diagnostics :mod:
 ``~/input/points`` (sensor_msgs/PointCloud2), keeps only the newest scan in a one-slot mailbox, and
 runs inference on the worker thread so executor callbacks never block; a second thread encodes and
 publishes a frame's outputs while the next frame is inferred. Every output carries the
-input's header (never restamped) and, for per-point clouds, the input's point order (height/width
-kept; filtered points have class_id 255 rather than being removed).
+input's stamp (never restamped); per-point clouds carry the input's header and point order
+(height/width kept; filtered points have class_id 255 rather than being removed), the occupancy grid
+and the obstacle cloud the base frame's name (parameter ``frame.base_frame``), whose pose comes from
+the ``frame.*`` parameters or ``/tf_static``.
 
 Run without a ROS distribution::
 
@@ -18,9 +20,10 @@ This is the only module of the package that imports rclpy.
 from __future__ import annotations
 
 import array
+import dataclasses
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import rclpy
 import torch
@@ -34,21 +37,44 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2, PointField
-from std_msgs.msg import Float64, Float64MultiArray, MultiArrayDimension
+from std_msgs.msg import Float64, Float64MultiArray, Header, MultiArrayDimension
 
 from .codec import fill_cloud_message
 from .config import ConfigError
 from .perception import (
-    FINE_STAGES, STAGES, ComputedFrame, DiagnosticsPolicy, InferenceWorker, NodeConfig, NodeStats, NoveltyMonitor,
-    OutputEncoder, OutputSelection, OutputStage, PerceptionPipeline, WarningThrottle, apply_process_settings,
-    frame_failure, frame_timings, frame_warnings, is_list_parameter, leaf_parameters, node_config_from_params,
-    node_usage, novelty_reading, shared_memory_segment, transport_warning, typical_scan_warning, unknown_parameters,
+    BASE_FRAME_OUTPUTS, FINE_STAGES, STAGES, STAMP_PROBLEM_KINDS, ComputedFrame, DiagnosticsPolicy, InferenceWorker,
+    NodeConfig, NodeStats, NoveltyMonitor, OutputEncoder, OutputSelection, OutputStage, OverloadMonitor,
+    PerceptionPipeline, WarningThrottle, apply_process_settings, frame_failure, frame_timings, frame_warnings,
+    header_problems, input_transport_lines, is_list_parameter, leaf_parameters, node_config_from_params, node_usage,
+    novelty_reading, resolve_max_input_points, route_python_warnings, shared_memory_segment, transport_values,
+    transport_warning, typical_scan_warning, unknown_parameters,
 )
 
 NODE_NAME = "ssl3d_perception"
 # Outputs: reliable keep-last-1 (the newest result matters), which best-effort and reliable
 # subscribers (RViz, planners) both accept.
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
+# The occupancy grid is latched (transient local): nav2's StaticLayer subscribes to its map that way
+# (map_subscribe_transient_local: true, its default) and gets no map from a volatile publisher; a
+# subscriber that joins late gets the newest grid at once. Volatile subscribers (RViz) match it too.
+OCCUPANCY_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# /tf_static is latched by its publishers (static_transform_publisher, robot_state_publisher).
+TF_STATIC_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def tf_message_type() -> type:
+    """tf2_msgs/TFMessage, imported only when ``frame.tf_static`` asks for it: the package is not among
+    PyPI's ros-* wheels, so a pip install has no /tf_static and takes the mount from parameters."""
+    try:
+        from tf2_msgs.msg import TFMessage
+    except ImportError:
+        raise ConfigError(
+            "parameter 'frame.tf_static': /tf_static needs the tf2_msgs message package, which is not installed "
+            "here (a ROS distribution has it; PyPI's ros-* wheels do not); give the sensor's pose with "
+            "frame.sensor_xyz and frame.sensor_rpy or frame.sensor_quaternion instead") from None
+    return TFMessage
 
 
 def declare_node_parameters(node: Node) -> NodeConfig:
@@ -61,6 +87,9 @@ def declare_node_parameters(node: Node) -> NodeConfig:
         if node.has_parameter(name):  # an override (or a managed node's earlier configure): keep its value
             value = node.get_parameter(name).value
             if not node.describe_parameter(name).read_only:
+                # its type is the override's (a list of doubles, of strings): a typeless static descriptor
+                # would refuse it, and node_config_from_params checks the type with the key named
+                descriptor.dynamic_typing = True
                 node.set_descriptor(name, descriptor)
         elif is_list_parameter(tp):
             # Typed without a default: rcl cannot parse an empty YAML list, so "unset" means the default.
@@ -93,18 +122,29 @@ class PerceptionShell:
         self.stats = NodeStats()
         self._throttle = WarningThrottle()
         self.subscription = self.diagnostics_timer = None
-        self.config = declare_node_parameters(self)
+        config = declare_node_parameters(self)
+        # input.max_points (auto) agrees with what the transport carries; the pipeline gets the number in force
+        self._segment = shared_memory_segment()
+        requested = config.input.max_points
+        max_points = resolve_max_input_points(requested, self._segment)
+        self.config = dataclasses.replace(config, input=dataclasses.replace(config.input, max_points=max_points))
+        tf_message = tf_message_type() if self.config.frame.tf_static else None  # refused before the model loads
         apply_process_settings(self.config.cpu_threads, self.config.retain_freed_memory)
         self._worker = InferenceWorker(self._load, self.process_message, self._frame_failed)
         warm_ms = self._worker.start()
+        if not self.context.ok():  # SIGINT/SIGTERM during the load: rclpy has shut down, nothing more to set up
+            raise ExternalShutdownException("stopped while loading the model")
         self._output_stage = OutputStage(self.publish_frame, self._frame_failed)
         pipe, log = self.pipeline, self.get_logger()
         self.outputs = OutputEncoder.for_classes(pipe.class_names, pipe.class_colors, self.config)
         self._novelty = NoveltyMonitor(self.config.novelty) if pipe.novelty is not None else None
         self._health = DiagnosticsPolicy(self.config.diagnostics, time.monotonic(), self._novelty)
-        self._segment = shared_memory_segment()
+        self._overload = OverloadMonitor(time.monotonic())
+        self._transport_values = transport_values(max_points, self._segment)
         too_big = typical_scan_warning(self.config.embeddings.per_voxel, pipe.embedding_channels, self._segment)
-        for warning in pipe.warnings + ([too_big] if too_big else []):
+        transport_info, transport_warnings = input_transport_lines(requested, max_points, self._segment,
+                                                                   self.config.input.qos.reliability)
+        for warning in pipe.warnings + ([too_big] if too_big else []) + transport_warnings:
             log.warning(warning)
         novelty = ("on" if pipe.novelty is not None else
                    "off (novelty.enabled false)" if not self.config.novelty.enabled else
@@ -114,14 +154,19 @@ class PerceptionShell:
             f"{len(pipe.class_names)} classes, embedding D={pipe.embedding_channels}, novelty {novelty}; "
             f"warm-up {warm_ms:.0f} ms"
         )
+        for line in transport_info:
+            log.info(line)
         self.publishers_by_output = {
             "segmentation": self.create_publisher(PointCloud2, "~/output/segmentation", OUTPUT_QOS),
             "embeddings": self.create_publisher(PointCloud2, "~/output/embeddings", OUTPUT_QOS),
             "visualization": self.create_publisher(PointCloud2, "~/output/visualization", OUTPUT_QOS),
-            "occupancy": self.create_publisher(OccupancyGrid, "~/output/occupancy", OUTPUT_QOS),
+            "occupancy": self.create_publisher(OccupancyGrid, "~/output/occupancy", OCCUPANCY_QOS),
+            "obstacles": self.create_publisher(PointCloud2, "~/output/obstacles", OUTPUT_QOS),
             # header-carrying (std_msgs has no stamped float): x score, y voxel share, z recent share
             "novelty": self.create_publisher(Vector3Stamped, "~/output/novelty", OUTPUT_QOS),
         }
+        self.tf_static_subscription = None if tf_message is None else self.create_subscription(
+            tf_message, "/tf_static", self._on_tf_static, TF_STATIC_QOS)
         self.pub_processing_time = self.create_publisher(Float64MultiArray, "~/debug/processing_time_ms", 10)
         self.pub_latency = self.create_publisher(Float64, "~/debug/pipeline_latency_ms", 10)
         self.pub_stage_time = self.create_publisher(Float64MultiArray, "~/debug/stage_time_ms", 10)
@@ -159,6 +204,9 @@ class PerceptionShell:
 
     # -- executor thread: only stores the message ---------------------------------------------------
 
+    def _on_tf_static(self, msg: Any) -> None:
+        self.pipeline.mounting.static.add_message(msg)
+
     def _on_cloud(self, msg: PointCloud2) -> None:
         self.stats.received_at(time.monotonic())
         if self._worker.slot.put(msg):
@@ -187,6 +235,13 @@ class PerceptionShell:
     def process_message(self, msg: PointCloud2) -> None:
         """Decode and infer one cloud (worker thread), then hand it to the output stage."""
         t_start = time.perf_counter()
+        header = msg.header  # same stamp and frame on every output, even a questionable one: never restamped
+        problems = header_problems(header.frame_id, header.stamp.sec, header.stamp.nanosec,
+                                   self.get_clock().now().nanoseconds)
+        if problems:
+            self.stats.count_header_problems([p.kind for p in problems])
+            for problem in problems:
+                self._warn_throttled(f"header:{problem.kind}", problem.message)
         selection = self._selection()
         if not selection.any:
             self.stats.count("skipped")
@@ -194,18 +249,19 @@ class PerceptionShell:
         cloud = self.pipeline.process_cloud(msg, segmentation=selection.needs_classes, embeddings=selection.embeddings,
                                             point_embeddings=not self.config.embeddings.per_voxel,
                                             point_novelty=self.config.novelty.per_point and selection.segmentation)
-        result, header = cloud.result, msg.header  # same stamp and frame on every output: never restamped
+        result = cloud.result
         recent = None
         if self._novelty is not None and result.novelty is not None:
             recent = self._novelty.add(result.novelty)
         total, invalid = result.valid.size, result.valid.size - result.num_valid
-        self.stats.add_points(invalid, total, result.points_over_budget, cloud.intensity_missing)
+        self.stats.add_points(invalid, total, result.points_over_budget, cloud.intensity_missing, msg.is_bigendian)
         for kind, message in frame_warnings(header.frame_id, cloud.xyz, invalid, result.points_over_budget,
                                             self.pipeline.preprocess_cfg.max_points, cloud.intensity_missing,
-                                            self.config.input.intensity_field):
+                                            self.config.input.intensity_field, msg.is_bigendian):
             self._warn_throttled(kind, message)
+        stamp_valid = not any(p.kind in STAMP_PROBLEM_KINDS for p in problems)
         self._output_stage.submit(ComputedFrame(header, cloud, selection, (time.perf_counter() - t_start) * 1e3,
-                                                recent))
+                                                stamp_valid, novelty_recent_share=recent))
 
     # -- output thread ------------------------------------------------------------------------------
 
@@ -213,17 +269,20 @@ class PerceptionShell:
         """Encode and publish one computed frame's outputs and its timings (output thread)."""
         t_start = time.perf_counter()
         cloud, header = frame.cloud, frame.header
+        base_frame = cloud.result.base_frame
+        base_header = Header(stamp=header.stamp, frame_id=base_frame) if base_frame else header
         encode_ms = publish_ms = 0.0
         for name, payload, ms in self.outputs.encode(cloud, frame.selection):
             encode_ms += ms
+            out_header = base_header if name in BASE_FRAME_OUTPUTS else header
             if name == "occupancy":
-                out = occupancy_message(payload, header)
+                out = occupancy_message(payload, out_header)
             else:
                 too_big = transport_warning(name, len(payload.data), self._segment)
                 if too_big:
                     self._warn_throttled(f"transport:{name}", too_big)
                 out = fill_cloud_message(PointCloud2(), payload, PointField)
-                out.header = header
+                out.header = out_header
             t = time.perf_counter()
             self.publishers_by_output[name].publish(out)
             publish_ms += (time.perf_counter() - t) * 1e3
@@ -239,7 +298,7 @@ class PerceptionShell:
         self.pub_processing_time.publish(_float_array(STAGES, coarse))
         self.pub_stage_time.publish(_float_array(FINE_STAGES, [stages[k] for k in FINE_STAGES]))
         self.pub_latency.publish(Float64(data=latency_ms))
-        self.stats.add_frame(stages, total_ms, latency_ms)
+        self.stats.add_frame(stages, total_ms, latency_ms if frame.stamp_valid else None)
 
     # -- diagnostics --------------------------------------------------------------------------------
 
@@ -250,7 +309,8 @@ class PerceptionShell:
             {"device": str(pipe.device), "precision": str(pipe.dtype).removeprefix("torch."), "checkpoint": pipe.source,
              # the node's own view of each output's subscribers: DDS matches each side separately, and an
              # output is computed only when this side has matched (a client waits on these before sending)
-             **{f"subscribers_{name}": str(pub.get_subscription_count()) for name, pub in self.publishers_by_output.items()}},
+             **{f"subscribers_{name}": str(pub.get_subscription_count()) for name, pub in self.publishers_by_output.items()},
+             **self._transport_values},
             pipe.memory_bytes(),
         )
         return DiagnosticStatus(
@@ -259,6 +319,9 @@ class PerceptionShell:
         )
 
     def _publish_diagnostics(self) -> None:
+        overloaded = self._overload.check(self.stats, time.monotonic())
+        if overloaded:  # throttled by the monitor itself: one line per window at most
+            self.get_logger().warning(overloaded)
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [self.diagnostic_status()]
@@ -275,10 +338,10 @@ class PerceptionNode(PerceptionShell, Node):
         Node.__init__(self, NODE_NAME, **node_kwargs)
         try:
             self._configure()
-        except Exception:
+            self._activate()
+        except Exception:  # a refused configuration, or rclpy shut down by a signal while starting
             self.destroy_node()
             raise
-        self._activate()
 
 
 class ManagedPerceptionNode(PerceptionShell, LifecycleNode):
@@ -313,6 +376,8 @@ class ManagedPerceptionNode(PerceptionShell, LifecycleNode):
         for pub in [*self.publishers_by_output.values(), self.pub_processing_time, self.pub_latency,
                     self.pub_stage_time, self.pub_diagnostics]:
             self.destroy_publisher(pub)
+        if self.tf_static_subscription is not None:
+            self.destroy_subscription(self.tf_static_subscription)
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
@@ -329,7 +394,8 @@ def _float_array(labels: tuple[str, ...], values: list[float]) -> Float64MultiAr
 
 
 def occupancy_message(grid, header) -> OccupancyGrid:
-    """nav_msgs/OccupancyGrid of an :class:`ssl3d_ros.perception.OccupancyGrid`, in the input's frame and stamp."""
+    """nav_msgs/OccupancyGrid of an :class:`ssl3d_ros.perception.OccupancyGrid` with ``header`` (the input's
+    stamp, the base frame)."""
     out = OccupancyGrid()
     out.header = header
     out.info.map_load_time = header.stamp
@@ -350,32 +416,44 @@ def novelty_message(reading, header) -> Vector3Stamped:
     return out
 
 
-def main(args: list[str] | None = None) -> int:
+def main(args: list[str] | None = None, stop_requested: Callable[[], bool] = lambda: False) -> int:
+    """Run the node until SIGINT/SIGTERM (exit 0) or a refused configuration (exit 2). The executables
+    enter through :func:`ssl3d_ros.node_entry.main`, which installs the signal handlers that run before
+    rclpy's and passes ``stop_requested``: whether one of those signals came before rclpy was up."""
     argv = list(args if args is not None else sys.argv)
     user_args = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
     if "--help" in user_args or "-h" in user_args:
         print(node_usage())
         return 0
     managed = "--managed" in user_args
-    rclpy.init(args=argv)
+    rclpy.init(args=argv)  # from here on rclpy's handlers turn SIGINT/SIGTERM into a shutdown of its context
+    # Python warnings (numpy, torch) become throttled log lines of the node, not raw blocks on stderr
+    route_python_warnings(rclpy.logging.get_logger(NODE_NAME).warning, WarningThrottle())
     try:
-        node = ManagedPerceptionNode() if managed else PerceptionNode()
-    except (ConfigError, ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
-        print(f"[{NODE_NAME}] invalid configuration, not starting: {exc}", file=sys.stderr, flush=True)
-        rclpy.try_shutdown()
-        return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        if stop_requested():
+            return 0
+        try:
+            node = ManagedPerceptionNode() if managed else PerceptionNode()
+        except Exception as exc:
+            if not rclpy.ok():  # stopped while starting: rclpy shut its context down under the node being built
+                return 0
+            if isinstance(exc, (ConfigError, ValueError, FileNotFoundError)):  # CheckpointError is a ValueError
+                print(f"[{NODE_NAME}] invalid configuration, not starting: {exc}", file=sys.stderr, flush=True)
+                return 2
+            raise
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
+            executor.shutdown()
+            node.destroy_node()
     finally:
-        executor.shutdown()
-        node.destroy_node()
         rclpy.try_shutdown()
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the executables enter through ssl3d_ros.node_entry (signals, a missing rclpy)
     sys.exit(main())

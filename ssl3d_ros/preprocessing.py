@@ -53,6 +53,8 @@ GROUND_QUANTILE = 0.01
 #: deterministic frame to frame.
 INFERENCE_SUBSET_SEED = 0
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 @dataclass
 class PreprocessConfig:
@@ -201,7 +203,8 @@ def resolve_intensity_scale(scan: Scan, cfg: PreprocessConfig) -> float:
     values = np.asarray(values)
     if values.dtype == np.uint8:
         return 255.0
-    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    # beyond float32's range is as unusable as Inf (_as_float32 makes it Inf, the point is dropped)
+    finite = values[np.abs(values) <= _FLOAT32_MAX] if values.dtype.kind == "f" else values
     peak = float(finite.max()) if finite.size else 0.0
     if peak <= 1.0:
         return 1.0
@@ -223,7 +226,7 @@ def preprocess(
     ``training=True`` keeps a random point per voxel (and a random voxel subset under ``max_points``),
     drawn from ``generator`` (torch's global generator when None).
     """
-    points = torch.from_numpy(np.ascontiguousarray(scan.points, dtype=np.float32))
+    points = torch.from_numpy(_as_float32(scan.points))
     n = points.shape[0]
     fields = _feature_fields(scan, cfg)
 
@@ -291,8 +294,20 @@ def _feature_fields(scan: Scan, cfg: PreprocessConfig) -> dict[str, torch.Tensor
         if name == "rgb":
             values = _rgb_unit(values)
         width = int(np.prod(values.shape[1:]))  # explicit: reshape(-1) is ambiguous for an empty scan
-        fields[name] = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(len(scan), width)
+        fields[name] = torch.from_numpy(_as_float32(values)).reshape(len(scan), width)
     return fields
+
+
+def _as_float32(values: Any) -> np.ndarray:
+    """``values`` as a contiguous, writable float32 array for ``torch.from_numpy``, without a warning: a
+    read-only array (memory-mapped, a view of an immutable buffer) is copied, and floats beyond float32's
+    range (a float64 intensity of 1e300) become +-Inf quietly, so ``_keep_mask`` drops the point."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f" and values.dtype.itemsize > 4:
+        with np.errstate(over="ignore"):
+            return np.ascontiguousarray(values.astype(np.float32))  # a new array: writable
+    out = np.ascontiguousarray(values, dtype=np.float32)
+    return out if out.flags.writeable else out.copy()
 
 
 def _rgb_unit(rgb: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import time
 from pathlib import Path
@@ -54,6 +55,29 @@ def sim_scan(seed: int = 0, index: int = 0, beams: int = 16, columns: int = 512)
 
     cfg = with_lidar(SimConfig(), beams=beams, columns=columns)
     return list(simulate_sequence(cfg, index + 1, seed=seed))[index]
+
+
+# A depth camera 1.5 m up on base_link, looking along base x: its optical frame (x right, y down, z
+# forward) in base_link. Right angles: the rotation is an exact signed permutation, so the camera's
+# cloud moved into base_link equals, bit for bit, the same cloud given in z-up (DEPTH_MOUNT_ROTATION).
+DEPTH_MOUNT = {"base_frame": "base_link", "sensor_xyz": [0.0, 0.0, 1.5], "sensor_rpy": [-np.pi / 2, 0.0, -np.pi / 2]}
+DEPTH_MOUNT_ROTATION = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # base <- optical
+DEPTH_FRAME = "depth_optical_frame"
+
+
+@functools.lru_cache(maxsize=1)
+def depth_camera_clouds(seed: int = 0, index: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A simulated 480x640 depth image of the outdoor street, level, 1.5 m up (``DEPTH_MOUNT``):
+    ``(optical, zup, labels)``, the organized (480*640, 3) float32 cloud in the optical frame (NaN
+    where no return), the same cloud in base_link (z up) and the simulator's labels (0 = none)."""
+    from ssl3d_ros.sim import DepthCamera, SimConfig, build_world
+
+    camera = DepthCamera(width=640, height=480, max_range=15.0, mount_height=1.5, tilt_deg=0.0,
+                         frame_id=DEPTH_FRAME)
+    frame = build_world(SimConfig(scene="outdoor", depth_camera=camera), seed=seed, duration_s=1.0).depth_frame(index)
+    optical = frame.points.reshape(-1, 3)
+    zup = (optical.astype(np.float64) @ DEPTH_MOUNT_ROTATION.T + np.asarray(DEPTH_MOUNT["sensor_xyz"])).astype(np.float32)
+    return optical, zup, frame.labels.reshape(-1)
 
 
 def ground_and_boxes(n: int = 3000, seed: int = 0) -> Scan:
@@ -146,7 +170,7 @@ def read_metrics(out_dir: Path) -> list[dict[str, float]]:
 INPUT_TOPIC = "/ssl3d_test/points"
 OUT = "/ssl3d_perception/output/"
 DEBUG = "/ssl3d_perception/debug/"
-STAMPED = [OUT + "segmentation", OUT + "embeddings", OUT + "visualization", OUT + "occupancy"]
+STAMPED = [OUT + "segmentation", OUT + "embeddings", OUT + "visualization", OUT + "occupancy", OUT + "obstacles"]
 # The node's parameters in the DDS tests: small grid, generous budgets (the machine is busy).
 NODE_TEST_PARAMS = {
     "device": "cpu",

@@ -103,6 +103,37 @@ def offline(checkpoint, params_file):
     return PerceptionPipeline.from_checkpoint(checkpoint, device="cpu", overrides=cfg)
 
 
+# ------------------------------------------------------------------- the quick tests (colcon test)
+
+
+# pure-library tests that need no DDS, no real data and no training: about a minute on 2 cores
+QUICK_TESTS = frozenset({
+    "test_architecture.py", "test_atomic.py", "test_checkpoint.py", "test_class_maps.py", "test_codec.py",
+    "test_config.py", "test_ema.py", "test_heads.py", "test_hierarchy.py", "test_masking.py",
+    "test_preprocessing.py", "test_schedules.py", "test_training_config.py", "test_views.py",
+})
+
+
+def quick_run(config) -> bool:
+    """pytest was given no path, so it runs setup.cfg's testpaths, as `colcon test` runs it (its pytest
+    step passes options only): then only QUICK_TESTS run. `make test`, and any run naming a path, get
+    every test they name."""
+    return config.args_source is pytest.Config.ArgsSource.TESTPATHS
+
+
+def pytest_ignore_collect(collection_path, config):
+    if quick_run(config) and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return collection_path.name not in QUICK_TESTS or None
+    return None
+
+
+def pytest_report_header(config):
+    if quick_run(config):
+        return ["no path given: the quick tests only (QUICK_TESTS in test/conftest.py, what `colcon test` runs); "
+                "`make test` or `pytest test` runs every test"]
+    return None
+
+
 # ------------------------------------------------------------------------------------ test order
 
 

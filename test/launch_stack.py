@@ -165,3 +165,60 @@ def upstream_point_cloud2():
     finally:
         sys.path.remove(str(package.parent))
     return point_cloud2
+
+
+# ------------------------------------------------------------------ the processes a launch leaves
+
+
+def process_running(pid: int) -> bool:
+    """Alive and not a zombie awaiting its reaper (an orphan's reaper may be slow, or never come)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every living process below ``pid`` (children, their children, ...): pid -> command line."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+            continue  # gone while listing
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                try:
+                    found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except (FileNotFoundError, ProcessLookupError):
+                    continue
+                frontier.append(child)
+    return found
+
+
+def node_pids(launch_pid: int) -> list[int]:
+    """The perception_node processes started below ``launch_pid``."""
+    return [pid for pid, cmdline in descendants(launch_pid).items() if "perception_node" in cmdline]
+
+
+def wait_until_gone(pids, timeout: float, what: str) -> None:
+    """Until none of ``pids`` runs; fails after ``timeout`` (a bound on a failure, not a timing)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (left := [pid for pid in pids if process_running(pid)]):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still running after {timeout:.0f} s: "
+                                 + ", ".join(f"{pid} ({cmdline(pid)})" for pid in left))
+        time.sleep(0.2)
+
+
+def cmdline(pid: int) -> str:
+    """The command line of ``pid`` (arguments joined by spaces), "gone" when it has exited."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"

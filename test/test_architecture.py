@@ -22,7 +22,8 @@ PACKAGE = REPO / "ssl3d_ros"
 TRAINING = REPO / "training"  # installed as ssl3d_ros.training (ssl3d_ros/training is a symlink to it)
 ROS_SHELL = "ssl3d_ros.node"
 MAX_TOP_LEVEL_MODULES = 12
-FACES = ("ssl3d_ros.codec", "ssl3d_ros.checkpoint", "ssl3d_ros.labels", "ssl3d_ros.perception")
+FACES = ("ssl3d_ros.codec", "ssl3d_ros.checkpoint", "ssl3d_ros.labels", "ssl3d_ros.perception",
+         "ssl3d_ros.evaluation.selection")
 
 
 @dataclass

@@ -194,6 +194,61 @@ def test_viz_of_a_truncated_scan_is_one_line(tmp_path):
     assert "multiple of the 16-byte record" in assert_one_error_line(result, "ssl3d-viz", scan)
 
 
+SELECT = ["-m", "ssl3d_ros.evaluation.selection", "--no-progress"]
+
+
+def kitti_scans(folder: Path, count: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for k in range(count):
+        rng.uniform(-10, 10, (500, 4)).astype(np.float32).tofile(folder / f"{k:06d}.bin")
+    return folder
+
+
+def test_select_of_a_missing_input_is_one_line(tmp_path):
+    missing = tmp_path / "no bag here"
+    result = run_script(SELECT + [str(missing), "--budget", "3", "--out", str(tmp_path / "sel")], tmp_path)
+    assert "no such scan file" in assert_one_error_line(result, "ssl3d-select", missing)
+    assert not (tmp_path / "sel").exists()
+
+
+@pytest.mark.parametrize("budget", ["0", "-2"])
+def test_select_with_a_budget_below_one_is_one_line(tmp_path, budget):
+    scans = kitti_scans(tmp_path / "scans")
+    result = run_script(SELECT + [str(scans), "--budget", budget, "--out", str(tmp_path / "sel")], tmp_path)
+    assert "at least 1" in assert_one_error_line(result, "ssl3d-select", "--budget")
+
+
+def test_select_by_uncertainty_without_a_segmentation_head_is_one_line(tmp_path):
+    from builders import make_checkpoint
+
+    scans = kitti_scans(tmp_path / "scans")
+    ckpt = make_checkpoint(tmp_path / "encoder.safetensors", with_head=False, with_pca=False)
+    for strategy in ("uncertainty", "mix"):
+        result = run_script(SELECT + [str(scans), "--checkpoint", str(ckpt), "--budget", "1", "--strategy", strategy,
+                                      "--out", str(tmp_path / "sel")], tmp_path)
+        line = assert_one_error_line(result, "ssl3d-select", ckpt)
+        assert "no segmentation head" in line and f"--strategy {strategy}" in line
+        assert not (tmp_path / "sel").exists()  # refused before any scan was encoded
+
+
+def test_select_of_unreadable_scans_is_one_line(tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "000000.bin").write_bytes(b"\x00" * 10)  # not whole 16-byte records
+    (scans / "000001.bin").write_bytes(b"\x00" * 7)
+    result = run_script(SELECT + [str(scans), "--budget", "1", "--out", str(tmp_path / "sel")], tmp_path)
+    line = assert_one_error_line(result, "ssl3d-select", scans)
+    assert "none of the 2 scans could be used" in line and "multiple of the 16-byte record" in line
+
+
+def test_select_refuses_a_pickle_checkpoint_in_one_line(tmp_path):
+    ckpt = pickle_checkpoint(tmp_path / "model.safetensors")
+    result = run_script(SELECT + [str(kitti_scans(tmp_path / "scans")), "--checkpoint", str(ckpt), "--budget", "1",
+                                  "--out", str(tmp_path / "sel")], tmp_path)
+    assert_one_error_line(result, "ssl3d-select", ckpt)
+
+
 def test_simulate_with_an_unknown_config_key_is_one_line(tmp_path):
     config = tmp_path / "sim.yaml"
     config.write_text("scene: outdoor\nno_such_key: 3\n")
@@ -214,7 +269,7 @@ def test_demo_with_a_file_as_its_output_folder_is_one_line(tmp_path):
 
 def _parsers():
     from ssl3d_ros.demo import main as demo_main
-    from ssl3d_ros.evaluation import audit, probe, replay, viz
+    from ssl3d_ros.evaluation import audit, probe, replay, selection, viz
     from ssl3d_ros.sim import cli as sim_cli
     from ssl3d_ros.training import novelty, pretrain, study
 
@@ -226,6 +281,7 @@ def _parsers():
         "ssl3d-replay": lambda: replay.main(["--help"]),
         "ssl3d-viz": lambda: viz.main(["--help"]),
         "ssl3d-audit": lambda: audit.main(["--help"]),
+        "ssl3d-select": lambda: selection.main(["--help"]),
         "ssl3d-simulate": lambda: sim_cli.main(["--help"]),
         "ssl3d-demo": lambda: demo_main(["--help"]),
     }

@@ -11,7 +11,7 @@ from ssl3d_ros.codec import FLOAT32, FLOAT64, CloudFormatError, FieldSpec, encod
 from ssl3d_ros.config import ConfigError
 from ssl3d_ros.labels import NO_CLASS
 from ssl3d_ros.perception import (
-    ERROR, OK, WARN, DiagnosticsConfig, DiagnosticsPolicy, NodeConfig, NodeStats, OutputEncoder, OutputSelection,
+    ERROR, OK, WARN, CloudResult, FrameResult, DiagnosticsConfig, DiagnosticsPolicy, NodeConfig, NodeStats, OutputEncoder, OutputSelection,
     PerceptionPipeline, WarningThrottle, embedding_cloud_bytes, encode_outputs, frame_timings, leaf_parameters,
     node_config_from_params, shared_memory_segment, transport_warning, unknown_parameters,
 )
@@ -120,35 +120,37 @@ def test_the_voxel_budget_counts_the_points_it_leaves_out():
 # ------------------------------------------------------------------------- outputs and health, pure
 
 
-def test_outputs_follow_the_selection_segmentation_first(pipeline):
+def test_outputs_follow_the_selection_segmentation_and_obstacles_first(pipeline):
     scan = sim_scan(seed=2)
     msg = _msg(encode_cloud(scan.points, {"intensity": scan.fields["intensity"]}))
     cloud = pipeline.process_cloud(msg)
     cfg = NodeConfig()
     encoder = OutputEncoder.for_classes(pipeline.class_names, pipeline.class_colors, cfg)
     names = [name for name, _, _ in encode_outputs(cloud, OutputSelection(), encoder)]
-    assert names == ["segmentation", "visualization", "embeddings", "occupancy"]
+    assert names == ["segmentation", "obstacles", "visualization", "embeddings", "occupancy"]
     only = list(encode_outputs(cloud, OutputSelection(segmentation=False, embeddings=False,
-                                                      visualization=False, occupancy=True), encoder))
+                                                      visualization=False, occupancy=True, obstacles=False), encoder))
     assert [n for n, _, _ in only] == ["occupancy"]
-    assert not OutputSelection(False, False, False, False).any
-    assert OutputSelection(False, False, False, True).needs_classes
+    assert not OutputSelection(False, False, False, False, False).any
+    assert OutputSelection(False, False, False, True, False).needs_classes
+    assert OutputSelection(False, False, False, False, True).needs_classes
     per_voxel = OutputEncoder.for_classes(pipeline.class_names, pipeline.class_colors,
                                           node_config_from_params({"embeddings.per_voxel": True}))
     _, voxels, _ = next(encode_outputs(cloud, OutputSelection(segmentation=False, visualization=False,
-                                                             occupancy=False), per_voxel))
+                                                             occupancy=False, obstacles=False), per_voxel))
     assert voxels.width == len(cloud.result.voxel_coord) < len(scan)
 
 
 def test_empty_cloud_of_height_zero_encodes_every_output():
-    cloud = SimpleNamespace(
-        result=SimpleNamespace(class_id=np.zeros(0, np.uint8), probability=np.zeros(0, np.float32),
-                               entropy=np.zeros(0, np.float32), embedding=np.zeros((0, 4), np.float32),
-                               valid=np.zeros(0, bool), voxel_coord=np.zeros((0, 3), np.float32),
-                               voxel_embedding=np.zeros((0, 4), np.float32)),
-        xyz=np.zeros((0, 3), np.float32), height=0, width=0)
+    cloud = CloudResult(
+        result=FrameResult(valid=np.zeros(0, bool), point_voxel=np.zeros(0, np.int64), class_id=np.zeros(0, np.uint8),
+                           probability=np.zeros(0, np.float32), entropy=np.zeros(0, np.float32),
+                           embedding=np.zeros((0, 4), np.float32), voxel_coord=np.zeros((0, 3), np.float32),
+                           voxel_embedding=np.zeros((0, 4), np.float32)),
+        xyz=np.zeros((0, 3), np.float32), height=0, width=0, decode_ms=0.0)
     encoder = OutputEncoder.for_classes(list(CLASS_NAMES), np.zeros((0, 3), np.uint8), NodeConfig())
-    assert [p.width if n != "occupancy" else -1 for n, p, _ in encode_outputs(cloud, OutputSelection(), encoder)] == [0, 0, 0, -1]
+    widths = [p.width if n != "occupancy" else -1 for n, p, _ in encode_outputs(cloud, OutputSelection(), encoder)]
+    assert widths == [0, 0, 0, 0, -1]
 
 
 def test_unknown_parameter_names_are_named_and_rclpy_own_are_not():

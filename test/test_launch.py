@@ -60,7 +60,7 @@ def test_launch_file_starts_the_installed_executable_with_the_input_remapped():
     assert ast.literal_eval(source) == "~/input/points"
     assert isinstance(target, ast.Call) and ast.literal_eval(target.args[0]) == "input_topic"
     # The executable the launch file names is one the package installs (into lib/ssl3d_ros under colcon).
-    assert '"perception_node = ssl3d_ros.node:main"' in (REPO / "setup.py").read_text()
+    assert '"perception_node = ssl3d_ros.node_entry:main"' in (REPO / "setup.py").read_text()
 
 
 def test_default_params_file_is_a_valid_node_config():
@@ -178,14 +178,6 @@ def _end_launch(proc: subprocess.Popen, timeout: float = 60.0) -> None:
     proc.wait()
 
 
-def _route(name: str, request) -> tuple[Path, list[Path]]:
-    """The prefix and the PYTHONPATH of a route: colcon's install runs its own copy of the code."""
-    if name == "colcon":
-        prefix = request.getfixturevalue("colcon_prefix")
-        return prefix, [site_packages(prefix)]
-    return request.getfixturevalue("pip_prefix"), [REPO]
-
-
 def test_show_args_through_upstream_ros2_launch(pip_prefix, tmp_path):
     done = subprocess.run([str(require_launch_stack() / "ros2"), "launch", "ssl3d_ros", "perception.launch.py",
                            "--show-args"], env=_launch_env(pip_prefix, REPO), cwd=tmp_path, capture_output=True,
@@ -221,7 +213,7 @@ def test_use_sim_time_is_parsed_strictly(pip_prefix, tmp_path):
     (["use_sim_time:=maybe"], "launch argument use_sim_time:='maybe' is not a boolean"),
     (["params_file:=/nonexistent/perception.yaml"], "launch argument params_file:='/nonexistent/perception.yaml' is not a file"),
     (["checkpoint:=/nonexistent/model.safetensors", "device:=cpu"],
-     "perception_node-1 exited with code 2 (it refused its configuration; its log line above says why)"),
+     "perception_node-1 exited with code 2 (it refused to start; its log line above says why)"),
 ], ids=["use_sim_time", "params_file", "node_refuses_config"])
 def test_a_bad_launch_stops_with_one_line_and_a_nonzero_exit(pip_prefix, tmp_path, args, line):
     proc = _ros2_launch(pip_prefix, [REPO], args, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -238,11 +230,10 @@ def test_a_bad_launch_stops_with_one_line_and_a_nonzero_exit(pip_prefix, tmp_pat
 
 @pytest.mark.ros
 @pytest.mark.slow
-@pytest.mark.parametrize("route", ["colcon", "pip"])
-def test_ros2_launch_runs_the_node_on_a_real_scan(route, request, tmp_path):
-    """`ros2 launch ssl3d_ros perception.launch.py` from the route's prefix starts the node with the
-    packaged checkpoint on CPU; a real scan gets every output with its header; SIGINT ends it with 0."""
-    prefix, pythonpath = _route(route, request)
+def test_ros2_launch_runs_the_node_on_a_real_scan(pip_prefix, request, tmp_path):
+    """`ros2 launch ssl3d_ros perception.launch.py` from the pip route's prefix starts the node with the
+    packaged checkpoint on CPU; a real scan gets every output with its header; SIGINT ends it with 0.
+    (The colcon route, with real colcon and the README's commands: test_colcon.py.)"""
     try:
         shared = request.getfixturevalue("shared_data")
     except pytest.skip.Exception:  # no real data: a simulated scan instead
@@ -250,13 +241,13 @@ def test_ros2_launch_runs_the_node_on_a_real_scan(route, request, tmp_path):
     harness = open_harness()
     log_path = tmp_path / "launch.log"
     with open(log_path, "w") as log:
-        proc = _ros2_launch(prefix, pythonpath, [f"input_topic:={INPUT_TOPIC}", "device:=cpu"], tmp_path,
+        proc = _ros2_launch(pip_prefix, [REPO], [f"input_topic:={INPUT_TOPIC}", "device:=cpu"], tmp_path,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until_matched(harness, lambda: proc.poll() is None, log_path.read_text)
         assert_every_output_answers(harness, scan_to_publish(shared))
-        # The node that answered is the route's own install: its packaged checkpoint is the one loaded.
-        packaged = (site_packages(prefix) if route == "colcon" else REPO) / "ssl3d_ros" / "data" / "default_nano.safetensors"
+        # The node that answered is this checkout's: its packaged checkpoint is the one loaded.
+        packaged = REPO / "ssl3d_ros" / "data" / "default_nano.safetensors"
         assert f"loaded {packaged} on cpu" in log_path.read_text()
     finally:
         harness.close()

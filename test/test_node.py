@@ -132,8 +132,9 @@ def _check_against_offline(outputs: dict, msg: PointCloud2, offline: PerceptionP
     n = msg.height * msg.width
     expected = offline.process_cloud(msg)
     res = expected.result
-    seg, emb, vis, occ = (outputs[OUT + t] for t in ("segmentation", "embeddings", "visualization", "occupancy"))
-    for out in (seg, emb, vis, occ):  # the input header, never restamped
+    seg, emb, vis, occ, obst = (outputs[OUT + t] for t in ("segmentation", "embeddings", "visualization", "occupancy",
+                                                           "obstacles"))
+    for out in (seg, emb, vis, occ, obst):  # the input header, never restamped (no base frame: the input's frame)
         assert out.header.frame_id == msg.header.frame_id
         assert _stamp_key(out.header) == _stamp_key(msg.header)
 
@@ -171,6 +172,10 @@ def _check_against_offline(outputs: dict, msg: PointCloud2, offline: PerceptionP
     assert (occ.info.origin.position.x, occ.info.origin.position.y) == (-40.0, -40.0)
     np.testing.assert_array_equal(np.asarray(occ.data, np.int8), grid.data.ravel())
     assert (np.asarray(occ.data) == 100).any()
+
+    # Obstacles: x, y, z of the valid obstacle-class points, in the input's order (nav2's observation source).
+    assert _fields(obst) == [("x", 0, FLOAT32, 1), ("y", 4, FLOAT32, 1), ("z", 8, FLOAT32, 1)] and obst.height == 1
+    np.testing.assert_array_equal(xyz(decode_cloud(obst)), input_xyz[(class_id != NO_CLASS) & outputs.obstacle[class_id]])
 
 
 _PARAMS_CACHE: dict = {}
@@ -273,7 +278,7 @@ def test_no_work_without_subscribers(checkpoint, params_file, tmp_path):
     module harness's subscriptions instead would leave the module's other tests without outputs, so
     this test could only run last. The name must not start with the module node's "ssl3d_perception":
     a harness keeps every status whose name starts with its node's name."""
-    from ssl3d_ros.evaluation.node_harness import Harness, NodeProcess
+    from ssl3d_ros.evaluation.node_harness import OUTPUTS, Harness, NodeProcess
 
     ros_env()
     name, topic = "unsubscribed_perception", "/ssl3d_test/unsubscribed_points"
@@ -285,7 +290,7 @@ def test_no_work_without_subscribers(checkpoint, params_file, tmp_path):
             harness.wait_for_node(node, 120.0)
             before = harness.latest_diagnostics(lambda v: True, 10, "diagnostics")
             skipped_before, processed_before = int(before["frames_skipped_no_subscribers"]), int(before["frames_processed"])
-            for sub in harness.subscriptions[:4]:  # segmentation, embeddings, visualization, occupancy (outputs first)
+            for sub in harness.subscriptions[:len(OUTPUTS)]:  # every output (they come first)
                 harness.node.destroy_subscription(sub)
             time.sleep(1.0)  # let the node's publishers see the subscriptions go
             msg = _sim_cloud(seed=9)

@@ -197,7 +197,7 @@ def test_pipeline_scores_frames_and_points_and_the_segmentation_cloud_carries_th
     reading = novelty_reading(ComputedFrame(None, cloud, OutputSelection(novelty=True), 0.0, 0.25))
     assert (reading.score, reading.voxel_share, reading.recent_share) == (
         pytest.approx(result.novelty), pytest.approx(result.novelty_voxel_share), 0.25)
-    assert OutputSelection(False, False, False, False, novelty=True).any
+    assert OutputSelection(False, False, False, False, False, novelty=True).any
 
 
 def test_warn_when_a_share_of_the_recent_frames_is_over_the_threshold():

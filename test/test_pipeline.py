@@ -81,8 +81,9 @@ def test_device_falls_back_to_cpu_with_a_warning_without_cuda():
 # --------------------------------------------------------------------------------- pure functions
 
 
-def test_occupancy_grid_marks_obstacles_free_and_unknown_cells():
-    cfg = OccupancyConfig(resolution=1.0, size_x=4.0, size_y=3.0, origin_x=-2.0, origin_y=-1.0, z_min=-1.0, z_max=2.0)
+def test_occupancy_grid_without_ray_casting_marks_obstacles_and_ground_cells_only():
+    cfg = OccupancyConfig(resolution=1.0, size_x=4.0, size_y=3.0, origin_x=-2.0, origin_y=-1.0, z_min=-1.0, z_max=2.0,
+                          ray_cast=False)
     obstacle = np.zeros(256, bool)
     obstacle[7] = True
     xyz = np.array([

@@ -7,6 +7,7 @@ bag, and the scores must equal scoring the pipeline's own predictions directly.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -109,6 +110,30 @@ def test_offline_replay_counts_and_scores(bag, checkpoint, expected_scores, tmp_
     assert main([str(bag), "--checkpoint", str(checkpoint), "--offline", "--label-field", "label",
                  "--class-map", "sim-outdoor", "--out", str(out)]) == 0
     check_report(out, expected_scores, "offline")
+
+
+def test_offline_replay_runs_the_pipeline_with_the_parameter_file(bag, checkpoint, scans, expected_scores, tmp_path):
+    """--offline reads --params-file as the node does: here a mount that turns the LiDAR upside down
+    (roll pi about base_link), so every frame is scored as the pipeline scores the flipped scan."""
+    from ssl3d_ros.evaluation.node_harness import write_params
+    from ssl3d_ros.evaluation.replay import main
+    from ssl3d_ros.perception import Mount, PerceptionPipeline, rotation_from_rpy
+
+    params = write_params(tmp_path / "perception.yaml", {"frame": {
+        "base_frame": "base_link", "sensor_xyz": [0.0, 0.0, 0.0], "sensor_rpy": [3.141592653589793, 0.0, 0.0]}})
+    pipe = PerceptionPipeline.from_checkpoint(checkpoint, device="cpu")
+    cmap = load_class_map("sim-outdoor")
+    flipped = Mount(rotation_from_rpy(math.pi, 0.0, 0.0), np.zeros(3), "base_link")
+    expected = []
+    for scan in scans:
+        pred = pipe.process(scan, segmentation=True, embeddings=False, mount=flipped).class_id.astype(np.int64)
+        pred[pred == 255] = -1
+        expected.append(segmentation_scores(cmap.apply(scan.labels), pred, cmap.num_classes).miou)
+    assert not np.allclose(expected, expected_scores)  # the flip changes what the model sees
+    out = tmp_path / "offline_mounted"
+    assert main([str(bag), "--checkpoint", str(checkpoint), "--offline", "--params-file", str(params),
+                 "--label-field", "label", "--class-map", "sim-outdoor", "--out", str(out)]) == 0
+    check_report(out, expected, "offline")
 
 
 def _ros_available() -> bool:

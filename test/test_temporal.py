@@ -20,7 +20,7 @@ from ssl3d_ros.training import hierarchy
 from ssl3d_ros.training.config import config_from_dict, load_config
 from ssl3d_ros.training.data import DataConfig, PretrainDataset, open_data
 from ssl3d_ros.training.registration import PairCache, RegistrationConfig, cached_register, register
-from ssl3d_ros.training.temporal import PartnerFinder, TemporalConfig, find_sequences, numbered_runs
+from ssl3d_ros.training.temporal import PartnerFinder, TemporalConfig, find_sequences, folder_poses, numbered_runs
 from ssl3d_ros.training.views import ViewGroupConfig, ViewMaker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,12 +67,14 @@ def test_sequences_from_numbered_names():
              "d/a_frame00.xyzi.bin", "d/b_frame01.xyzi.bin",  # other prefixes: not one sequence
              "d/log_315966265259836000.bin", "d/log_315966265360032000.bin",  # ns stamps 100 ms apart
              "d/log_315966275360032000.bin",  # 10 s later: single
-             "e/000004.bin", "d/000009.txt"]
+             "e/000004.bin", "d/000009.txt",
+             "f/000000.bin", "f/000002.bin", "f/000004.bin", "f/000010.bin"]  # every other frame: a run; 6 apart: single
     runs = [[names[i] for i in run] for run in numbered_runs(names)]
     assert sorted(runs) == sorted([
         ["d/000001.bin", "d/000002.bin", "d/000003.bin"], ["d/000007.bin", "d/000008.bin"],
         ["d/cloud.00000.xyz.npy", "d/cloud.00001.xyz.npy"],
-        ["d/log_315966265259836000.bin", "d/log_315966265360032000.bin"]])
+        ["d/log_315966265259836000.bin", "d/log_315966265360032000.bin"],
+        ["f/000000.bin", "f/000002.bin", "f/000004.bin"]])
 
 
 def test_registration_recovers_the_simulated_trajectory_within_a_voxel(sim_sequence):
@@ -191,6 +193,62 @@ def test_poses_file_beside_a_scan_folder_aligns_without_icp(sim_sequence, tmp_pa
         PartnerFinder(open_data(DataConfig(sources=[str(bare)])), TemporalConfig(enabled=True, align="poses"), None)
 
 
+def _rotation_z(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def test_kitti_camera_poses_become_lidar_poses_only_through_calib_tr(sim_sequence, tmp_path):
+    """KITTI odometry's poses.txt holds the left camera's poses: with calib.txt's Tr (velodyne-to-camera) they
+    become the LiDAR's; a calib.txt without Tr leaves the LiDAR's unknown, and the poses are not used."""
+    _, scans, lidar_poses = sim_sequence
+    velodyne_to_camera = np.eye(4)  # KITTI-like: camera z forward = LiDAR x, camera x = -LiDAR y, camera y = -LiDAR z
+    velodyne_to_camera[:3, :3] = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]]) @ _rotation_z(0.01)
+    velodyne_to_camera[:3, 3] = [-0.01, -0.08, -0.27]
+    camera_poses = [p @ np.linalg.inv(velodyne_to_camera) for p in lidar_poses]
+    sequence = tmp_path / "sequences" / "00"
+    (sequence / "velodyne").mkdir(parents=True)
+    for k, scan in enumerate(scans):
+        np.save(sequence / "velodyne" / f"{k:06d}.npy", scan.points)
+    np.savetxt(sequence / "poses.txt", np.stack([p[:3, :4].reshape(-1) for p in camera_poses]))
+    projection = "P0: " + " ".join(["0"] * 12)
+    (sequence / "calib.txt").write_text(projection + "\nTr: " + " ".join(repr(float(v)) for v in velodyne_to_camera[:3, :4].reshape(-1)) + "\n")
+    assert np.allclose(folder_poses(sequence / "velodyne"), np.stack(lidar_poses), atol=1e-9)
+    finder = PartnerFinder(open_data(DataConfig(sources=[str(sequence / "velodyne")])),
+                           TemporalConfig(enabled=True, max_offset=2, align="poses"), cache_dir=None)
+    partner = finder.find(0, scans[0], np.random.default_rng(0), {})
+    assert partner.by == "poses"
+    assert np.allclose(partner.transform, np.linalg.inv(lidar_poses[0]) @ lidar_poses[partner.index], atol=1e-6)
+
+    (sequence / "calib.txt").write_text(projection + "\n")  # camera poses, no Tr: not the scans' poses
+    assert folder_poses(sequence / "velodyne") is None
+    with pytest.raises(ConfigError, match="no pose"):
+        PartnerFinder(open_data(DataConfig(sources=[str(sequence / "velodyne")])), TemporalConfig(enabled=True, align="poses"), None)
+
+
+@needs_data
+def test_semantickitti_sequence_poses_never_misalign_partners():
+    """On the real sequences: whatever poses folder_poses gives align frames 0 and 4 better than no alignment,
+    while the camera poses as they are misalign them by metres (the bug this guards against)."""
+    from scipy.spatial import cKDTree
+
+    folder = LIDAR / "semantickitti_sequences" / "00" / "velodyne"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found (see the data README)")
+    anchor, other = (np.fromfile(folder / f"{k:06d}.bin", np.float32).reshape(-1, 4)[::10, :3] for k in (0, 4))
+    tree = cKDTree(anchor)
+
+    def misalignment(transform: np.ndarray) -> float:
+        return float(np.median(tree.query(other @ transform[:3, :3].T + transform[:3, 3])[0]))
+
+    camera = np.loadtxt(folder.parent / "poses.txt").reshape(-1, 3, 4)
+    camera = np.concatenate([camera, np.tile([[[0, 0, 0, 1.0]]], (len(camera), 1, 1))], axis=1)
+    assert misalignment(np.linalg.inv(camera[0]) @ camera[4]) > 1.0 > 3 * misalignment(np.eye(4))
+    poses = folder_poses(folder)
+    if poses is not None:  # calib.txt with Tr: the LiDAR's poses
+        assert misalignment(np.linalg.inv(poses[0]) @ poses[4]) < misalignment(np.eye(4))
+
+
 def test_dataset_counts_temporal_pairs_and_single_scans_fall_back(sim_sequence, tmp_path):
     _, scans, _ = sim_sequence
     folder = tmp_path / "scans"
@@ -279,12 +337,14 @@ def test_data_list_is_the_unlabelled_real_scans(monkeypatch):
 
 
 @needs_data
-def test_sequence_study_data_list_leaves_out_the_test_sequence(monkeypatch):
-    """sonata-sequences.yaml pretrains on every unlabelled real LiDAR scan but sequence 08 (the test set,
-    never pretrained on): the 29 unlabelled scans and the 35 scans of the training sequences 00-05, 07,
-    their labels unused."""
+@pytest.mark.parametrize("config_name", ["sonata-sequences.yaml", "sonata-sequences-temporal.yaml"])
+def test_sequence_study_data_list_leaves_out_the_test_sequence(monkeypatch, config_name):
+    """The sequence study's pretraining configs pretrain on every unlabelled real LiDAR scan but sequence 08
+    (the test set, never pretrained on): the 29 unlabelled scans and the 35 scans of the training sequences
+    00-05, 07, their labels unused. The temporal variant finds each training sequence's 5 frames a sequence."""
     monkeypatch.chdir(REPO)
-    names, _ = _data_list("sonata-sequences.yaml")
+    names, sequences = _data_list(config_name)
+    assert sum(len(m) for m in sequences.members) == 16 + 35
     sequence_scans = [n for n in names if "semantickitti_sequences" in n]
     assert len(names) == 64 and len(sequence_scans) == 35
     assert {n.split("semantickitti_sequences/")[1][:2] for n in sequence_scans} == {"00", "01", "02", "03", "04", "05", "07"}

@@ -2,14 +2,16 @@
 
 A sequence is what a source records in time order: one bag topic, the simulator's trajectory, or
 the scan files of one folder numbered frame by frame (``000001.bin``, ``000002.bin`` ...; names
-that differ only in one number, and where the numbers are nanosecond stamps, stamps at most
-``MAX_STAMP_GAP_NS`` apart). A gap in the numbering ends a sequence; a scan in none is single.
+that differ only in one number, at most ``MAX_FRAME_GAP`` frames apart, and where the numbers are
+nanosecond stamps, stamps at most ``MAX_STAMP_GAP_NS`` apart). A larger gap ends a sequence; a scan
+in none is single.
 
 For the scan at a sample position, ``PartnerFinder`` draws (from the sample's generator, so resuming
 replays it) a frame 1..``max_offset`` frames away in the same sequence and the rigid transform that
 takes the partner's points into the anchor scan's frame: from poses when the source has them (the
 simulator's trajectory, for snapshot scans without motion distortion; a KITTI-style ``poses.txt``
-in the scan folder or its parent, line ``n`` the 3x4 world-from-scan pose of frame number ``n``),
+in the scan folder or its parent, line ``n`` the 3x4 world-from-scan pose of frame number ``n``; KITTI
+camera poses only with calib.txt's ``Tr``: see ``folder_poses``),
 else from point-to-plane ICP (``registration.py``), cached per pair in the run folder. A pair ICP rejects is counted, and the
 sample falls back to single-scan views.
 """
@@ -32,6 +34,7 @@ from .registration import PairCache, RegistrationConfig, cached_register
 log = logging.getLogger(__name__)
 
 MAX_STAMP_GAP_NS = 200_000_000  # two periods of a 10 Hz sensor
+MAX_FRAME_GAP = 2  # frame numbers likewise: every other frame is how subsampled sequences are kept (SemanticKITTI's here)
 STAMP_DIGITS = 16  # numbers this long in file names are nanosecond stamps, not frame numbers
 NUMBERED = re.compile(r"^(.*?)(\d+)(\D*)$")
 
@@ -117,7 +120,7 @@ def numbered_runs(paths: list[str]) -> list[list[int]]:
         for prev, cur in zip(items, items[1:]):
             gap = cur[0] - prev[0]
             stamps = len(str(cur[0])) >= STAMP_DIGITS
-            if (0 < gap <= MAX_STAMP_GAP_NS) if stamps else gap == 1:
+            if 0 < gap <= (MAX_STAMP_GAP_NS if stamps else MAX_FRAME_GAP):
                 run.append(cur)
             else:
                 runs.append(run)
@@ -132,7 +135,15 @@ def frame_number(path: str) -> int | None:
 
 
 def folder_poses(folder: Path) -> np.ndarray | None:
-    """(M, 4, 4) poses from ``poses.txt`` in ``folder`` or its parent (KITTI: 12 numbers a line)."""
+    """(M, 4, 4) world-from-scan poses from ``poses.txt`` in ``folder`` or its parent (12 numbers a line),
+    or None when there are none, or none that are the scans' own.
+
+    Without a ``calib.txt`` beside it, a pose file holds the scans' own poses. With one, it is KITTI
+    odometry's: the poses are the left camera's, and ``Tr`` (velodyne-to-camera) of calib.txt makes each
+    the LiDAR's (``pose @ Tr``, as semantic-kitti-api does). A calib.txt without ``Tr`` leaves the
+    camera-to-LiDAR transform unknown: camera poses used as they are would turn the motion into the
+    camera's axes (measured on SemanticKITTI 00-08, frames 0 and 4: 2.0-5.0 m median misalignment, worse than
+    no alignment at all), so those poses are not used (logged once; align: auto falls back to ICP)."""
     for candidate in (folder / "poses.txt", folder.parent / "poses.txt"):
         if candidate.is_file():
             try:
@@ -143,7 +154,32 @@ def folder_poses(folder: Path) -> np.ndarray | None:
                 raise ConfigError(f"{candidate}: expected 12 finite numbers a line (a 3x4 pose), got {rows.shape[1]}")
             poses = np.tile(np.eye(4), (len(rows), 1, 1))
             poses[:, :3, :4] = rows.reshape(-1, 3, 4)
-            return poses
+            calib = candidate.parent / "calib.txt"
+            if not calib.is_file():
+                return poses
+            velodyne_to_camera = kitti_velodyne_to_camera(calib)
+            if velodyne_to_camera is None:
+                log.warning("%s: camera poses, and %s has no Tr (velodyne-to-camera): these scans are not aligned "
+                            "by their poses", candidate, calib)
+                return None
+            return poses @ velodyne_to_camera
+    return None
+
+
+def kitti_velodyne_to_camera(calib: Path) -> np.ndarray | None:
+    """The 4x4 ``Tr`` (velodyne-to-left-camera) of a KITTI odometry ``calib.txt``, or None when it has none."""
+    for line in calib.read_text(errors="replace").splitlines():
+        key, _, values = line.partition(":")
+        if key.strip() == "Tr":
+            try:
+                numbers = np.array(values.split(), dtype=np.float64)
+            except ValueError:
+                numbers = np.empty(0)
+            if numbers.shape != (12,) or not np.all(np.isfinite(numbers)):
+                raise ConfigError(f"{calib}: Tr must be 12 finite numbers (a 3x4 velodyne-to-camera transform)")
+            transform = np.eye(4)
+            transform[:3, :4] = numbers.reshape(3, 4)
+            return transform
     return None
 
 
@@ -253,4 +289,5 @@ class PartnerFinder:
 
 
 __all__ = ["TemporalConfig", "Partner", "Sequences", "PartnerFinder", "find_sequences", "numbered_runs", "folder_poses",
-           "MAX_STAMP_GAP_NS"]
+           "kitti_velodyne_to_camera",
+           "MAX_STAMP_GAP_NS", "MAX_FRAME_GAP"]

@@ -5,6 +5,9 @@
   labelled scans, encoder and features (shared with ``audit``): ``probe_data``.
 - ``audit`` (``ssl3d-audit``): how decodable height, normals and xyz are next to semantics.
 - ``viz`` (``ssl3d-viz``): PNG pictures (PCA, k-means, classes, ground truth, query similarity).
+- ``selection`` (``ssl3d-select``): which scans of bags and folders to label next (k-center on pooled
+  embeddings, the head's uncertainty, both, and the random and uniform-in-time baselines), with a cache
+  of per-scan embeddings, ranked lists and pictures.
 - ``replay`` (``ssl3d-replay``): a rosbag2 through the real node over DDS (or offline), with a report;
   the bag's frames, their scores and the recorded bag: ``replay_frames``.
 - the real-data study (``scripts/real_data_study.py``, docs/results.md): ``study_data`` (labelled-scan

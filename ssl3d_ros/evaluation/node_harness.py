@@ -30,7 +30,7 @@ NODE_NAME = "ssl3d_perception"
 # Outputs under ~/output/ (the node computes only those with subscribers) and its debug topics.
 # ``novelty`` (geometry_msgs/Vector3Stamped) is published only with a checkpoint that has a novelty
 # reference: a harness subscribes to it when asked (``outputs=(*OUTPUTS, "novelty")``).
-OUTPUTS = ("segmentation", "embeddings", "visualization", "occupancy")
+OUTPUTS = ("segmentation", "embeddings", "visualization", "occupancy", "obstacles")
 DEBUG_TOPICS = ("processing_time_ms", "pipeline_latency_ms", "stage_time_ms")
 DIAGNOSTICS_TOPIC = "/diagnostics"
 # Fast DDS's default 512 kB shared-memory segment cannot carry a real scan, and best-effort samples
@@ -111,7 +111,7 @@ def node_command(params_files: Sequence[str | Path], input_topic: str, *extra: s
     """The node's command line: its console script beside this interpreter (else ``python -m``), the
     parameter files in order (a later one overrides an earlier one), the input remapped to ``input_topic``."""
     executable = Path(sys.executable).with_name("ssl3d-perception")
-    program = [str(executable)] if executable.exists() else [sys.executable, "-m", "ssl3d_ros.node"]
+    program = [str(executable)] if executable.exists() else [sys.executable, "-m", "ssl3d_ros.node_entry"]
     args = [*program, "--ros-args"]
     if node_name:
         args += ["-r", f"__node:={node_name}"]
@@ -132,21 +132,22 @@ PARENT_DEATH_PREFIX: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "TERM", "--") i
 class NodeProcess:
     """The perception node as a child process: parameters from a dict (written to
     ``workdir/node_params.yaml``, read after any ``params_files``, so it overrides them), stdout and
-    stderr in ``workdir/node.log``; ``extra_args`` are more ROS arguments (``-p name:=value``)."""
+    stderr in ``workdir/node.log``; ``extra_args`` are more ROS arguments (``-p name:=value``); ``env``
+    entries override the node's environment (another Fast DDS profile than this process's)."""
 
     def __init__(self, workdir: str | Path, params: Mapping[str, Any] | None, input_topic: str, *,
                  node_name: str | None = None, params_files: Sequence[str | Path] = (), extra_args: Sequence[str] = (),
-                 private_domain: bool = False) -> None:
+                 private_domain: bool = False, env: Mapping[str, str] | None = None) -> None:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         self.params_path = write_params(workdir / "node_params.yaml", params) if params else None
         self.log_path = workdir / "node.log"
         files = [*params_files, *([self.params_path] if self.params_path else [])]
         self.command = node_command(files, input_topic, *extra_args, node_name=node_name)
-        env = ros_environment(private_domain)
+        node_env = {**ros_environment(private_domain), **(env or {})}
         with open(self.log_path, "wb") as log_file:
             self.proc = subprocess.Popen([*PARENT_DEATH_PREFIX, *self.command], stdout=log_file,
-                                         stderr=subprocess.STDOUT, env=env)
+                                         stderr=subprocess.STDOUT, env=node_env)
 
     @property
     def pid(self) -> int:

@@ -294,14 +294,16 @@ def replay_dds(frames: Sequence[BagFrame], cfg: ReplayConfig, out_dir: Path, sco
 
 
 def replay_offline(frames: Sequence[BagFrame], checkpoint: str, scores: ScoreAccumulator | None,
-                   device: str = "cpu") -> list[FrameRecord]:
+                   device: str = "cpu", params_file: str | None = None) -> list[FrameRecord]:
     """The same frames through PerceptionPipeline.process_cloud in this process (the node's code path
-    minus DDS): same decode, preprocessing, heads; malformed clouds count as rejected."""
+    minus DDS): same decode, preprocessing (with the node's parameter file, its sensor mount too),
+    heads; malformed clouds count as rejected."""
     from ..codec import CloudFormatError
     from ..io.rosbag import POINTCLOUD2, default_typestore
-    from ..perception import PerceptionPipeline
+    from ..perception import PerceptionPipeline, load_node_config
 
-    pipeline = PerceptionPipeline.from_checkpoint(checkpoint or None, device=device)
+    overrides = load_node_config(params_file) if params_file else None
+    pipeline = PerceptionPipeline.from_checkpoint(checkpoint or None, device=device, overrides=overrides)
     pipeline.warm_up()
     store = default_typestore()
     records = []
@@ -340,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", default="",
                         help="checkpoint for the node (default: the packaged one); with --attach, the running "
                              "node's, for the class check of --class-map")
-    parser.add_argument("--params-file", help="node parameter file (e.g. config/perception.yaml)")
+    parser.add_argument("--params-file", help="node parameter file (e.g. config/perception.yaml); --offline runs "
+                                              "the pipeline with it too (preprocessing, sensor mount)")
     parser.add_argument("--mode", choices=["keep-up", "recorded"], default="keep-up")
     parser.add_argument("--rate", type=float, default=1.0, help="recorded mode: speed factor")
     parser.add_argument("--no-clock", action="store_true", help="do not publish /clock (node on wall time)")
@@ -392,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.offline:
         if args.record_out:
             raise SystemExit("--record-out needs the DDS replay (drop --offline)")
-        records = replay_offline(frames, args.checkpoint, scores, args.device)
+        records = replay_offline(frames, args.checkpoint, scores, args.device, args.params_file)
         mode = "offline"
     else:
         cfg = ReplayConfig(mode=args.mode, rate=args.rate, clock=not args.no_clock, input_topic=args.input_topic,

@@ -3,8 +3,10 @@
 :class:`NodeStats` is what the executor and worker threads count; :class:`NoveltyMonitor` keeps the
 recent frames' novelty scores; :class:`DiagnosticsPolicy` turns a snapshot of both into the level,
 message and key/values of the node's ``/diagnostics`` status;
-:class:`WarningThrottle` decides which warnings reach the log; :func:`frame_timings` splits one
-frame's time into the stages the debug topics publish. The node only converts these to messages.
+:class:`WarningThrottle` decides which warnings reach the log; :func:`frame_warnings` and
+:class:`OverloadMonitor` say what a frame and a sustained overload should log; :func:`route_python_warnings`
+turns Python's ``warnings`` into throttled log lines; :func:`frame_timings` splits one frame's time into
+the stages the debug topics publish. The node only converts these to messages and log calls.
 """
 from __future__ import annotations
 
@@ -14,9 +16,14 @@ import os
 import re
 import threading
 import time
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
 import numpy as np
 
+from .headers import HEADER_PROBLEM_KINDS, loggable_frame_id
 from .params import DiagnosticsConfig, NoveltyConfig
 
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
@@ -25,6 +32,16 @@ STAGES = ("pre", "inference", "post", "total")  # order of ~/debug/processing_ti
 FINE_STAGES = ("decode", "preprocess", "inference", "postprocess", "encode", "publish")
 WARN_PERIOD_S = 10.0  # rate limit of warnings about bad frames, per kind of problem
 RATE_WINDOW_S = 5.0  # input rate over the receptions of the last few seconds
+# A cloud that declares is_bigendian and loses at least this share of its points to preprocessing is
+# most likely little-endian data with a wrong flag: byte-swapped floats are mostly NaN, huge or tiny
+# (measured: 99 % of a KITTI scan's points invalid read the wrong way; the issue's cloud lost 88 %).
+BIG_ENDIAN_SUSPECT_SHARE = 0.5
+# Sustained overload: judged over windows of this many seconds, at most one warning per window, when
+# at least OVERLOAD_MIN_DROPS frames and OVERLOAD_DROP_SHARE of those received were dropped in it
+# (a frame now and then replaced in the mailbox is jitter, not overload).
+OVERLOAD_WINDOW_S = 5.0
+OVERLOAD_MIN_DROPS = 3
+OVERLOAD_DROP_SHARE = 0.25
 
 
 @dataclass
@@ -39,10 +56,14 @@ class NodeStats:
     errors: int = 0  # any other failure while processing a frame
     skipped: int = 0  # no subscriber on any output
     out_of_memory: int = 0  # frames skipped because the device ran out of memory (also in ``errors``)
+    without_transform: int = 0  # frames skipped: no /tf_static transform to the base frame yet (frame.tf_static)
     no_valid_points: int = 0  # processed frames in which no point survived (empty, all NaN, out of range)
     without_intensity: int = 0  # processed frames whose intensity was fed as zeros (input.missing_intensity)
     points_invalid: int = 0  # points marked invalid (class_id 255) over all processed frames
     points_subsampled: int = 0  # valid points left out by the per-frame voxel budget (preprocessing.max_points)
+    big_endian: int = 0  # processed frames that declared is_bigendian (decoded as declared)
+    big_endian_mostly_invalid: int = 0  # ... of which at least BIG_ENDIAN_SUSPECT_SHARE of the points were invalid
+    header_problems: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # kind -> frames
     last_error: str = ""
     last_receive_mono: float | None = None
     receive_times: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=200))
@@ -62,19 +83,28 @@ class NodeStats:
             self.last_receive_mono = now
             self.receive_times.append(now)
 
-    def add_frame(self, stages: dict[str, float], total_ms: float, latency_ms: float) -> None:
+    def count_header_problems(self, kinds: list[str]) -> None:
+        with self.lock:
+            self.header_problems.update(kinds)
+
+    def add_frame(self, stages: dict[str, float], total_ms: float, latency_ms: float | None) -> None:
+        """``latency_ms`` None: the frame's stamp is no time (zero, negative, ...), kept out of the latency figures."""
         with self.lock:
             self.processed += 1
             self.totals_ms.append(total_ms)
-            self.latency_ms.append(latency_ms)
+            if latency_ms is not None:
+                self.latency_ms.append(latency_ms)
             for k, v in stages.items():
                 self.stage_ms.setdefault(k, collections.deque(maxlen=100)).append(v)
 
-    def add_points(self, invalid: int, total: int, subsampled: int = 0, without_intensity: bool = False) -> None:
+    def add_points(self, invalid: int, total: int, subsampled: int = 0, without_intensity: bool = False,
+                   is_bigendian: bool = False) -> None:
         with self.lock:
             self.points_invalid += invalid
             self.points_subsampled += subsampled
             self.without_intensity += int(without_intensity)
+            self.big_endian += int(is_bigendian)
+            self.big_endian_mostly_invalid += int(big_endian_suspect(is_bigendian, invalid, total))
             if invalid == total:
                 self.no_valid_points += 1
 
@@ -106,19 +136,30 @@ def why_no_valid_point(xyz: np.ndarray) -> str:
     return "every point is outside the range limits or has non-finite features"
 
 
+def big_endian_suspect(is_bigendian: bool, invalid: int, total: int) -> bool:
+    """Whether a cloud's ``is_bigendian`` flag looks wrong: declared big-endian and most points unusable."""
+    return bool(is_bigendian) and total > 0 and invalid >= BIG_ENDIAN_SUSPECT_SHARE * total
+
+
 def frame_warnings(frame_id: str, xyz: np.ndarray, invalid: int, over_budget: int, budget: int | None,
-                   intensity_missing: bool, intensity_field: str) -> list[tuple[str, str]]:
+                   intensity_missing: bool, intensity_field: str, is_bigendian: bool = False) -> list[tuple[str, str]]:
     """(kind, message) of what a processed frame's log should say (throttled per kind by the node)."""
     out = []
+    frame = loggable_frame_id(frame_id)
     if intensity_missing:
-        out.append(("no_intensity", f"cloud in frame {frame_id!r} has no field {intensity_field!r}: the model's "
+        out.append(("no_intensity", f"cloud in frame {frame} has no field {intensity_field!r}: the model's "
                     "intensity is fed as zeros (parameters input.intensity_field, input.missing_intensity)"))
     if over_budget:
-        out.append(("over_budget", f"cloud in frame {frame_id!r}: {over_budget} of {len(xyz)} points left out by "
+        out.append(("over_budget", f"cloud in frame {frame}: {over_budget} of {len(xyz)} points left out by "
                     f"the voxel budget preprocessing.max_points = {budget} (marked invalid)"))
+    if big_endian_suspect(is_bigendian, invalid, len(xyz)):
+        out.append(("big_endian_mostly_invalid", (
+            f"cloud in frame {frame} declares is_bigendian=true and {100.0 * invalid / len(xyz):.0f} % of its "
+            f"{len(xyz)} points ({invalid}) came out invalid read big-endian: if its sender writes little-endian "
+            "data (as x86 and ARM drivers do), its is_bigendian flag is wrong; processed as declared")))
     if invalid == len(xyz):  # processed and published anyway (all class_id 255)
         why = why_no_valid_point(xyz)
-        out.append((f"no_valid_points:{why}", f"cloud in frame {frame_id!r} has no usable point ({len(xyz)} points; "
+        out.append((f"no_valid_points:{why}", f"cloud in frame {frame} has no usable point ({len(xyz)} points; "
                     f"{why}); published with every point invalid (class_id 255)"))
     return out
 
@@ -202,12 +243,13 @@ class DiagnosticReport:
 
 class DiagnosticsPolicy:
     """The node's health from its statistics: stale input, processing time against the budgets,
-    rejected and failed frames since the previous report, and (with a ``novelty`` monitor) recent
-    frames unlike the model's reference data."""
+    rejected and failed frames, header problems and suspect byte orders since the previous report, and
+    (with a ``novelty`` monitor) recent frames unlike the model's reference data."""
 
     def __init__(self, cfg: DiagnosticsConfig, start_mono: float, novelty: NoveltyMonitor | None = None) -> None:
         self.cfg, self.start_mono, self.novelty = cfg, start_mono, novelty
-        self._last_rejected = self._last_errors = 0
+        self._last_rejected = self._last_errors = self._last_suspect_byte_order = 0
+        self._last_header: collections.Counter = collections.Counter()
 
     def report(self, stats: NodeStats, now: float, context: dict[str, str],
                device_memory: dict[str, int] | None = None) -> DiagnosticReport:
@@ -222,7 +264,9 @@ class DiagnosticsPolicy:
             counts = dict(received=stats.received, processed=stats.processed, dropped=stats.dropped,
                           rejected=stats.rejected, errors=stats.errors, skipped_no_subscribers=stats.skipped,
                           out_of_memory=stats.out_of_memory, without_valid_points=stats.no_valid_points,
-                          without_intensity=stats.without_intensity)
+                          without_intensity=stats.without_intensity, without_transform=stats.without_transform,
+                          big_endian=stats.big_endian, big_endian_mostly_invalid=stats.big_endian_mostly_invalid,
+                          **{f"header_{k}": stats.header_problems[k] for k in HEADER_PROBLEM_KINDS})
             points_invalid, points_subsampled = stats.points_invalid, stats.points_subsampled
             last_receive, last_error = stats.last_receive_mono, stats.last_error
         rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) >= 2 and recent[-1] > recent[0] else 0.0
@@ -251,7 +295,16 @@ class DiagnosticsPolicy:
             raise_to(WARN, f"{counts['rejected'] - self._last_rejected} malformed cloud(s) rejected")
         if counts["errors"] > self._last_errors:
             raise_to(WARN, f"{counts['errors'] - self._last_errors} frame(s) failed")
+        header = collections.Counter({k: counts[f"header_{k}"] for k in HEADER_PROBLEM_KINDS})
+        new_header = header - self._last_header
+        if new_header:
+            raise_to(WARN, "header problems: " + ", ".join(f"{k} in {new_header[k]} frame(s)"
+                                                           for k in HEADER_PROBLEM_KINDS if new_header[k]))
+        if counts["big_endian_mostly_invalid"] > self._last_suspect_byte_order:
+            raise_to(WARN, f"{counts['big_endian_mostly_invalid'] - self._last_suspect_byte_order} big-endian "
+                     "cloud(s) mostly invalid (is_bigendian wrong?)")
         self._last_rejected, self._last_errors = counts["rejected"], counts["errors"]
+        self._last_header, self._last_suspect_byte_order = header, counts["big_endian_mostly_invalid"]
         novelty_values = {"novelty_enabled": "false"}
         if self.novelty is not None:
             novelty_level, novelty_message, novelty_values = self.novelty.status()
@@ -280,6 +333,70 @@ class DiagnosticsPolicy:
         return DiagnosticReport(level, "; ".join(messages), values)
 
 
+class OverloadMonitor:
+    """Sustained overload as a log line, beside the ``/diagnostics`` level the processing time sets.
+
+    Every :meth:`check` (the node calls it with each diagnostics report) looks at the window since the
+    previous verdict; once it is ``window_s`` long, it is judged and a new one starts. A window in which
+    at least :data:`OVERLOAD_MIN_DROPS` frames and :data:`OVERLOAD_DROP_SHARE` of the received ones were
+    dropped (replaced in the one-slot mailbox before inference took them) gives one line: at most one
+    per window, however long the overload lasts."""
+
+    def __init__(self, start_mono: float, window_s: float = OVERLOAD_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._start = start_mono
+        self._counts = (0, 0, 0)  # received, dropped, processed at the window's start
+
+    def check(self, stats: NodeStats, now: float) -> str | None:
+        """The warning for the window just ended, or None (window still open, or no overload in it)."""
+        elapsed = now - self._start
+        if elapsed < self.window_s:
+            return None
+        with stats.lock:
+            counts = (stats.received, stats.dropped, stats.processed)
+            totals = np.asarray(stats.totals_ms, float)
+        received, dropped, processed = (a - b for a, b in zip(counts, self._counts))
+        self._start, self._counts = now, counts
+        if dropped < OVERLOAD_MIN_DROPS or dropped < OVERLOAD_DROP_SHARE * received:
+            return None
+        median = f", median {float(np.median(totals)):.0f} ms a frame" if totals.size else ""
+        return (f"overloaded: dropped {dropped} of {received} frames in the last {elapsed:.0f} s: the input rate "
+                f"{received / elapsed:.1f} Hz exceeds the processing rate {processed / elapsed:.1f} Hz{median}. "
+                "The newest frame is always the one processed (latency stays bounded); to keep up, unsubscribe "
+                "outputs you do not need, lower preprocessing.max_points or raise preprocessing.voxel_size, "
+                "run on CUDA (parameter device), or lower the sensor's rate")
+
+
+def python_warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int) -> tuple[str, str]:
+    """(throttle kind, log line) for one Python ``warnings`` warning: where it came from and what it says,
+    on one line (no raw ``file:line: Category: text`` block on stderr)."""
+    parts = Path(filename).parts
+    where = "/".join(parts[parts.index("ssl3d_ros"):]) if "ssl3d_ros" in parts else Path(filename).name
+    text = " ".join(str(message).split())
+    # the kind is the place and the text: WarningThrottle blanks numbers, so line numbers cannot tell places apart
+    return f"python:{category.__name__}:{where}:{text}", f"Python {category.__name__} at {where}:{lineno}: {text}"
+
+
+def route_python_warnings(log: Callable[[str], None], throttle: WarningThrottle) -> Callable[[], None]:
+    """Send every Python warning shown from now on to ``log`` as one line, throttled per place of origin
+    (``throttle``), instead of Python's raw block on stderr. Python's filters still decide which warnings
+    are shown at all. Returns a function that restores the previous hook."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001 - the hook's signature
+        kind, text = python_warning_line(message, category, filename, lineno)
+        admitted = throttle.admit(kind, text)
+        if admitted is not None:
+            log(admitted)
+
+    warnings.showwarning = show
+
+    def restore() -> None:
+        warnings.showwarning = previous
+
+    return restore
+
+
 def rss_bytes() -> int:
     """Resident memory of this process (Linux /proc; the peak elsewhere)."""
     try:
@@ -292,7 +409,9 @@ def rss_bytes() -> int:
 
 
 __all__ = [
-    "OK", "WARN", "ERROR", "STAGES", "FINE_STAGES", "WARN_PERIOD_S", "RATE_WINDOW_S", "NodeStats", "frame_timings",
-    "why_no_valid_point", "frame_warnings", "WarningThrottle", "NoveltyMonitor", "DiagnosticReport", "DiagnosticsPolicy",
+    "OK", "WARN", "ERROR", "STAGES", "FINE_STAGES", "WARN_PERIOD_S", "RATE_WINDOW_S", "BIG_ENDIAN_SUSPECT_SHARE",
+    "OVERLOAD_WINDOW_S", "OVERLOAD_MIN_DROPS", "OVERLOAD_DROP_SHARE", "NodeStats", "frame_timings",
+    "why_no_valid_point", "big_endian_suspect", "frame_warnings", "WarningThrottle", "NoveltyMonitor",
+    "DiagnosticReport", "DiagnosticsPolicy", "OverloadMonitor", "python_warning_line", "route_python_warnings",
     "rss_bytes",
 ]

@@ -1,8 +1,9 @@
 """What the node publishes, as pure functions of one frame's result (no rclpy, no torch).
 
 Output selection (:class:`OutputSelection`: which outputs have subscribers), encoding of the
-per-point clouds (:func:`encode_outputs`, layouts in the README's topic table), class colours and
-the occupancy grid. The node turns the encoded clouds into messages and publishes them; the replay
+per-point clouds (:func:`encode_outputs`, layouts in the README's topic table), class colours, the
+occupancy grid and the obstacle cloud a costmap consumes. Per-point clouds keep the input's points;
+the grid and the obstacles are made from the points in the base frame (``CloudResult.base_xyz``). The node turns the encoded clouds into messages and publishes them; the replay
 and the tests call the same functions, so what is published is checkable without DDS. Whether a
 message fits the transport is :mod:`.transport`.
 """
@@ -22,7 +23,10 @@ from .params import NodeConfig, OccupancyConfig
 from .results import CloudResult
 
 FREE, OCCUPIED, UNKNOWN = 0, 100, -1  # nav_msgs/OccupancyGrid cell values
-OUTPUTS = ("segmentation", "embeddings", "visualization", "occupancy")  # the clouds and grid encode_outputs makes
+OUTPUTS = ("segmentation", "embeddings", "visualization", "occupancy", "obstacles")
+#: outputs in the base frame (parameter frame.base_frame): the node stamps them with the input's stamp
+#: and the base frame's name; every other output carries the input's header as it came.
+BASE_FRAME_OUTPUTS = ("occupancy", "obstacles")
 
 # Class names treated as traversable ground when no obstacle list is given (SemanticKITTI, nuScenes,
 # ScanNet and this project's simulated scenes use these words).
@@ -73,9 +77,9 @@ def colorize(class_id: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 @dataclass
 class OccupancyGrid:
-    """A 2-D grid in the input frame, nav_msgs/OccupancyGrid conventions: row-major, row = y index."""
+    """A 2-D grid in the base frame, nav_msgs/OccupancyGrid conventions: row-major, row = y index."""
 
-    data: np.ndarray  # (height, width) int8: 100 occupied, 0 free (seen, not obstacle), -1 unknown
+    data: np.ndarray  # (height, width) int8: 100 occupied, 0 free (a beam crossed it or ground), -1 unknown
     resolution: float
     origin_x: float
     origin_y: float
@@ -89,34 +93,103 @@ class OccupancyGrid:
         return int(self.data.shape[0])
 
 
+# Hits farther than this many cells from the grid's corner are ignored (2**28 cells: 2,700 km at 1 cm),
+# so that cell indices stay exact integers.
+_MAX_CELLS = 1 << 28
+
+
 def occupancy_grid(
     xyz: np.ndarray,
     class_id: np.ndarray,
     valid: np.ndarray,
     obstacle: np.ndarray,
     cfg: OccupancyConfig,
+    sensor_xy: tuple[float, float] | np.ndarray = (0.0, 0.0),
 ) -> OccupancyGrid:
-    """Mark cells holding obstacle-class points occupied, cells seen with only other classes free.
+    """The grid of one frame, in the frame of ``xyz`` (the base frame): cells holding obstacle-class
+    points are occupied; with ``cfg.ray_cast`` every cell a beam crosses from ``sensor_xy`` to a hit is
+    free (:func:`free_along_beams`), else only cells holding ground points are; occupied wins over free,
+    and cells nothing reached are unknown.
 
-    ``obstacle`` is a (256,) bool lookup by class id. Points outside the grid or the z band, and
-    invalid points, are ignored.
+    ``obstacle`` is a (256,) bool lookup by class id. Invalid points and points outside the z band are
+    ignored; points outside the grid only clear the cells their beams cross inside it.
     """
     width = int(math.ceil(cfg.size_x / cfg.resolution))
     height = int(math.ceil(cfg.size_y / cfg.resolution))
     grid = np.full(height * width, UNKNOWN, np.int8)
-    ix = np.floor((xyz[:, 0] - cfg.origin_x) / cfg.resolution)
-    iy = np.floor((xyz[:, 1] - cfg.origin_y) / cfg.resolution)
-    with np.errstate(invalid="ignore"):  # NaN points are already invalid
-        keep = (
-            valid
-            & (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
-            & (xyz[:, 2] >= cfg.z_min) & (xyz[:, 2] <= cfg.z_max)
-        )
-    cell = iy[keep].astype(np.int64) * width + ix[keep].astype(np.int64)
-    is_obstacle = obstacle[class_id[keep]]
+    # Invalid points (NaN, Inf, 1e38 m) overflow or compare as NaN here: quietly, since `hit` drops them.
+    with np.errstate(over="ignore", invalid="ignore"):
+        fx = (xyz[:, 0] - cfg.origin_x) / cfg.resolution  # position in cells
+        fy = (xyz[:, 1] - cfg.origin_y) / cfg.resolution
+        hit = valid & (xyz[:, 2] >= cfg.z_min) & (xyz[:, 2] <= cfg.z_max) & (np.abs(fx) < _MAX_CELLS) & (np.abs(fy) < _MAX_CELLS)
+    ix, iy = np.floor(fx[hit]).astype(np.int64), np.floor(fy[hit]).astype(np.int64)
+    if cfg.ray_cast:
+        sensor = ((sensor_xy[0] - cfg.origin_x) / cfg.resolution, (sensor_xy[1] - cfg.origin_y) / cfg.resolution)
+        grid[free_along_beams(fx[hit], fy[hit], sensor, width, height)] = FREE
+    inside = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
+    cell = iy[inside] * width + ix[inside]
+    is_obstacle = obstacle[class_id[hit][inside]]
     grid[cell] = FREE
-    grid[cell[is_obstacle]] = OCCUPIED  # after FREE: one obstacle point makes the cell occupied
+    grid[cell[is_obstacle]] = OCCUPIED  # last: one obstacle point makes the cell occupied
     return OccupancyGrid(grid.reshape(height, width), cfg.resolution, cfg.origin_x, cfg.origin_y)
+
+
+def free_along_beams(hx: np.ndarray, hy: np.ndarray, sensor: tuple[float, float], width: int, height: int) -> np.ndarray:
+    """Flat indices (with repeats) of the grid cells that beams cross from ``sensor`` to the hits
+    ``(hx, hy)``, all in cell units from the grid's corner (the sensor and the hits may lie outside it).
+
+    2-D, vectorised, and bounded by the grid rather than the number of points: the hits are binned by
+    bearing from the sensor, in bins narrow enough that neighbouring beams are at most half a cell apart
+    inside the grid, and one beam per bin runs to its farthest hit (a nearer hit in the same bin lies on
+    the way, give or take a fraction of a cell). Each beam stops half a cell short of its hit, so it
+    never frees a cell beside the hit, and is clipped to the grid and sampled every half cell along its
+    longer axis, so that every cell it runs through holds a sample."""
+    if hx.size == 0:
+        return np.zeros(0, np.int64)
+    sx, sy = float(sensor[0]), float(sensor[1])
+    dx, dy = hx - sx, hy - sy
+    dist = np.hypot(dx, dy)
+    reach = max(math.hypot(max(sx, width - sx), max(sy, height - sy)), 1.0)  # to the grid's farthest corner
+    # An arc of half a cell at the farthest corner; at most 65,535 bins (uint16: a radix sort below),
+    # which keeps that up to a reach of 5,200 cells.
+    bins = int(min(math.ceil(4 * math.pi * reach), 65_535))
+    bearing = (((np.arctan2(dy, dx) + math.pi) * (bins / (2 * math.pi))).astype(np.int64) % bins).astype(np.uint16)
+    order = np.argsort(bearing, kind="stable")  # radix sort of 16-bit keys: linear in the hits
+    sorted_bin, sorted_dist = bearing[order], dist[order]
+    starts = np.flatnonzero(np.r_[True, sorted_bin[1:] != sorted_bin[:-1]])
+    sizes = np.diff(np.r_[starts, sorted_bin.size])
+    group = np.repeat(np.arange(starts.size), sizes)
+    farthest = np.flatnonzero(sorted_dist == np.repeat(np.maximum.reduceat(sorted_dist, starts), sizes))
+    first = farthest[np.r_[True, group[farthest][1:] != group[farthest][:-1]]]  # one farthest hit per bin
+    beam_hit = order[first]
+    length = dist[beam_hit]
+    scale = np.minimum(np.maximum(length - 0.5, 0.0), reach) / np.maximum(length, 1e-12)
+    dx, dy = dx[beam_hit] * scale, dy[beam_hit] * scale  # from the sensor to half a cell short of the hit
+    # Clip each beam's parameter t in [0, 1] to the grid's box (slab method).
+    t0, t1 = np.zeros_like(dx), np.ones_like(dx)
+    for start, d, size in ((sx, dx, width), (sy, dy, height)):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a, b = (0.0 - start) / d, (size - start) / d
+        parallel = d == 0
+        lo, hi = np.where(parallel, -np.inf, np.minimum(a, b)), np.where(parallel, np.inf, np.maximum(a, b))
+        outside = parallel & ((start < 0) | (start >= size))
+        t0, t1 = np.maximum(t0, lo), np.where(outside, -1.0, np.minimum(t1, hi))
+    crossing = t1 >= t0
+    dx, dy, t0, t1 = dx[crossing], dy[crossing], t0[crossing], t1[crossing]
+    steps = 2.0 * np.maximum(np.abs(dx), np.abs(dy))  # half cells along the longer axis
+    count = np.ceil((t1 - t0) * steps).astype(np.int64) + 1
+    beam = np.repeat(np.arange(count.size), count)
+    k = np.arange(beam.size) - np.repeat(np.cumsum(count) - count, count)
+    t = np.minimum(t0[beam] + k / np.maximum(steps[beam], 1e-9), t1[beam])
+    cx = np.floor(sx + t * dx[beam]).astype(np.int64)
+    cy = np.floor(sy + t * dy[beam]).astype(np.int64)
+    keep = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
+    return cy[keep] * width + cx[keep]  # repeats included: writing a cell twice costs less than sorting
+
+
+def obstacle_points(xyz: np.ndarray, class_id: np.ndarray, valid: np.ndarray, obstacle: np.ndarray) -> np.ndarray:
+    """(K, 3) float32: the valid points whose class is an obstacle class, in the input's order."""
+    return np.ascontiguousarray(xyz[valid & obstacle[class_id]], np.float32)
 
 
 def obstacle_lookup(class_names: list[str], obstacle_classes: list[str]) -> np.ndarray:
@@ -149,28 +222,32 @@ class OutputSelection:
     embeddings: bool = True
     visualization: bool = True
     occupancy: bool = True
+    obstacles: bool = True
     novelty: bool = False  # ~/output/novelty has subscribers (published by the node apart from encode_outputs)
 
     @property
     def any(self) -> bool:
-        return self.segmentation or self.embeddings or self.visualization or self.occupancy or self.novelty
+        return (self.segmentation or self.embeddings or self.visualization or self.occupancy or self.obstacles
+                or self.novelty)
 
     @property
     def needs_classes(self) -> bool:
-        """Segmentation, its colours and the grid all need the class of every point."""
-        return self.segmentation or self.visualization or self.occupancy
+        """Segmentation, its colours, the grid and the obstacles all need the class of every point."""
+        return self.segmentation or self.visualization or self.occupancy or self.obstacles
 
 
 @dataclass
 class ComputedFrame:
     """A frame between inference and publishing: the input's header, its results, which outputs
-    to encode, the ms spent computing it and, with a novelty score, the share of recent frames over
-    the novelty threshold (:class:`~ssl3d_ros.perception.health.NoveltyMonitor`)."""
+    to encode, the ms spent computing it, whether its stamp is a time (not zero, negative, ...:
+    such a frame is kept out of the latency figures) and, with a novelty score, the share of recent
+    frames over the novelty threshold (:class:`~ssl3d_ros.perception.health.NoveltyMonitor`)."""
 
     header: Any
     cloud: CloudResult
     selection: OutputSelection
     compute_ms: float
+    stamp_valid: bool = True
     novelty_recent_share: float | None = None
 
 
@@ -225,8 +302,10 @@ def encode_outputs(
 ) -> Iterator[tuple[str, "EncodedCloud | OccupancyGrid", float]]:
     """Encode every selected output of a frame, one at a time: ``(name, payload, encode ms)``.
 
-    Per-point clouds keep the input's point order and layout (height kept). A generator, so the
-    node publishes each output as soon as it is encoded (segmentation first: planners wait on it).
+    Per-point clouds keep the input's point order, layout (height kept) and coordinates; the grid and
+    the obstacles (x, y, z float32 of the obstacle-class points, unorganized) are in the base frame. A
+    generator, so the node publishes each output as soon as it is encoded (segmentation and obstacles
+    first: planners wait on them).
     """
     result, xyz = cloud.result, cloud.xyz
     height = cloud.height if len(xyz) else 1  # an empty cloud (even of height 0) encodes as 0 points
@@ -239,6 +318,9 @@ def encode_outputs(
             xyz, fields, height=height,
             align=True,  # x y z class_id(+3 pad) probability entropy = 24 bytes, Autoware's layout
         )))
+    if selection.obstacles:
+        steps.append(("obstacles", lambda: encode_cloud(
+            obstacle_points(cloud.base_xyz, result.class_id, result.valid, encoder.obstacle))))
     if selection.visualization:
         steps.append(("visualization", lambda: encode_cloud(
             xyz, {"rgb": colorize(result.class_id, encoder.color_table)}, height=height, align=True)))
@@ -251,7 +333,8 @@ def encode_outputs(
                 xyz, {"embedding": result.embedding}, height=height, align=True)))
     if selection.occupancy:
         steps.append(("occupancy", lambda: occupancy_grid(
-            xyz, result.class_id, result.valid, encoder.obstacle, encoder.occupancy)))
+            cloud.base_xyz, result.class_id, result.valid, encoder.obstacle, encoder.occupancy,
+            result.sensor_origin[:2])))
     for name, build in steps:
         t = time.perf_counter()  # each output's own time: not what the caller did with the previous one
         payload = build()
@@ -259,7 +342,8 @@ def encode_outputs(
 
 
 __all__ = [
-    "FREE", "OCCUPIED", "UNKNOWN", "OUTPUTS", "GROUND_CLASS_NAMES", "INVALID_COLOR", "parse_colors", "class_color_table",
-    "colorize", "OccupancyGrid", "occupancy_grid", "obstacle_lookup", "OutputSelection", "ComputedFrame",
-    "NoveltyReading", "novelty_reading", "OutputEncoder", "encode_outputs",
+    "FREE", "OCCUPIED", "UNKNOWN", "OUTPUTS", "BASE_FRAME_OUTPUTS", "GROUND_CLASS_NAMES", "INVALID_COLOR", "parse_colors",
+    "class_color_table", "colorize", "OccupancyGrid", "occupancy_grid", "free_along_beams", "obstacle_points",
+    "obstacle_lookup", "OutputSelection", "ComputedFrame", "NoveltyReading", "novelty_reading",
+    "OutputEncoder", "encode_outputs",
 ]

@@ -22,6 +22,9 @@ from ..labels import NO_CLASS
 
 _HEX_COLOR = re.compile(r"^#?[0-9a-fA-F]{6}$")
 AUTO_EMBEDDING_DIMS = 32  # embeddings.dims -1: PCA components published when the checkpoint has a basis
+# input.max_points -1 (auto) without a transport that bounds it (offline, other middleware, no Fast DDS
+# profile): about 1 s of work on 2 CPU cores with the default voxel budget (README, "Bounded frames").
+DEFAULT_MAX_INPUT_POINTS = 4_000_000
 #: Parameters rclpy itself declares or reads; not the node's to reject.
 FOREIGN_PARAMETERS = ("use_sim_time", "start_type_description_service")
 
@@ -57,8 +60,9 @@ class InputConfig:
     intensity_scale: float = _doc("full-scale value of the intensity field (0 = auto: checkpoint's setting)",
                                   0.0)
     max_points: int = _doc("largest cloud accepted (height*width points); a larger one is rejected before it is "
-                           "decoded, so a hostile or misconfigured sender cannot stall the node (0 = no limit)",
-                           4_000_000)
+                           "decoded, so a hostile or misconfigured sender cannot stall the node (0 = no limit; "
+                           "-1 = auto: 4,000,000, or fewer when the Fast DDS profile's shared-memory segment "
+                           "carries fewer 16-byte points, so that no accepted size vanishes in transport)", -1)
     qos: QosConfig = field(default_factory=QosConfig)
 
 
@@ -97,16 +101,42 @@ class EmbeddingsConfig:
 
 
 @dataclass
+class FrameConfig:
+    base_frame: str = _doc(
+        "gravity-aligned frame (z up) the points are moved into before preprocessing; the model, the occupancy "
+        "grid and the obstacles cloud work in it, per-point outputs keep the input's frame ('' = the input's "
+        "frame, nothing moved: for z-up sensors such as a level LiDAR)", "")
+    sensor_xyz: list[float] = _doc(
+        "[x, y, z] of the sensor frame's origin in base_frame, metres (the input's frame_id is the sensor frame)",
+        factory=lambda: [0.0, 0.0, 0.0])
+    sensor_rpy: list[float] = _doc(
+        "[roll, pitch, yaw] of the sensor frame in base_frame, radians, fixed axes x-y-z as tf2 and "
+        "static_transform_publisher (a depth camera's optical frame looking along base x: [-1.5708, 0.0, -1.5708]); "
+        "give this or sensor_quaternion", factory=list)
+    sensor_quaternion: list[float] = _doc(
+        "[x, y, z, w] orientation of the sensor frame in base_frame (normalised on reading); give this or sensor_rpy",
+        factory=list)
+    tf_static: bool = _doc(
+        "take base_frame <- input frame from /tf_static instead of sensor_xyz/rpy/quaternion (needs the tf2_msgs "
+        "package; frames are skipped and counted until the transform arrives)", False)
+
+
+@dataclass
 class OccupancyConfig:
     resolution: float = _doc("cell size in metres", 0.5)
     size_x: float = _doc("grid extent along x in metres", 100.0)
     size_y: float = _doc("grid extent along y in metres", 100.0)
-    origin_x: float = _doc("x of the grid's lower-left corner in the input frame", -50.0)
-    origin_y: float = _doc("y of the grid's lower-left corner in the input frame", -50.0)
-    z_min: float = _doc("ignore points below this height (input frame), metres", -3.0)
-    z_max: float = _doc("ignore points above this height (input frame), metres", 3.0)
+    origin_x: float = _doc("x of the grid's lower-left corner in the base frame (frame.base_frame)", -50.0)
+    origin_y: float = _doc("y of the grid's lower-left corner in the base frame (frame.base_frame)", -50.0)
+    z_min: float = _doc("ignore points below this height (base frame), metres", -3.0)
+    z_max: float = _doc("ignore points above this height (base frame), metres", 3.0)
     obstacle_classes: list[str] = _doc(
-        "class names marked occupied (empty = every class that is not ground-like)", factory=list)
+        "class names marked occupied and published on ~/output/obstacles (empty = every class that is not "
+        "ground-like)", factory=list)
+    ray_cast: bool = _doc(
+        "mark free the cells each beam crosses from the sensor to its hit (2-D, in the grid plane), as a planner "
+        "expects; false: free only where ground points lie. Occupied cells stay occupied, cells no beam crosses "
+        "stay unknown (-1)", True)
 
 
 @dataclass
@@ -155,6 +185,7 @@ class NodeConfig:
     classes: ClassesConfig = field(default_factory=ClassesConfig)
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
+    frame: FrameConfig = field(default_factory=FrameConfig)
     occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     novelty: NoveltyConfig = field(default_factory=NoveltyConfig)
@@ -171,7 +202,8 @@ def validate_node_config(cfg: NodeConfig) -> NodeConfig:
     need(cfg.cpu_threads >= 0, "cpu_threads", f"must be >= 0 (0 = torch's default), got {cfg.cpu_threads}")
     need(cfg.input.qos.depth >= 1, "input.qos.depth", f"must be >= 1, got {cfg.input.qos.depth}")
     need(cfg.input.intensity_scale >= 0, "input.intensity_scale", "must be >= 0 (0 = auto)")
-    need(cfg.input.max_points >= 0, "input.max_points", f"must be >= 0 (0 = no limit), got {cfg.input.max_points}")
+    need(cfg.input.max_points >= -1, "input.max_points",
+         f"must be >= -1 (-1 = auto, 0 = no limit), got {cfg.input.max_points}")
     need(p.voxel_size >= 0, "preprocessing.voxel_size", f"must be >= 0 (0 = checkpoint's), got {p.voxel_size}")
     need(p.max_range >= 0, "preprocessing.max_range", f"must be >= 0 (0 = checkpoint's), got {p.max_range}")
     need(p.max_range == 0 or p.min_range < p.max_range, "preprocessing.min_range",
@@ -183,6 +215,7 @@ def validate_node_config(cfg: NodeConfig) -> NodeConfig:
     need(cfg.embeddings.dims >= -1, "embeddings.dims", f"must be >= -1 (-1 = auto, 0 = all), got {cfg.embeddings.dims}")
     for i, c in enumerate(cfg.classes.colors):
         need(bool(_HEX_COLOR.match(c)), f"classes.colors[{i}]", f"{c!r} is not '#rrggbb'")
+    validate_frame_config(cfg.frame)
     need(o.resolution > 0, "occupancy.resolution", f"must be > 0, got {o.resolution}")
     need(o.size_x > 0 and o.size_y > 0, "occupancy.size_x/size_y", "must be > 0")
     cells = math.ceil(o.size_x / o.resolution) * math.ceil(o.size_y / o.resolution) if o.resolution > 0 else 0
@@ -197,6 +230,36 @@ def validate_node_config(cfg: NodeConfig) -> NodeConfig:
     need(1 <= n.window <= 10_000, "novelty.window", f"must be within 1..10000 frames, got {n.window}")
     need(0 < n.warn_share <= 1, "novelty.warn_share", f"must be in (0, 1], got {n.warn_share}")
     return cfg
+
+
+def validate_frame_config(f: FrameConfig) -> None:
+    """The sensor mounting: a base frame needs exactly one orientation (or /tf_static), finite numbers of
+    the right length; without a base frame nothing may be set. Raises ConfigError naming the key."""
+
+    def need(ok: bool, name: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"parameter 'frame.{name}': {what}")
+
+    for name, length in (("sensor_xyz", 3), ("sensor_rpy", 3), ("sensor_quaternion", 4)):
+        values = getattr(f, name)
+        need(len(values) in ((length,) if name == "sensor_xyz" else (0, length)), name,
+             f"needs {length} numbers, got {len(values)}")
+        need(all(math.isfinite(v) for v in values), name, f"{values} has a value that is not finite")
+    if f.sensor_quaternion:
+        need(math.fsum(v * v for v in f.sensor_quaternion) > 1e-12, "sensor_quaternion",
+             "is all zeros: not a rotation ([0.0, 0.0, 0.0, 1.0] is no rotation)")
+    pose_given = bool(f.sensor_rpy or f.sensor_quaternion) or any(f.sensor_xyz)
+    if not f.base_frame:
+        need(not pose_given and not f.tf_static, "base_frame",
+             "is empty (points stay in the input's frame) but a sensor pose or tf_static is set; name the base "
+             "frame the pose is given in")
+    elif f.tf_static:
+        need(not pose_given, "tf_static",
+             "is true: the pose comes from /tf_static, so leave sensor_xyz/sensor_rpy/sensor_quaternion unset")
+    else:
+        need(bool(f.sensor_rpy) != bool(f.sensor_quaternion), "sensor_rpy" if not f.sensor_quaternion else "sensor_quaternion",
+             "give exactly one of frame.sensor_rpy and frame.sensor_quaternion for base_frame "
+             f"{f.base_frame!r} ([0.0, 0.0, 0.0] rpy for a sensor aligned with it)")
 
 
 def node_config_from_params(params: dict[str, Any]) -> NodeConfig:
@@ -266,21 +329,30 @@ def unknown_parameters(given: typing.Iterable[str]) -> list[str]:
     )
 
 
-USAGE = """usage: ssl3d-perception [--help] [--managed] --ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r ~/input/points:=TOPIC]
+USAGE = """usage: ssl3d-perception [--help] [--managed] [--exit-with-parent] --ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r ~/input/points:=TOPIC]
 
 The ssl3d_ros perception node: subscribes ~/input/points (sensor_msgs/PointCloud2) and publishes
-~/output/segmentation, ~/output/embeddings, ~/output/visualization, ~/output/occupancy,
-~/output/novelty (geometry_msgs/Vector3Stamped: x the frame's novelty score, y the share of its voxels
-over 1.0, z the share of the last novelty.window frames over novelty.threshold; when the checkpoint has
-a novelty reference), ~/debug/processing_time_ms, ~/debug/pipeline_latency_ms, ~/debug/stage_time_ms
-and /diagnostics.
+~/output/segmentation, ~/output/embeddings, ~/output/visualization (the input's header and points),
+~/output/occupancy (nav_msgs/OccupancyGrid, transient local) and ~/output/obstacles (x, y, z of the
+obstacle-class points, for a nav2 costmap) in the base frame (frame.base_frame), ~/output/novelty
+(geometry_msgs/Vector3Stamped, the input's header: x the frame's novelty score, y the share of its
+voxels over 1.0, z the share of the last novelty.window frames over novelty.threshold; when the
+checkpoint has a novelty reference), ~/debug/processing_time_ms, ~/debug/pipeline_latency_ms,
+~/debug/stage_time_ms and /diagnostics.
 Example: ssl3d-perception --ros-args --params-file config/perception.yaml -r ~/input/points:=/points
+A depth camera (optical frame) 1.2 m up on base_link, looking along its x axis:
+  -p frame.base_frame:=base_link -p "frame.sensor_xyz:=[0.0, 0.0, 1.2]" -p "frame.sensor_quaternion:=[-0.5, 0.5, -0.5, 0.5]"
 
 --managed: a lifecycle (managed) node for nav2-style bring-up: configure loads and warms up the model,
 activate subscribes (`ros2 lifecycle set /ssl3d_perception configure`, then `activate`).
+--exit-with-parent: stop (as on SIGTERM) when the process that started the node exits, however it
+ended (Linux); perception.launch.py passes it, so the node never outlives its `ros2 launch`.
 
-exit status: 0 after a normal shutdown, 2 when the configuration or checkpoint is refused at start-up
-(one line on stderr names the parameter or file).
+SIGINT or SIGTERM stops the node cleanly at any moment, start-up included (its threads stopped, the
+node destroyed, rclpy shut down).
+exit status: 0 after a normal shutdown (SIGINT, SIGTERM), 2 when the configuration or checkpoint is
+refused at start-up (one line on stderr names the parameter or file) or when rclpy, a message package
+or torch cannot be imported (one line names the Python that lacks it).
 
 parameters (config/perception.yaml documents the same):"""
 
@@ -310,8 +382,9 @@ def apply_preprocessing_overrides(pre: Any, cfg: NodeConfig) -> Any:
 
 
 __all__ = [
-    "AUTO_EMBEDDING_DIMS", "FOREIGN_PARAMETERS", "USAGE", "QosConfig", "InputConfig", "PreprocessingOverrides",
-    "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "OccupancyConfig", "DiagnosticsConfig", "NoveltyConfig",
-    "NodeConfig", "validate_node_config", "node_config_from_params", "load_node_config", "leaf_parameters", "is_list_parameter",
+    "AUTO_EMBEDDING_DIMS", "DEFAULT_MAX_INPUT_POINTS", "FOREIGN_PARAMETERS", "USAGE", "QosConfig", "InputConfig",
+    "PreprocessingOverrides", "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "FrameConfig", "OccupancyConfig",
+    "DiagnosticsConfig", "NoveltyConfig", "NodeConfig", "validate_node_config", "validate_frame_config",
+    "node_config_from_params", "load_node_config", "leaf_parameters", "is_list_parameter",
     "unknown_parameters", "node_usage", "apply_preprocessing_overrides",
 ]

@@ -5,7 +5,9 @@ every point (non-finite ones too); :func:`ssl3d_ros.preprocessing.preprocess` al
 points are valid and maps each message point to its voxel (``point_voxel``, the only index map);
 after inference :func:`ssl3d_ros.preprocessing.unpool` gives every point its voxel's output. A point
 dropped by preprocessing (NaN, out of range, cropped, over the voxel budget) stays in place with
-``valid = False`` and ``class_id = 255``. The node, the replay and the tests call the very same
+``valid = False`` and ``class_id = 255``. With a base frame (``frame.*`` parameters, :mod:`.mounting`)
+the points are moved into it before preprocessing, so the model sees z up whatever the sensor's
+orientation; the results stay in the message's order and frame. The node, the replay and the tests call the very same
 ``process`` on the same scan, so "the node's output equals offline inference" is checkable exactly.
 
 Inference only: the parameters are :mod:`.params`, what is published :mod:`.outputs`.
@@ -31,7 +33,8 @@ from ..models.sparse import spconv_available
 from ..preprocessing import PreprocessConfig, collate, preprocess, unpool
 from ..scan import Scan
 from .device import DeviceStaging, resolve_device, resolve_precision
-from .params import AUTO_EMBEDDING_DIMS, NodeConfig, apply_preprocessing_overrides
+from .mounting import FrameMounting, Mount
+from .params import AUTO_EMBEDDING_DIMS, DEFAULT_MAX_INPUT_POINTS, NodeConfig, apply_preprocessing_overrides
 from .results import CloudResult, FrameResult
 from .warm_up import warm_up_scan
 
@@ -61,6 +64,7 @@ class PerceptionPipeline:
         source: str = "",
         warnings: list[str] | None = None,
         max_input_points: int = 0,
+        mounting: FrameMounting | None = None,
         novelty: bool = True,
     ) -> None:
         self.checkpoint = checkpoint
@@ -75,6 +79,7 @@ class PerceptionPipeline:
         self.intensity_field = intensity_field
         self.missing_intensity = missing_intensity
         self.max_input_points = int(max_input_points)  # 0 = no limit
+        self.mounting = mounting or FrameMounting()  # which base frame each cloud's frame moves into
         self.kmeans_input = kmeans_input
         if checkpoint.seg_head is not None:
             self.seg_head = checkpoint.seg_head.to(device=device, dtype=torch.float32).eval()
@@ -169,7 +174,9 @@ class PerceptionPipeline:
             missing_intensity=cfg.input.missing_intensity,
             source=str(path),
             warnings=warnings,
-            max_input_points=cfg.input.max_points,
+            # auto (-1): the node resolves it against its transport first (transport.resolve_max_input_points)
+            max_input_points=cfg.input.max_points if cfg.input.max_points >= 0 else DEFAULT_MAX_INPUT_POINTS,
+            mounting=FrameMounting.from_config(cfg.frame),
             novelty=cfg.novelty.enabled,
         )
 
@@ -227,10 +234,15 @@ class PerceptionPipeline:
         embeddings: bool = True,
         update_clusters: bool = True,
         point_embeddings: bool = True,
+        mount: Mount | None = None,
         novelty: bool = True,
         point_novelty: bool = False,
     ) -> FrameResult:
         """Segmentation, embeddings and/or novelty of every point of ``scan``, in its order.
+
+        ``mount`` (base frame <- the scan's frame) moves the points into the base frame before
+        preprocessing: the model, and the grid and obstacles made from ``base_points``, see z up; the
+        results keep the scan's order, and ``voxel_coord`` its coordinates.
 
         ``point_embeddings`` False leaves ``embedding`` None and keeps only ``voxel_embedding`` (the
         node's ``embeddings.per_voxel``): the (N, D) per-point array is a frame's largest by far.
@@ -242,13 +254,18 @@ class PerceptionPipeline:
         one: ``self.novelty``), ``point_novelty`` also each point (its voxel's score, 0 where invalid).
         """
         t0 = time.perf_counter()
-        vox = preprocess(scan, self.preprocess_cfg)  # the only place that decides which points are valid
+        seen = mount.scan_to_base(scan) if mount is not None else scan
+        vox = preprocess(seen, self.preprocess_cfg)  # the only place that decides which points are valid
         result = FrameResult(
             valid=vox.point_valid.numpy(),
             point_voxel=vox.point_voxel.numpy(),
-            voxel_coord=vox.coord.numpy(),
+            # the kept point of each voxel as the input has it (published with the input's header)
+            voxel_coord=vox.coord.numpy() if mount is None else scan.points[vox.voxel_point.numpy()],
             points_over_budget=vox.points_over_budget,
         )
+        if mount is not None:
+            result.base_points, result.base_frame = seen.points, mount.base_frame
+            result.sensor_origin = np.array(mount.translation, np.float64)
         t1 = time.perf_counter()
         voxel_class = voxel_prob = voxel_entropy = voxel_embedding = frame_novelty = None
         novelty = novelty and self.novelty is not None
@@ -374,12 +391,16 @@ class PerceptionPipeline:
 
     def process_cloud(self, msg: Any, *, segmentation: bool = True, embeddings: bool = True,
                       point_embeddings: bool = True, novelty: bool = True, point_novelty: bool = False) -> CloudResult:
-        """``process`` on a PointCloud2, results in the message's point order (all height*width points)."""
+        """``process`` on a PointCloud2, results in the message's point order (all height*width points),
+        in the base frame its ``frame_id`` has (``frame.*`` parameters); raises
+        :class:`~.mounting.TransformUnavailable` while /tf_static has not linked the two."""
         t0 = time.perf_counter()
         scan, intensity_missing = self.scan_from_message(msg)
+        mount = self.mounting.mount_for(scan.frame_id)
         decode_ms = (time.perf_counter() - t0) * 1e3
         result = self.process(scan, segmentation=segmentation, embeddings=embeddings,
-                              point_embeddings=point_embeddings, novelty=novelty, point_novelty=point_novelty)
+                              point_embeddings=point_embeddings, mount=mount, novelty=novelty,
+                              point_novelty=point_novelty)
         return CloudResult(result=result, xyz=scan.points, height=int(msg.height), width=int(msg.width),
                            decode_ms=decode_ms, intensity_missing=intensity_missing)
 

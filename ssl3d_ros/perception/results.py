@@ -26,13 +26,17 @@ class FrameResult:
     probability: np.ndarray | None = None  # (N,) float32, softmax probability of class_id
     entropy: np.ndarray | None = None  # (N,) float32, softmax entropy / ln(K)
     embedding: np.ndarray | None = None  # (N, D) float32
-    voxel_coord: np.ndarray | None = None  # (M, 3) float32, one kept point per voxel (metres)
+    voxel_coord: np.ndarray | None = None  # (M, 3) float32, one kept point per voxel (metres, the scan's frame)
     voxel_embedding: np.ndarray | None = None  # (M, D) float32
     points_over_budget: int = 0  # valid points left out because their voxel was over preprocessing.max_points
     novelty: float | None = None  # the frame's novelty score (1.0 = the reference's 95th-percentile frame)
     novelty_voxel_share: float | None = None  # share of the frame's voxels scoring over 1.0
     point_novelty: np.ndarray | None = None  # (N,) float32 per point (its voxel's score), 0 where invalid
     timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, inference (novelty in it), postprocess
+    # Where the model, the grid and the obstacles saw the points (frame.base_frame, perception/mounting.py):
+    base_points: np.ndarray | None = None  # (N, 3) float32 in base_frame; None: the scan's own points
+    base_frame: str = ""  # '' = the scan's own frame
+    sensor_origin: np.ndarray = field(default_factory=lambda: np.zeros(3))  # (3,) where beams start, base frame
 
     @property
     def num_valid(self) -> int:
@@ -49,6 +53,11 @@ class CloudResult:
     width: int
     decode_ms: float
     intensity_missing: bool = False  # the model's intensity was fed as zeros (parameter input.missing_intensity)
+
+    @property
+    def base_xyz(self) -> np.ndarray:
+        """(height*width, 3) float32 in the base frame the model saw (``xyz`` itself without a base frame)."""
+        return self.xyz if self.result.base_points is None else self.result.base_points
 
 
 __all__ = ["FrameResult", "CloudResult"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
+from .headers import loggable_frame_id
+
 
 class LatestFrameSlot:
     """One-slot mailbox: a new frame replaces a waiting one (the replaced one counts as dropped)."""
@@ -38,14 +40,19 @@ class LatestFrameSlot:
 def frame_failure(exc: BaseException, frame_id: str, device: Any) -> tuple[str, str, str]:
     """How a frame's exception is counted: (NodeStats counter, log message, warning kind).
 
-    A malformed cloud is ``rejected``; a device out of memory is an ``errors`` entry of its own kind
+    A malformed cloud is ``rejected``; one whose frame /tf_static has not linked to the base frame yet
+    ``without_transform``; a device out of memory is an ``errors`` entry of its own kind
     (the caller also counts ``out_of_memory`` and frees the CUDA cache); anything else is ``errors``."""
     import torch
 
     from ..codec import CloudFormatError
+    from .mounting import TransformUnavailable
 
     if isinstance(exc, CloudFormatError):
-        return "rejected", f"rejected malformed PointCloud2 (frame {frame_id!r}): {exc}", f"rejected:{exc}"
+        return "rejected", f"rejected malformed PointCloud2 (frame {loggable_frame_id(frame_id)}): {exc}", f"rejected:{exc}"
+    if isinstance(exc, TransformUnavailable):  # parameter frame.tf_static, before the transform came
+        return ("without_transform", f"skipped a cloud in frame {loggable_frame_id(frame_id)}: {exc}",
+                f"without_transform:{frame_id}")
     if isinstance(exc, torch.OutOfMemoryError):
         return "errors", f"out of memory on {device}: {str(exc).splitlines()[0]}", "out_of_memory"
     message = f"processing failed: {type(exc).__name__}: {exc}"

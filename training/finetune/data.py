@@ -32,7 +32,12 @@ class LabelledView:
 def labelled_view(scan: Scan, cfg: ViewGroupConfig, preprocessing: PreprocessConfig, rng: np.random.Generator) -> LabelledView:
     """One augmented view of ``scan`` (labels: class indices, negative = no training label)."""
     kept = scan.select(density_keep(scan, cfg.augment, rng))
-    centre = kept.points[rng.integers(len(kept))]
+    # The crop is centred on a labelled point: with labels in a few clicked blocks (labels.selection: blocks)
+    # a crop around any point mostly held none (1 % in 4 m blocks, 20k-point ball crops on SemanticKITTI:
+    # 2,791 of ~3,600 views unusable, then 17 in a row stopped the run). With labels spread uniformly the
+    # centres are spread as before.
+    labelled = np.flatnonzero(kept.labels >= 0) if kept.labels is not None else np.empty(0, dtype=np.int64)
+    centre = kept.points[labelled[rng.integers(len(labelled))] if len(labelled) else rng.integers(len(kept))]
     kept = kept.select(crop(kept.points, centre, cfg, rng))
     full_scale = None
     if "intensity" in preprocessing.features and "intensity" in kept.fields:
