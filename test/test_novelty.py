@@ -186,15 +186,15 @@ def test_pipeline_scores_frames_and_points_and_the_segmentation_cloud_carries_th
     cloud = CloudResult(result, scan.points, 1, len(scan), 0.0)
     cfg = NodeConfig(novelty=NoveltyConfig(per_point=True))
     encoder = OutputEncoder.for_classes(pipe.class_names, pipe.class_colors, cfg)
-    (_, seg, _), = encode_outputs(cloud, OutputSelection(embeddings=False, visualization=False, occupancy=False), encoder)
+    segmentation_only = OutputSelection(embeddings=False, visualization=False, occupancy=False, obstacles=False)
+    (_, seg, _), = encode_outputs(cloud, segmentation_only, encoder)
     assert seg.point_step == 28 and (seg.fields[-1].name, seg.fields[-1].offset, seg.fields[-1].datatype) == ("novelty", 24, FLOAT32)
     np.testing.assert_array_equal(decode_cloud(seg).field_values("novelty"), result.point_novelty)
     plain_encoder = OutputEncoder.for_classes(pipe.class_names, pipe.class_colors, NodeConfig())
-    (_, seg24, _), = encode_outputs(cloud, OutputSelection(embeddings=False, visualization=False, occupancy=False),
-                                    plain_encoder)
+    (_, seg24, _), = encode_outputs(cloud, segmentation_only, plain_encoder)
     assert seg24.point_step == 24  # per_point off: Autoware's layout unchanged
 
-    reading = novelty_reading(ComputedFrame(None, cloud, OutputSelection(novelty=True), 0.0, 0.25))
+    reading = novelty_reading(ComputedFrame(None, cloud, OutputSelection(novelty=True), 0.0, novelty_recent_share=0.25))
     assert (reading.score, reading.voxel_share, reading.recent_share) == (
         pytest.approx(result.novelty), pytest.approx(result.novelty_voxel_share), 0.25)
     assert OutputSelection(False, False, False, False, False, novelty=True).any
