@@ -85,6 +85,7 @@ setup(
             "ssl3d-perception = ssl3d_ros.node_entry:main",
             "ssl3d-pretrain = ssl3d_ros.training.pretrain:main",
             "ssl3d-finetune = ssl3d_ros.training.finetune:main",
+            "ssl3d-novelty-ref = ssl3d_ros.training.novelty:main",
             "ssl3d-study = ssl3d_ros.training.study:main",
             "ssl3d-probe = ssl3d_ros.evaluation.probe:main",
             "ssl3d-replay = ssl3d_ros.evaluation.replay:main",

@@ -17,6 +17,7 @@ RUNS = [
     ("training", ["bench_training.py", "--steps", "8", "--threads", "1"]),
     ("finetune", ["bench_finetune.py", "--steps", "8", "--threads", "1"]),
     ("node", ["bench_node.py"]),
+    ("novelty", ["bench_novelty.py", "--repeats", "10", "--threads", "1"]),
 ]
 
 

@@ -40,6 +40,7 @@ INPUT_ERRORS: tuple[tuple[str, str], ...] = (
     ("ssl3d_ros.io.errors", "NoScansError"),
     ("ssl3d_ros.io.errors", "UnknownScanFileError"),
     ("ssl3d_ros.training.data", "UnusableDataError"),
+    ("ssl3d_ros.models.novelty", "NoveltyFitError"),
 )
 # A missing, unreadable or wrong-kind path given by the user; other OSErrors are output failures.
 INPUT_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)

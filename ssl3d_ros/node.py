@@ -28,6 +28,7 @@ from typing import Any, Callable
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Vector3Stamped
 from nav_msgs.msg import OccupancyGrid
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -42,11 +43,11 @@ from .codec import fill_cloud_message
 from .config import ConfigError
 from .perception import (
     BASE_FRAME_OUTPUTS, FINE_STAGES, STAGES, STAMP_PROBLEM_KINDS, ComputedFrame, DiagnosticsPolicy, InferenceWorker,
-    NodeConfig, NodeStats, OutputEncoder, OutputSelection, OutputStage, OverloadMonitor, PerceptionPipeline,
-    WarningThrottle, apply_process_settings, frame_failure, frame_timings, frame_warnings, header_problems,
-    input_transport_lines, is_list_parameter, leaf_parameters, node_config_from_params, node_usage,
-    resolve_max_input_points, route_python_warnings, shared_memory_segment, transport_values, transport_warning,
-    typical_scan_warning, unknown_parameters,
+    NodeConfig, NodeStats, NoveltyMonitor, OutputEncoder, OutputSelection, OutputStage, OverloadMonitor,
+    PerceptionPipeline, WarningThrottle, apply_process_settings, frame_failure, frame_timings, frame_warnings,
+    header_problems, input_transport_lines, is_list_parameter, leaf_parameters, node_config_from_params, node_usage,
+    novelty_reading, resolve_max_input_points, route_python_warnings, shared_memory_segment, transport_values,
+    transport_warning, typical_scan_warning, unknown_parameters,
 )
 
 NODE_NAME = "ssl3d_perception"
@@ -136,7 +137,8 @@ class PerceptionShell:
         self._output_stage = OutputStage(self.publish_frame, self._frame_failed)
         pipe, log = self.pipeline, self.get_logger()
         self.outputs = OutputEncoder.for_classes(pipe.class_names, pipe.class_colors, self.config)
-        self._health = DiagnosticsPolicy(self.config.diagnostics, time.monotonic())
+        self._novelty = NoveltyMonitor(self.config.novelty) if pipe.novelty is not None else None
+        self._health = DiagnosticsPolicy(self.config.diagnostics, time.monotonic(), self._novelty)
         self._overload = OverloadMonitor(time.monotonic())
         self._transport_values = transport_values(max_points, self._segment)
         too_big = typical_scan_warning(self.config.embeddings.per_voxel, pipe.embedding_channels, self._segment)
@@ -144,9 +146,13 @@ class PerceptionShell:
                                                                    self.config.input.qos.reliability)
         for warning in pipe.warnings + ([too_big] if too_big else []) + transport_warnings:
             log.warning(warning)
+        novelty = ("on" if pipe.novelty is not None else
+                   "off (novelty.enabled false)" if not self.config.novelty.enabled else
+                   "off (the checkpoint has no novelty reference: ssl3d-novelty-ref writes one)")
         log.info(
             f"loaded {pipe.source} on {pipe.device} ({str(pipe.dtype).removeprefix('torch.')}), "
-            f"{len(pipe.class_names)} classes, embedding D={pipe.embedding_channels}; warm-up {warm_ms:.0f} ms"
+            f"{len(pipe.class_names)} classes, embedding D={pipe.embedding_channels}, novelty {novelty}; "
+            f"warm-up {warm_ms:.0f} ms"
         )
         for line in transport_info:
             log.info(line)
@@ -156,6 +162,8 @@ class PerceptionShell:
             "visualization": self.create_publisher(PointCloud2, "~/output/visualization", OUTPUT_QOS),
             "occupancy": self.create_publisher(OccupancyGrid, "~/output/occupancy", OCCUPANCY_QOS),
             "obstacles": self.create_publisher(PointCloud2, "~/output/obstacles", OUTPUT_QOS),
+            # header-carrying (std_msgs has no stamped float): x score, y voxel share, z recent share
+            "novelty": self.create_publisher(Vector3Stamped, "~/output/novelty", OUTPUT_QOS),
         }
         self.tf_static_subscription = None if tf_message is None else self.create_subscription(
             tf_message, "/tf_static", self._on_tf_static, TF_STATIC_QOS)
@@ -239,8 +247,12 @@ class PerceptionShell:
             self.stats.count("skipped")
             return
         cloud = self.pipeline.process_cloud(msg, segmentation=selection.needs_classes, embeddings=selection.embeddings,
-                                            point_embeddings=not self.config.embeddings.per_voxel)
+                                            point_embeddings=not self.config.embeddings.per_voxel,
+                                            point_novelty=self.config.novelty.per_point and selection.segmentation)
         result = cloud.result
+        recent = None
+        if self._novelty is not None and result.novelty is not None:
+            recent = self._novelty.add(result.novelty)
         total, invalid = result.valid.size, result.valid.size - result.num_valid
         self.stats.add_points(invalid, total, result.points_over_budget, cloud.intensity_missing, msg.is_bigendian)
         for kind, message in frame_warnings(header.frame_id, cloud.xyz, invalid, result.points_over_budget,
@@ -249,7 +261,7 @@ class PerceptionShell:
             self._warn_throttled(kind, message)
         stamp_valid = not any(p.kind in STAMP_PROBLEM_KINDS for p in problems)
         self._output_stage.submit(ComputedFrame(header, cloud, selection, (time.perf_counter() - t_start) * 1e3,
-                                                stamp_valid))
+                                                stamp_valid, novelty_recent_share=recent))
 
     # -- output thread ------------------------------------------------------------------------------
 
@@ -273,6 +285,11 @@ class PerceptionShell:
                 out.header = out_header
             t = time.perf_counter()
             self.publishers_by_output[name].publish(out)
+            publish_ms += (time.perf_counter() - t) * 1e3
+        reading = novelty_reading(frame) if frame.selection.novelty else None
+        if reading is not None:
+            t = time.perf_counter()
+            self.publishers_by_output["novelty"].publish(novelty_message(reading, header))
             publish_ms += (time.perf_counter() - t) * 1e3
         total_ms = frame.compute_ms + (time.perf_counter() - t_start) * 1e3  # not the wait between the threads
         stages, coarse = frame_timings(cloud.decode_ms, cloud.result.timings_ms, encode_ms, publish_ms, total_ms)
@@ -388,6 +405,14 @@ def occupancy_message(grid, header) -> OccupancyGrid:
     out.info.origin.position.y = float(grid.origin_y)
     out.info.origin.orientation.w = 1.0
     out.data = array.array("b", grid.data.tobytes())
+    return out
+
+
+def novelty_message(reading, header) -> Vector3Stamped:
+    """geometry_msgs/Vector3Stamped of a :class:`ssl3d_ros.perception.NoveltyReading`, the input's header."""
+    out = Vector3Stamped()
+    out.header = header
+    out.vector.x, out.vector.y, out.vector.z = reading.score, reading.voxel_share, reading.recent_share
     return out
 
 

@@ -154,6 +154,23 @@ def test_a_training_state_given_as_a_checkpoint_names_the_file_to_use(tmp_path, 
     assert len(errors) == 1 and f"use {run / 'encoder.safetensors'}" in errors[0], errors
 
 
+def test_novelty_ref_refuses_a_pickle_and_data_that_cannot_calibrate_in_one_line(tmp_path):
+    ckpt = pickle_checkpoint(tmp_path / "model.safetensors")
+    novelty_ref = ["-m", "ssl3d_ros.training.novelty", "--data", "sim:outdoor:2", "--out", str(tmp_path / "out.safetensors")]
+    result = run_script([*novelty_ref, "--checkpoint", str(ckpt)], tmp_path)
+    assert_one_error_line(result, "ssl3d-novelty-ref", ckpt)
+    # one scan cannot say what varies from frame to frame: refused, nothing written
+    from builders import make_checkpoint
+
+    good = make_checkpoint(tmp_path / "good.safetensors")
+    one = tmp_path / "one"
+    labelled_npy_scan(one, points=400, labels=400)
+    result = run_script([*novelty_ref[:2], "--checkpoint", str(good), "--data", str(one), "--out",
+                         str(tmp_path / "out.safetensors")], tmp_path)
+    assert "at least 2 frames" in assert_one_error_line(result, "ssl3d-novelty-ref", "")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 def test_audit_refuses_a_pickle_checkpoint_in_one_line(tmp_path):
     labelled_npy_scan(tmp_path / "scans")
     ckpt = pickle_checkpoint(tmp_path / "model.ckpt")
@@ -254,9 +271,10 @@ def _parsers():
     from ssl3d_ros.demo import main as demo_main
     from ssl3d_ros.evaluation import audit, probe, replay, selection, viz
     from ssl3d_ros.sim import cli as sim_cli
-    from ssl3d_ros.training import pretrain, study
+    from ssl3d_ros.training import novelty, pretrain, study
 
     return {
+        "ssl3d-novelty-ref": lambda: novelty.main(["--help"]),
         "ssl3d-study": lambda: study.main(["--help"]),
         "ssl3d-pretrain": lambda: pretrain.parse_args(["--help"]),
         "ssl3d-probe": lambda: probe.main(["--help"]),

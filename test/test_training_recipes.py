@@ -41,6 +41,8 @@ def test_recipe_loss_decreases(recipe, tmp_path):
     # the exported encoder is what the node loads
     ckpt = load_checkpoint(result.encoder_path)
     assert ckpt.recipe.name == recipe and ckpt.training_data["scans_seen"] == steps * 2
+    # with a novelty reference of its data (run.novelty_scans 16: both simulated scans)
+    assert ckpt.novelty is not None and ckpt.novelty.frames == 2 and ckpt.novelty.sources == ["sim:outdoor:2"]
 
 
 def test_jepa_spread_term_is_zero_for_spread_predictions_and_lifts_collapsed_ones():

@@ -48,6 +48,7 @@ class RunConfig:
     export: Literal["teacher", "student"] = "teacher"  # which encoder becomes encoder.safetensors
     threads: int = 0  # torch CPU threads per process (0: auto, one per core the DataLoader workers leave)
     tensorboard: bool = True
+    novelty_scans: int = 16  # encoder.safetensors also holds a novelty reference fitted on this many scans (0: none)
 
 
 @dataclass
@@ -93,6 +94,8 @@ def config_from_dict(data: Any) -> PretrainConfig:
     cfg = from_dict(PretrainConfig, data)
     if cfg.data.view_retries < 0:
         raise ConfigError(f"data.view_retries must be >= 0, got {cfg.data.view_retries}")
+    if cfg.run.novelty_scans < 0:
+        raise ConfigError(f"run.novelty_scans must be >= 0 (0: no novelty reference), got {cfg.run.novelty_scans}")
     cfg.data.temporal.validate()
     cfg.encoder = {"size": "nano", **encoder}
     encoder_config(cfg.encoder, 1)  # validate now, not after the data is opened

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from . import distributed
 from .runtime.run import OptimisationStep, StepReport, adamw, param_groups, restore_latest, run_steps, start_run
 from .runtime.run import model_config_changes as changes_in
 from .voxels import views_to
+
+log = logging.getLogger(__name__)
 
 
 def build_encoder_factory(cfg: PretrainConfig, in_channels: int, overrides: dict[str, Any] | None = None):
@@ -65,8 +68,10 @@ def inference_encoder(encoder: nn.Module) -> nn.Module:
     return plain
 
 
-def export_encoder(path: Path, recipe: Recipe, cfg: PretrainConfig, step: int, counters: dict[str, Any]) -> Path:
-    """The node-loadable checkpoint (ssl3d_ros.checkpoint format) of the pretrained encoder."""
+def export_encoder(path: Path, recipe: Recipe, cfg: PretrainConfig, step: int, counters: dict[str, Any],
+                   device: torch.device | str = "cpu") -> Path:
+    """The node-loadable checkpoint (ssl3d_ros.checkpoint format) of the pretrained encoder, with a
+    novelty reference fitted on ``run.novelty_scans`` of its data (evenly spaced) when that is > 0."""
     from ssl3d_ros.checkpoint import save_checkpoint
 
     encoder = inference_encoder(recipe.export_encoder(cfg.run.export))
@@ -78,6 +83,16 @@ def export_encoder(path: Path, recipe: Recipe, cfg: PretrainConfig, step: int, c
         training_data={"sources": list(cfg.data.sources), "topics": list(cfg.data.topics),
                        "scans_seen": counters.get("scans_seen", 0), "scans_skipped": counters.get("scans_skipped", 0)},
     )
+    if cfg.run.novelty_scans > 0:
+        from ssl3d_ros.models.novelty import NoveltyFitError
+
+        from .novelty import add_novelty_reference, reference_scans
+
+        try:  # a run's end must not be lost to data too alike to calibrate a reference
+            add_novelty_reference(path, path, reference_scans(open_data(cfg.data), cfg.run.novelty_scans),
+                                  device=str(device), sources=cfg.data.sources)
+        except NoveltyFitError as exc:
+            log.warning("%s has no novelty reference: %s", path, exc)
     return path
 
 
@@ -161,7 +176,7 @@ def train(cfg: PretrainConfig, resume: bool = False, progress: bool = True, stop
     encoder_path = None
     completed = end.step >= cfg.run.steps
     if completed and run.is_main:
-        encoder_path = export_encoder(run.out_dir / "encoder.safetensors", recipe, cfg, end.step, counters)
+        encoder_path = export_encoder(run.out_dir / "encoder.safetensors", recipe, cfg, end.step, counters, run.device)
     distributed.barrier()
     return TrainResult(end.step, completed, end.interrupted_by, run.out_dir, encoder_path, counters["scans_skipped"],
                        end.last, recipe)

@@ -12,14 +12,14 @@ Importers outside the package use ``from ssl3d_ros.checkpoint import …``.
 from .format import Checkpoint, add_heads, load_checkpoint, read_meta, read_metadata, save_checkpoint
 from .meta import (
     DTYPE_BYTES, FORMAT_VERSION, MAX_HEADER_BYTES, MAX_JSON_DEPTH, METADATA_KEY, TRAINING_STATE_KEY, CheckpointError,
-    CheckpointMeta, ClassInfo, Header, HeadsInfo, KMeansInfo, PCAInfo, RecipeInfo, SegHeadInfo, TensorSpec, document,
+    CheckpointMeta, ClassInfo, Header, HeadsInfo, KMeansInfo, NoveltyInfo, PCAInfo, RecipeInfo, SegHeadInfo, TensorSpec, document,
     json_depth, parse_json, parse_meta, read_header,
 )
 from .packaged import PACKAGED_CHECKPOINT, packaged_checkpoint
 from .validation import (
-    ENCODER_PREFIX, KMEANS_CENTROIDS, MAX_ENCODER_PARAMETERS, PCA_PREFIX, PCA_TENSORS, RESERVED_PREFIXES,
-    SEG_HEAD_PREFIX, SEG_HEAD_TENSORS, Shapes, check_contents, check_encoder_shapes, check_finite,
-    expected_encoder_shapes, hypercolumn_channels,
+    ENCODER_PREFIX, KMEANS_CENTROIDS, MAX_ENCODER_PARAMETERS, NOVELTY_PREFIX, NOVELTY_TENSORS, PCA_PREFIX,
+    PCA_TENSORS, RESERVED_PREFIXES, SEG_HEAD_PREFIX, SEG_HEAD_TENSORS, Dtypes, Shapes, check_contents,
+    check_encoder_shapes, check_finite, check_novelty_values, expected_encoder_shapes, hypercolumn_channels,
 )
 
 __all__ = [
@@ -28,12 +28,13 @@ __all__ = [
     # meta
     "FORMAT_VERSION", "METADATA_KEY", "TRAINING_STATE_KEY", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "DTYPE_BYTES",
     "CheckpointError",
-    "CheckpointMeta", "ClassInfo", "HeadsInfo", "KMeansInfo", "PCAInfo", "RecipeInfo", "SegHeadInfo", "Header",
+    "CheckpointMeta", "ClassInfo", "HeadsInfo", "KMeansInfo", "NoveltyInfo", "PCAInfo", "RecipeInfo", "SegHeadInfo",
+    "Header",
     "TensorSpec", "document", "json_depth", "parse_json", "parse_meta", "read_header",
     # validation
-    "ENCODER_PREFIX", "KMEANS_CENTROIDS", "MAX_ENCODER_PARAMETERS", "PCA_PREFIX", "PCA_TENSORS", "RESERVED_PREFIXES",
-    "SEG_HEAD_PREFIX", "SEG_HEAD_TENSORS", "Shapes", "check_contents", "check_encoder_shapes", "check_finite",
-    "expected_encoder_shapes", "hypercolumn_channels",
+    "ENCODER_PREFIX", "KMEANS_CENTROIDS", "MAX_ENCODER_PARAMETERS", "NOVELTY_PREFIX", "NOVELTY_TENSORS", "PCA_PREFIX",
+    "PCA_TENSORS", "RESERVED_PREFIXES", "SEG_HEAD_PREFIX", "SEG_HEAD_TENSORS", "Dtypes", "Shapes", "check_contents",
+    "check_encoder_shapes", "check_finite", "check_novelty_values", "expected_encoder_shapes", "hypercolumn_channels",
     # packaged
     "PACKAGED_CHECKPOINT", "packaged_checkpoint",
 ]

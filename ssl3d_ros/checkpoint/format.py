@@ -2,7 +2,8 @@
 
 Tensors: ``encoder.*`` (the SparseEncoder state_dict), optional ``head.seg.weight``/``head.seg.bias``
 (linear segmentation probe on hypercolumn features), ``pca.mean``/``pca.basis`` (embedding reduction),
-``kmeans.centroids`` (unsupervised segments), and caller-named extra tensors.
+``kmeans.centroids`` (unsupervised segments), ``novelty.*`` (the reference a frame's novelty is scored
+against, :mod:`ssl3d_ros.models.novelty`), and caller-named extra tensors.
 
 The JSON document sits in the safetensors metadata under the key ``ssl3d`` (see :class:`CheckpointMeta`):
 architecture, the preprocessing the encoder was trained with (so the node feeds it identically),
@@ -43,6 +44,7 @@ from .meta import (
     ClassInfo,
     HeadsInfo,
     KMeansInfo,
+    NoveltyInfo,
     PCAInfo,
     RecipeInfo,
     SegHeadInfo,
@@ -53,16 +55,20 @@ from .meta import (
 from .validation import (
     ENCODER_PREFIX,
     KMEANS_CENTROIDS,
+    NOVELTY_PREFIX,
+    NOVELTY_TENSORS,
     PCA_PREFIX,
     RESERVED_PREFIXES,
     SEG_HEAD_PREFIX,
     check_contents,
     check_finite,
+    check_novelty_values,
     hypercolumn_channels,
 )
 from ssl3d_ros.config import ConfigError, from_dict, to_dict
 from ssl3d_ros.models.encoder import EncoderConfig, build_encoder
 from ssl3d_ros.models.heads import LinearSegHead, PCAProjection, StreamingKMeans
+from ssl3d_ros.models.novelty import TENSOR_NAMES as NOVELTY_TENSOR_NAMES, NoveltyReference
 from ssl3d_ros.preprocessing import PreprocessConfig
 
 
@@ -82,6 +88,7 @@ class Checkpoint:
     training_data: dict[str, Any] | None
     extra_tensors: dict[str, torch.Tensor]
     meta: CheckpointMeta  # the JSON document as stored, typed
+    novelty: NoveltyReference | None = None  # the reference novelty is scored against (None: novelty off)
 
     @property
     def class_names(self) -> list[str]:
@@ -130,6 +137,7 @@ def save_checkpoint(
     extra_tensors: Mapping[str, torch.Tensor] | None = None,
     kmeans: StreamingKMeans | torch.Tensor | None = None,
     kmeans_input: Literal["hypercolumn", "pca"] = "hypercolumn",
+    novelty: NoveltyReference | None = None,
     created: str | None = None,
 ) -> Path:
     """Write encoder weights, heads and the JSON document to ``path`` atomically; returns the path.
@@ -167,6 +175,12 @@ def save_checkpoint(
         dim = channels if kmeans_input == "hypercolumn" else pca.out_channels
         heads.kmeans = KMeansInfo(k=centroids.shape[0] if centroids.ndim else 0, dim=dim, input=kmeans_input)
         tensors[KMEANS_CENTROIDS] = centroids
+    if novelty is not None:
+        heads.novelty = NoveltyInfo(
+            in_channels=novelty.in_channels, dims=novelty.dims, prototypes=novelty.num_prototypes,
+            quantile_levels=list(novelty.quantile_levels), normalise_at=novelty.normalise_at, frames=novelty.frames,
+            voxels=novelty.voxels, sources=list(novelty.sources))
+        tensors.update({NOVELTY_PREFIX + name: value for name, value in novelty.tensors().items()})
     extra_names = []
     for name, value in (extra_tensors or {}).items():
         if name.startswith(RESERVED_PREFIXES) or name in tensors:
@@ -186,8 +200,10 @@ def save_checkpoint(
         created=created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         ssl3d_ros_version=__version__,
     )
-    check_contents(path, meta, {name: tuple(value.shape) for name, value in tensors.items()})
+    check_contents(path, meta, {name: tuple(value.shape) for name, value in tensors.items()},
+                   {name: _DTYPE_NAMES.get(value.dtype, str(value.dtype)) for name, value in tensors.items()})
     check_finite(path, tensors)
+    check_novelty_values(path, tensors)
     try:
         text = json.dumps(to_dict(meta), allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
@@ -200,6 +216,11 @@ def save_checkpoint(
     blob = save(plain, metadata={METADATA_KEY: text, "format": "pt"})
     _atomic_write(path, blob)
     return path
+
+
+#: safetensors dtype names of the torch dtypes a checkpoint holds (the validator compares these)
+_DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+                torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
 
 
 def _is_name_list(classes: Any) -> bool:
@@ -242,7 +263,7 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     path = Path(path)
     header = read_header(path)
     meta = parse_meta(path, document(path, header))
-    check_contents(path, meta, header.shapes)
+    check_contents(path, meta, header.shapes, header.dtypes)
     return meta
 
 
@@ -270,6 +291,7 @@ def load_checkpoint(
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: tensor data cannot be read ({exc})") from None
     check_finite(path, tensors)
+    check_novelty_values(path, tensors)
 
     encoder = build_encoder(encoder_cfg)
     encoder.load_state_dict(
@@ -282,6 +304,13 @@ def load_checkpoint(
     if meta.heads.pca is not None:
         pca = PCAProjection(tensors[PCA_PREFIX + "mean"], tensors[PCA_PREFIX + "basis"])
     kmeans_centroids = tensors[KMEANS_CENTROIDS] if meta.heads.kmeans is not None else None
+    novelty = None
+    if meta.heads.novelty is not None:
+        info = meta.heads.novelty
+        novelty = NoveltyReference(
+            **{name: tensors[NOVELTY_PREFIX + name] for name in NOVELTY_TENSOR_NAMES},
+            quantile_levels=tuple(info.quantile_levels), normalise_at=info.normalise_at, frames=info.frames,
+            voxels=info.voxels, sources=list(info.sources))
 
     device = torch.device(device)
     encoder.to(device).eval()
@@ -302,6 +331,7 @@ def load_checkpoint(
         training_data=meta.training_data,
         extra_tensors={name: tensors[name] for name in meta.extra_tensors},
         meta=meta,
+        novelty=novelty,
     )
 
 
@@ -314,8 +344,10 @@ def add_heads(
     pca: PCAProjection | None = None,
     kmeans: StreamingKMeans | torch.Tensor | None = None,
     kmeans_input: Literal["hypercolumn", "pca"] | None = None,
+    novelty: NoveltyReference | None = None,
 ) -> Path:
-    """Copy checkpoint ``path`` to ``out_path`` with heads added or replaced (e.g. a trained probe).
+    """Copy checkpoint ``path`` to ``out_path`` with heads added or replaced (e.g. a trained probe, a
+    novelty reference).
 
     Heads not given are kept from ``path``; ``classes`` defaults to the stored ones. ``out_path`` may
     equal ``path`` (the write is atomic).
@@ -332,6 +364,7 @@ def add_heads(
         pca=pca if pca is not None else ckpt.pca,
         kmeans=kmeans if kmeans is not None else ckpt.kmeans_centroids,
         kmeans_input=kmeans_input or ckpt.kmeans_input,
+        novelty=novelty if novelty is not None else ckpt.novelty,
         extra_tensors=ckpt.extra_tensors,
         created=ckpt.meta.created or None,
     )

@@ -19,6 +19,7 @@ import numpy as np
 
 from ssl3d_ros.config import ConfigError, from_dict
 from ssl3d_ros.models.encoder import EncoderConfig
+from ssl3d_ros.models.novelty import MAX_PROTOTYPES, MAX_QUANTILES
 from ssl3d_ros.preprocessing import PreprocessConfig
 
 FORMAT_VERSION = 1
@@ -93,10 +94,43 @@ class KMeansInfo:
 
 
 @dataclass
+class NoveltyInfo:
+    """The novelty reference (ssl3d_ros.models.novelty): its sizes, calibration levels and provenance.
+    Tensors ``novelty.mean`` (C,), ``novelty.basis`` (C, dims), ``novelty.prototypes`` (prototypes, dims),
+    ``novelty.share_mean`` and ``novelty.share_std`` (prototypes,), ``novelty.voxel_quantiles`` and
+    ``novelty.frame_quantiles`` (one per quantile level), all F32."""
+
+    in_channels: int
+    dims: int
+    prototypes: int
+    quantile_levels: list[float]
+    normalise_at: float = 0.95
+    frames: int = 0  # reference frames
+    voxels: int = 0  # reference voxels the subspace and prototypes were fitted on
+    sources: list[str] = field(default_factory=list)  # what the reference frames were
+    input: Literal["hypercolumn"] = "hypercolumn"
+
+    def __post_init__(self) -> None:
+        if self.dims < 1 or self.in_channels < 1:
+            raise ConfigError(f"heads.novelty: dims {self.dims} and in_channels {self.in_channels} must be >= 1")
+        if not 1 <= self.prototypes <= MAX_PROTOTYPES:
+            raise ConfigError(f"heads.novelty.prototypes must be within 1..{MAX_PROTOTYPES}, got {self.prototypes}")
+        levels = [float(q) for q in self.quantile_levels]
+        if not 1 <= len(levels) <= MAX_QUANTILES or not all(0 < q < 1 for q in levels) or sorted(set(levels)) != levels:
+            raise ConfigError(f"heads.novelty.quantile_levels must be 1..{MAX_QUANTILES} increasing levels in (0, 1), "
+                              f"got {self.quantile_levels}")
+        if float(self.normalise_at) not in levels:
+            raise ConfigError(f"heads.novelty.normalise_at {self.normalise_at} is not one of the quantile levels {levels}")
+        self.quantile_levels = levels
+        self.normalise_at = float(self.normalise_at)
+
+
+@dataclass
 class HeadsInfo:
     seg: SegHeadInfo | None = None
     pca: PCAInfo | None = None
     kmeans: KMeansInfo | None = None
+    novelty: NoveltyInfo | None = None  # absent in checkpoints written before it existed: novelty off
 
 
 @dataclass
@@ -157,6 +191,10 @@ class Header:
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: spec.shape for name, spec in self.tensors.items()}
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        return {name: spec.dtype for name, spec in self.tensors.items()}
 
 
 def read_header(path: Path) -> Header:
@@ -302,6 +340,6 @@ def parse_json(path: Path, text: str, problem: str) -> Any:
 
 __all__ = [
     "FORMAT_VERSION", "METADATA_KEY", "TRAINING_STATE_KEY", "MAX_HEADER_BYTES", "MAX_JSON_DEPTH", "DTYPE_BYTES", "CheckpointError",
-    "CheckpointMeta", "ClassInfo", "HeadsInfo", "KMeansInfo", "PCAInfo", "RecipeInfo", "SegHeadInfo", "Header",
+    "CheckpointMeta", "ClassInfo", "HeadsInfo", "KMeansInfo", "NoveltyInfo", "PCAInfo", "RecipeInfo", "SegHeadInfo", "Header",
     "TensorSpec", "document", "json_depth", "parse_json", "parse_meta", "read_header",
 ]

@@ -4,7 +4,8 @@ It compares the typed document with the tensors' names and shapes only (the load
 safetensors header, the saver from the tensors it is about to write): encoder input channels against
 the preprocessing features, every encoder tensor against the shapes the declared EncoderConfig gives
 (computed on the meta device: no storage), a hard cap on the declared parameter count, each head
-against the encoder's hypercolumn channels and the class names, and no tensor left undescribed.
+against the encoder's hypercolumn channels and the class names, a novelty reference's tensors against
+its sizes in the document (shapes and F32), and no tensor left undescribed.
 
 Together with the header check (each tensor's byte span is exactly numel * itemsize, inside the file),
 a declared architecture that passes here is backed by that many bytes on disk: a small file cannot make
@@ -20,6 +21,7 @@ import torch
 
 from .meta import CheckpointError, CheckpointMeta
 from ssl3d_ros.models.encoder import EncoderConfig, build_encoder
+from ssl3d_ros.models.novelty import TENSOR_NAMES as NOVELTY_TENSOR_NAMES
 from ssl3d_ros.preprocessing import feature_channels
 
 ENCODER_PREFIX = "encoder."
@@ -28,11 +30,14 @@ SEG_HEAD_TENSORS = (SEG_HEAD_PREFIX + "weight", SEG_HEAD_PREFIX + "bias")
 PCA_PREFIX = "pca."
 PCA_TENSORS = (PCA_PREFIX + "mean", PCA_PREFIX + "basis")
 KMEANS_CENTROIDS = "kmeans.centroids"
-RESERVED_PREFIXES = (ENCODER_PREFIX, "head.", PCA_PREFIX, "kmeans.")
+NOVELTY_PREFIX = "novelty."
+NOVELTY_TENSORS = tuple(NOVELTY_PREFIX + name for name in NOVELTY_TENSOR_NAMES)
+RESERVED_PREFIXES = (ENCODER_PREFIX, "head.", PCA_PREFIX, "kmeans.", NOVELTY_PREFIX)
 #: 8x the base preset (63 M); 2 GB of fp32 weights
 MAX_ENCODER_PARAMETERS = 500_000_000
 
 Shapes = Mapping[str, tuple[int, ...]]
+Dtypes = Mapping[str, str]  # tensor name -> safetensors dtype ("F32", ...)
 
 
 def hypercolumn_channels(cfg: EncoderConfig) -> int:
@@ -46,8 +51,9 @@ def expected_encoder_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
     return {name: tuple(value.shape) for name, value in module.state_dict().items()}
 
 
-def check_contents(path: Path, meta: CheckpointMeta, shapes: Shapes) -> None:
-    """CheckpointError naming ``path`` and the first problem with ``meta`` and the tensor ``shapes``."""
+def check_contents(path: Path, meta: CheckpointMeta, shapes: Shapes, dtypes: Dtypes | None = None) -> None:
+    """CheckpointError naming ``path`` and the first problem with ``meta`` and the tensor ``shapes``
+    (and ``dtypes``, safetensors names, where the document fixes them)."""
     cfg = meta.encoder
     features = feature_channels(meta.preprocessing)
     if cfg.in_channels != features:
@@ -62,6 +68,7 @@ def check_contents(path: Path, meta: CheckpointMeta, shapes: Shapes) -> None:
     described |= _check_seg_head(path, meta, shapes, channels)
     described |= _check_pca(path, meta, shapes, channels)
     described |= _check_kmeans(path, meta, shapes, channels)
+    described |= _check_novelty(path, meta, shapes, dtypes or {}, channels)
     for name in meta.extra_tensors:
         if name.startswith(RESERVED_PREFIXES):
             raise CheckpointError(f"{path}: extra tensor name {name!r} uses a reserved prefix {RESERVED_PREFIXES}")
@@ -124,6 +131,26 @@ def check_finite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
         raise CheckpointError(f"{path}: encoder weights contain NaN/Inf (corrupt or diverged training): {bad[:8]}")
 
 
+def check_novelty_values(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """A novelty reference's values (data, so after the shapes have been checked): finite, quantiles
+    positive and non-decreasing, share_mean a distribution, share_std positive. No-op without a reference."""
+    if not all(name in tensors for name in NOVELTY_TENSORS):
+        return
+    values = {name[len(NOVELTY_PREFIX):]: tensors[name].double() for name in NOVELTY_TENSORS}
+    bad = [name for name, value in values.items() if not bool(torch.isfinite(value).all())]
+    if bad:
+        raise CheckpointError(f"{path}: novelty reference tensors contain NaN/Inf: {bad}")
+    for name in ("voxel_quantiles", "frame_quantiles"):
+        q = values[name]
+        if not bool((q > 0).all()) or not bool((q[1:] >= q[:-1]).all()):
+            raise CheckpointError(f"{path}: novelty.{name} must be positive and non-decreasing, got {q.tolist()[:8]}")
+    share = values["share_mean"]
+    if bool((share < 0).any()) or abs(float(share.sum()) - 1.0) > 1e-3:
+        raise CheckpointError(f"{path}: novelty.share_mean must be non-negative and sum to 1 (sum {float(share.sum()):.4f})")
+    if not bool((values["share_std"] > 0).all()):
+        raise CheckpointError(f"{path}: novelty.share_std must be positive")
+
+
 def _require(path: Path, shapes: Shapes, names: tuple[str, ...], what: str) -> list[tuple[int, ...]]:
     absent = [name for name in names if name not in shapes]
     if absent:
@@ -183,8 +210,32 @@ def _check_kmeans(path: Path, meta: CheckpointMeta, shapes: Shapes, channels: in
     return {KMEANS_CENTROIDS}
 
 
+def _check_novelty(path: Path, meta: CheckpointMeta, shapes: Shapes, dtypes: Dtypes, channels: int) -> set[str]:
+    info = meta.heads.novelty
+    if info is None:
+        return set()
+    got = dict(zip(NOVELTY_TENSOR_NAMES, _require(path, shapes, NOVELTY_TENSORS, "novelty reference")))
+    if info.in_channels != channels or info.dims > channels:
+        raise CheckpointError(f"{path}: heads.novelty says {info.dims} dims of {info.in_channels} channels; the "
+                              f"encoder's hypercolumn has {channels}")
+    q = len(info.quantile_levels)
+    expected = {"mean": (channels,), "basis": (channels, info.dims), "prototypes": (info.prototypes, info.dims),
+                "share_mean": (info.prototypes,), "share_std": (info.prototypes,), "voxel_quantiles": (q,),
+                "frame_quantiles": (q,)}
+    wrong = [f"novelty.{name} {got[name]} (expected {shape})" for name, shape in expected.items() if got[name] != shape]
+    if wrong:
+        raise CheckpointError(f"{path}: novelty reference does not match heads.novelty "
+                              f"({info.prototypes} prototypes, {info.dims} dims, {q} quantiles, {channels} channels): "
+                              + "; ".join(wrong))
+    not_f32 = [f"{name} {dtypes[name]}" for name in NOVELTY_TENSORS if dtypes.get(name, "F32") != "F32"]
+    if not_f32:
+        raise CheckpointError(f"{path}: novelty reference tensors must be F32: {not_f32}")
+    return set(NOVELTY_TENSORS)
+
+
 __all__ = [
-    "ENCODER_PREFIX", "KMEANS_CENTROIDS", "MAX_ENCODER_PARAMETERS", "PCA_PREFIX", "PCA_TENSORS", "RESERVED_PREFIXES",
-    "SEG_HEAD_PREFIX", "SEG_HEAD_TENSORS", "Shapes", "check_contents", "check_encoder_shapes", "check_finite",
+    "ENCODER_PREFIX", "KMEANS_CENTROIDS", "MAX_ENCODER_PARAMETERS", "NOVELTY_PREFIX", "NOVELTY_TENSORS", "PCA_PREFIX", "PCA_TENSORS",
+    "RESERVED_PREFIXES", "SEG_HEAD_PREFIX", "SEG_HEAD_TENSORS", "Dtypes", "Shapes", "check_contents",
+    "check_encoder_shapes", "check_finite", "check_novelty_values",
     "expected_encoder_shapes", "hypercolumn_channels",
 ]

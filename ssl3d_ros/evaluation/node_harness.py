@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 NODE_NAME = "ssl3d_perception"
 # Outputs under ~/output/ (the node computes only those with subscribers) and its debug topics.
+# ``novelty`` (geometry_msgs/Vector3Stamped) is published only with a checkpoint that has a novelty
+# reference: a harness subscribes to it when asked (``outputs=(*OUTPUTS, "novelty")``).
 OUTPUTS = ("segmentation", "embeddings", "visualization", "occupancy", "obstacles")
 DEBUG_TOPICS = ("processing_time_ms", "pipeline_latency_ms", "stage_time_ms")
 DIAGNOSTICS_TOPIC = "/diagnostics"
@@ -257,6 +259,7 @@ class Harness:
                  name: str = "ssl3d_harness", best_effort_input: bool = True) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import Vector3Stamped
         from nav_msgs.msg import OccupancyGrid
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -275,7 +278,8 @@ class Harness:
         self.convert = dict(convert or {})
         self.raw = set(raw)
         self.stamp_only = set(stamp_only)
-        types = {**{f"output/{o}": (OccupancyGrid if o == "occupancy" else PointCloud2) for o in outputs},
+        output_types = {"occupancy": OccupancyGrid, "novelty": Vector3Stamped}
+        types = {**{f"output/{o}": output_types.get(o, PointCloud2) for o in outputs},
                  "debug/processing_time_ms": Float64MultiArray, "debug/pipeline_latency_ms": Float64,
                  "debug/stage_time_ms": Float64MultiArray}
         self.topic_types = {f"{self.base}/{t}": msg_type for t, msg_type in types.items()}

@@ -22,9 +22,9 @@ from .headers import (
 )
 from .health import (
     BIG_ENDIAN_SUSPECT_SHARE, ERROR, FINE_STAGES, OK, OVERLOAD_DROP_SHARE, OVERLOAD_MIN_DROPS, OVERLOAD_WINDOW_S,
-    RATE_WINDOW_S, STAGES, WARN, WARN_PERIOD_S, DiagnosticReport, DiagnosticsPolicy, NodeStats, OverloadMonitor,
-    WarningThrottle, big_endian_suspect, frame_timings, frame_warnings, python_warning_line, route_python_warnings,
-    rss_bytes, why_no_valid_point,
+    RATE_WINDOW_S, STAGES, WARN, WARN_PERIOD_S, DiagnosticReport, DiagnosticsPolicy, NodeStats, NoveltyMonitor,
+    OverloadMonitor, WarningThrottle, big_endian_suspect, frame_timings, frame_warnings, python_warning_line,
+    route_python_warnings, rss_bytes, why_no_valid_point,
 )
 from .heap import RETAIN_BYTES, retain_freed_memory
 from .mounting import (
@@ -32,15 +32,16 @@ from .mounting import (
     rotation_from_rpy,
 )
 from .outputs import (
-    BASE_FRAME_OUTPUTS, FREE, GROUND_CLASS_NAMES, INVALID_COLOR, OCCUPIED, OUTPUTS, UNKNOWN, ComputedFrame, OccupancyGrid,
-    OutputEncoder, OutputSelection, class_color_table, colorize, encode_outputs, free_along_beams, obstacle_lookup,
-    obstacle_points, occupancy_grid, parse_colors,
+    BASE_FRAME_OUTPUTS, FREE, GROUND_CLASS_NAMES, INVALID_COLOR, OCCUPIED, OUTPUTS, UNKNOWN, ComputedFrame, NoveltyReading,
+    OccupancyGrid, OutputEncoder, OutputSelection, class_color_table, colorize, encode_outputs, free_along_beams,
+    novelty_reading, obstacle_lookup, obstacle_points, occupancy_grid, parse_colors,
 )
 from .params import (
     AUTO_EMBEDDING_DIMS, DEFAULT_MAX_INPUT_POINTS, FOREIGN_PARAMETERS, USAGE, ClassesConfig, DiagnosticsConfig,
-    EmbeddingsConfig, FrameConfig, InputConfig, KMeansConfig, NodeConfig, OccupancyConfig, PreprocessingOverrides,
-    QosConfig, apply_preprocessing_overrides, is_list_parameter, leaf_parameters, load_node_config,
-    node_config_from_params, node_usage, unknown_parameters, validate_frame_config, validate_node_config,
+    EmbeddingsConfig, FrameConfig, InputConfig, KMeansConfig, NodeConfig, NoveltyConfig, OccupancyConfig,
+    PreprocessingOverrides, QosConfig, apply_preprocessing_overrides, is_list_parameter, leaf_parameters,
+    load_node_config, node_config_from_params, node_usage, unknown_parameters, validate_frame_config,
+    validate_node_config,
 )
 from .pipeline import CPU_BACKEND, PerceptionPipeline
 from .results import CloudResult, FrameResult
@@ -61,7 +62,7 @@ __all__ = [
     # health
     "OK", "WARN", "ERROR", "STAGES", "FINE_STAGES", "WARN_PERIOD_S", "RATE_WINDOW_S", "BIG_ENDIAN_SUSPECT_SHARE",
     "OVERLOAD_WINDOW_S", "OVERLOAD_MIN_DROPS", "OVERLOAD_DROP_SHARE", "NodeStats", "frame_timings",
-    "why_no_valid_point", "big_endian_suspect", "frame_warnings", "WarningThrottle", "DiagnosticReport",
+    "why_no_valid_point", "big_endian_suspect", "frame_warnings", "WarningThrottle", "NoveltyMonitor", "DiagnosticReport",
     "DiagnosticsPolicy", "OverloadMonitor", "python_warning_line", "route_python_warnings", "rss_bytes",
     # heap
     "RETAIN_BYTES", "retain_freed_memory",
@@ -71,12 +72,13 @@ __all__ = [
     # outputs
     "FREE", "OCCUPIED", "UNKNOWN", "OUTPUTS", "BASE_FRAME_OUTPUTS", "GROUND_CLASS_NAMES", "INVALID_COLOR", "parse_colors",
     "class_color_table", "colorize", "OccupancyGrid", "occupancy_grid", "free_along_beams", "obstacle_points",
-    "obstacle_lookup", "OutputSelection", "ComputedFrame", "OutputEncoder", "encode_outputs",
+    "obstacle_lookup", "OutputSelection", "ComputedFrame", "NoveltyReading", "novelty_reading", "OutputEncoder",
+    "encode_outputs",
     # params
     "AUTO_EMBEDDING_DIMS", "DEFAULT_MAX_INPUT_POINTS", "FOREIGN_PARAMETERS", "USAGE", "QosConfig", "InputConfig",
     "PreprocessingOverrides", "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "FrameConfig", "OccupancyConfig",
-    "DiagnosticsConfig", "NodeConfig", "validate_node_config", "validate_frame_config", "node_config_from_params",
-    "load_node_config", "leaf_parameters", "is_list_parameter",
+    "DiagnosticsConfig", "NoveltyConfig", "NodeConfig", "validate_node_config", "validate_frame_config",
+    "node_config_from_params", "load_node_config", "leaf_parameters", "is_list_parameter",
     "unknown_parameters", "node_usage", "apply_preprocessing_overrides",
     # pipeline
     "CPU_BACKEND", "PerceptionPipeline",

@@ -1,7 +1,8 @@
 """The node's statistics and its diagnostics policy, without ROS.
 
-:class:`NodeStats` is what the executor and worker threads count; :class:`DiagnosticsPolicy` turns a
-snapshot of it into the level, message and key/values of the node's ``/diagnostics`` status;
+:class:`NodeStats` is what the executor and worker threads count; :class:`NoveltyMonitor` keeps the
+recent frames' novelty scores; :class:`DiagnosticsPolicy` turns a snapshot of both into the level,
+message and key/values of the node's ``/diagnostics`` status;
 :class:`WarningThrottle` decides which warnings reach the log; :func:`frame_warnings` and
 :class:`OverloadMonitor` say what a frame and a sustained overload should log; :func:`route_python_warnings`
 turns Python's ``warnings`` into throttled log lines; :func:`frame_timings` splits one frame's time into
@@ -23,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .headers import HEADER_PROBLEM_KINDS, loggable_frame_id
-from .params import DiagnosticsConfig
+from .params import DiagnosticsConfig, NoveltyConfig
 
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
 STAGES = ("pre", "inference", "post", "total")  # order of ~/debug/processing_time_ms
@@ -194,6 +195,45 @@ class WarningThrottle:
         return message + more
 
 
+class NoveltyMonitor:
+    """The last ``novelty.window`` frames' novelty scores and the WARN rule on them: WARN while at
+    least ``novelty.warn_share`` of the window scores over ``novelty.threshold``. Frames not seen yet
+    count as not novel, so a node that just started does not warn on its first frame. Thread-safe
+    (the inference thread adds, the executor reports)."""
+
+    def __init__(self, cfg: NoveltyConfig) -> None:
+        self.cfg = cfg
+        self._scores: collections.deque = collections.deque(maxlen=cfg.window)
+        self._lock = threading.Lock()
+
+    def add(self, score: float) -> float:
+        """Record a frame's score; returns the share of the window now over the threshold."""
+        with self._lock:
+            self._scores.append(float(score))
+            return self._share()
+
+    def _share(self) -> float:
+        return sum(s > self.cfg.threshold for s in self._scores) / self.cfg.window
+
+    def status(self) -> tuple[int, str | None, dict[str, str]]:
+        """(level, message or None, key/values) for the node's diagnostics."""
+        with self._lock:
+            scores = list(self._scores)
+            share = self._share()
+        over = sum(s > self.cfg.threshold for s in scores)
+        values = {
+            "novelty_last": f"{scores[-1]:.3f}" if scores else "",
+            "novelty_median": f"{float(np.median(scores)):.3f}" if scores else "",
+            "novelty_share_over_threshold": f"{share:.2f}",
+            "novelty_threshold": f"{self.cfg.threshold:g}",
+            "novelty_window": str(self.cfg.window),
+        }
+        if scores and share >= self.cfg.warn_share:
+            return WARN, (f"novel input: {over} of the last {self.cfg.window} frames score over novelty.threshold "
+                          f"{self.cfg.threshold:g} (last {scores[-1]:.2f})"), values
+        return OK, None, values
+
+
 @dataclass
 class DiagnosticReport:
     level: int
@@ -203,10 +243,11 @@ class DiagnosticReport:
 
 class DiagnosticsPolicy:
     """The node's health from its statistics: stale input, processing time against the budgets,
-    rejected and failed frames, header problems and suspect byte orders since the previous report."""
+    rejected and failed frames, header problems and suspect byte orders since the previous report, and
+    (with a ``novelty`` monitor) recent frames unlike the model's reference data."""
 
-    def __init__(self, cfg: DiagnosticsConfig, start_mono: float) -> None:
-        self.cfg, self.start_mono = cfg, start_mono
+    def __init__(self, cfg: DiagnosticsConfig, start_mono: float, novelty: NoveltyMonitor | None = None) -> None:
+        self.cfg, self.start_mono, self.novelty = cfg, start_mono, novelty
         self._last_rejected = self._last_errors = self._last_suspect_byte_order = 0
         self._last_header: collections.Counter = collections.Counter()
 
@@ -264,6 +305,12 @@ class DiagnosticsPolicy:
                      "cloud(s) mostly invalid (is_bigendian wrong?)")
         self._last_rejected, self._last_errors = counts["rejected"], counts["errors"]
         self._last_header, self._last_suspect_byte_order = header, counts["big_endian_mostly_invalid"]
+        novelty_values = {"novelty_enabled": "false"}
+        if self.novelty is not None:
+            novelty_level, novelty_message, novelty_values = self.novelty.status()
+            novelty_values = {"novelty_enabled": "true", **novelty_values}
+            if novelty_message:
+                raise_to(novelty_level, novelty_message)
         if not messages:
             messages.append("ok")
         values = {
@@ -277,6 +324,7 @@ class DiagnosticsPolicy:
             "points_invalid_total": str(points_invalid),
             "points_subsampled_total": str(points_subsampled),
             **{f"stage_{k}_ms_mean": f"{v:.2f}" for k, v in stage_means.items()},
+            **novelty_values,
             "last_error": last_error,
             **context,
             "memory_rss_mb": f"{rss_bytes() / 2**20:.1f}",
@@ -363,6 +411,7 @@ def rss_bytes() -> int:
 __all__ = [
     "OK", "WARN", "ERROR", "STAGES", "FINE_STAGES", "WARN_PERIOD_S", "RATE_WINDOW_S", "BIG_ENDIAN_SUSPECT_SHARE",
     "OVERLOAD_WINDOW_S", "OVERLOAD_MIN_DROPS", "OVERLOAD_DROP_SHARE", "NodeStats", "frame_timings",
-    "why_no_valid_point", "big_endian_suspect", "frame_warnings", "WarningThrottle", "DiagnosticReport",
-    "DiagnosticsPolicy", "OverloadMonitor", "python_warning_line", "route_python_warnings", "rss_bytes",
+    "why_no_valid_point", "big_endian_suspect", "frame_warnings", "WarningThrottle", "NoveltyMonitor",
+    "DiagnosticReport", "DiagnosticsPolicy", "OverloadMonitor", "python_warning_line", "route_python_warnings",
+    "rss_bytes",
 ]

@@ -223,10 +223,12 @@ class OutputSelection:
     visualization: bool = True
     occupancy: bool = True
     obstacles: bool = True
+    novelty: bool = False  # ~/output/novelty has subscribers (published by the node apart from encode_outputs)
 
     @property
     def any(self) -> bool:
-        return self.segmentation or self.embeddings or self.visualization or self.occupancy or self.obstacles
+        return (self.segmentation or self.embeddings or self.visualization or self.occupancy or self.obstacles
+                or self.novelty)
 
     @property
     def needs_classes(self) -> bool:
@@ -237,14 +239,35 @@ class OutputSelection:
 @dataclass
 class ComputedFrame:
     """A frame between inference and publishing: the input's header, its results, which outputs
-    to encode, the ms spent computing it, and whether its stamp is a time (not zero, negative, ...:
-    such a frame is kept out of the latency figures)."""
+    to encode, the ms spent computing it, whether its stamp is a time (not zero, negative, ...:
+    such a frame is kept out of the latency figures) and, with a novelty score, the share of recent
+    frames over the novelty threshold (:class:`~ssl3d_ros.perception.health.NoveltyMonitor`)."""
 
     header: Any
     cloud: CloudResult
     selection: OutputSelection
     compute_ms: float
     stamp_valid: bool = True
+    novelty_recent_share: float | None = None
+
+
+@dataclass(frozen=True)
+class NoveltyReading:
+    """What ``~/output/novelty`` (geometry_msgs/Vector3Stamped, the input's header) carries: x the
+    frame's score, y the share of its voxels over 1.0, z the share of recent frames over the threshold."""
+
+    score: float
+    voxel_share: float
+    recent_share: float
+
+
+def novelty_reading(frame: ComputedFrame) -> NoveltyReading | None:
+    """The frame's novelty output (None when it has no score: no reference, no valid voxel)."""
+    result = frame.cloud.result
+    if result.novelty is None:
+        return None
+    return NoveltyReading(float(result.novelty), float(result.novelty_voxel_share or 0.0),
+                          float(frame.novelty_recent_share or 0.0))
 
 
 @dataclass
@@ -255,6 +278,7 @@ class OutputEncoder:
     obstacle: np.ndarray  # (256,) bool by class_id
     occupancy: OccupancyConfig
     embeddings_per_voxel: bool = False
+    point_novelty: bool = False  # a `novelty` field in the segmentation cloud (parameter novelty.per_point)
 
     @classmethod
     def for_classes(cls, class_names: list[str], class_colors: np.ndarray, cfg: NodeConfig) -> "OutputEncoder":
@@ -265,6 +289,7 @@ class OutputEncoder:
             obstacle=obstacle_lookup(class_names, list(cfg.occupancy.obstacle_classes)),
             occupancy=cfg.occupancy,
             embeddings_per_voxel=cfg.embeddings.per_voxel,
+            point_novelty=cfg.novelty.per_point,
         )
 
     def encode(self, cloud: CloudResult, selection: OutputSelection) -> Iterator[tuple[str, "EncodedCloud | OccupancyGrid", float]]:
@@ -286,10 +311,11 @@ def encode_outputs(
     height = cloud.height if len(xyz) else 1  # an empty cloud (even of height 0) encodes as 0 points
     steps: list[tuple[str, Callable[[], Any]]] = []
     if selection.segmentation:
+        fields = {"class_id": result.class_id, "probability": result.probability, "entropy": result.entropy}
+        if encoder.point_novelty and result.point_novelty is not None:
+            fields["novelty"] = result.point_novelty  # after Autoware's 24 bytes: 28-byte points
         steps.append(("segmentation", lambda: encode_cloud(
-            xyz,
-            {"class_id": result.class_id, "probability": result.probability, "entropy": result.entropy},
-            height=height,
+            xyz, fields, height=height,
             align=True,  # x y z class_id(+3 pad) probability entropy = 24 bytes, Autoware's layout
         )))
     if selection.obstacles:
@@ -318,6 +344,6 @@ def encode_outputs(
 __all__ = [
     "FREE", "OCCUPIED", "UNKNOWN", "OUTPUTS", "BASE_FRAME_OUTPUTS", "GROUND_CLASS_NAMES", "INVALID_COLOR", "parse_colors",
     "class_color_table", "colorize", "OccupancyGrid", "occupancy_grid", "free_along_beams", "obstacle_points",
-    "obstacle_lookup", "OutputSelection", "ComputedFrame",
+    "obstacle_lookup", "OutputSelection", "ComputedFrame", "NoveltyReading", "novelty_reading",
     "OutputEncoder", "encode_outputs",
 ]

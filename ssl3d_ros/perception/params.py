@@ -148,6 +148,23 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class NoveltyConfig:
+    enabled: bool = _doc(
+        "score every frame's novelty against the checkpoint's reference (ssl3d-novelty-ref, ssl3d-pretrain, "
+        "ssl3d-finetune write one) and publish it on ~/output/novelty; without a reference in the checkpoint "
+        "novelty is off", True)
+    threshold: float = _doc(
+        "a frame is novel above this score (1.0 = the reference's 95th-percentile frame; held-back frames of the "
+        "reference data score below 1)", 1.2)
+    window: int = _doc("recent frames the WARN diagnostic looks at", 20)
+    warn_share: float = _doc(
+        "/diagnostics WARN when at least this share of the last `window` frames is over the threshold", 0.5)
+    per_point: bool = _doc(
+        "add a float32 `novelty` field to ~/output/segmentation: each point's voxel distance to the nearest "
+        "reference prototype (1.0 = the reference voxels' 95th percentile; 0 where class_id is 255)", False)
+
+
+@dataclass
 class NodeConfig:
     """The perception node's parameters (``config/perception.yaml``), usable offline."""
 
@@ -171,6 +188,7 @@ class NodeConfig:
     frame: FrameConfig = field(default_factory=FrameConfig)
     occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    novelty: NoveltyConfig = field(default_factory=NoveltyConfig)
 
 
 def validate_node_config(cfg: NodeConfig) -> NodeConfig:
@@ -207,6 +225,10 @@ def validate_node_config(cfg: NodeConfig) -> NodeConfig:
     need(d.error_budget_ms >= d.budget_ms, "diagnostics.error_budget_ms", "must be >= budget_ms")
     need(d.period_s > 0, "diagnostics.period_s", "must be > 0")
     need(d.stale_after_s > 0, "diagnostics.stale_after_s", "must be > 0")
+    n = cfg.novelty
+    need(n.threshold > 0 and math.isfinite(n.threshold), "novelty.threshold", f"must be > 0, got {n.threshold}")
+    need(1 <= n.window <= 10_000, "novelty.window", f"must be within 1..10000 frames, got {n.window}")
+    need(0 < n.warn_share <= 1, "novelty.warn_share", f"must be in (0, 1], got {n.warn_share}")
     return cfg
 
 
@@ -312,8 +334,11 @@ USAGE = """usage: ssl3d-perception [--help] [--managed] [--exit-with-parent] --r
 The ssl3d_ros perception node: subscribes ~/input/points (sensor_msgs/PointCloud2) and publishes
 ~/output/segmentation, ~/output/embeddings, ~/output/visualization (the input's header and points),
 ~/output/occupancy (nav_msgs/OccupancyGrid, transient local) and ~/output/obstacles (x, y, z of the
-obstacle-class points, for a nav2 costmap) in the base frame (frame.base_frame), ~/debug/processing_time_ms,
-~/debug/pipeline_latency_ms, ~/debug/stage_time_ms and /diagnostics.
+obstacle-class points, for a nav2 costmap) in the base frame (frame.base_frame), ~/output/novelty
+(geometry_msgs/Vector3Stamped, the input's header: x the frame's novelty score, y the share of its
+voxels over 1.0, z the share of the last novelty.window frames over novelty.threshold; when the
+checkpoint has a novelty reference), ~/debug/processing_time_ms, ~/debug/pipeline_latency_ms,
+~/debug/stage_time_ms and /diagnostics.
 Example: ssl3d-perception --ros-args --params-file config/perception.yaml -r ~/input/points:=/points
 A depth camera (optical frame) 1.2 m up on base_link, looking along its x axis:
   -p frame.base_frame:=base_link -p "frame.sensor_xyz:=[0.0, 0.0, 1.2]" -p "frame.sensor_quaternion:=[-0.5, 0.5, -0.5, 0.5]"
@@ -359,7 +384,7 @@ def apply_preprocessing_overrides(pre: Any, cfg: NodeConfig) -> Any:
 __all__ = [
     "AUTO_EMBEDDING_DIMS", "DEFAULT_MAX_INPUT_POINTS", "FOREIGN_PARAMETERS", "USAGE", "QosConfig", "InputConfig",
     "PreprocessingOverrides", "ClassesConfig", "KMeansConfig", "EmbeddingsConfig", "FrameConfig", "OccupancyConfig",
-    "DiagnosticsConfig", "NodeConfig", "validate_node_config", "validate_frame_config", "node_config_from_params",
-    "load_node_config", "leaf_parameters", "is_list_parameter",
+    "DiagnosticsConfig", "NoveltyConfig", "NodeConfig", "validate_node_config", "validate_frame_config",
+    "node_config_from_params", "load_node_config", "leaf_parameters", "is_list_parameter",
     "unknown_parameters", "node_usage", "apply_preprocessing_overrides",
 ]

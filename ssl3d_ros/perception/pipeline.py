@@ -28,6 +28,7 @@ from ..codec import CloudFormatError, scan_from_cloud
 from ..config import ConfigError
 from ..labels import NO_CLASS
 from ..models.heads import StreamingKMeans, segment_outputs
+from ..models.novelty import NoveltyScorer
 from ..models.sparse import spconv_available
 from ..preprocessing import PreprocessConfig, collate, preprocess, unpool
 from ..scan import Scan
@@ -64,6 +65,7 @@ class PerceptionPipeline:
         warnings: list[str] | None = None,
         max_input_points: int = 0,
         mounting: FrameMounting | None = None,
+        novelty: bool = True,
     ) -> None:
         self.checkpoint = checkpoint
         self.device = device
@@ -94,6 +96,8 @@ class PerceptionPipeline:
         in_channels = int(checkpoint.encoder_config.in_channels)
         capacity = int(getattr(preprocess_cfg, "max_points", 0) or 0) or 150_000
         self._staging = DeviceStaging(device, dtype, in_channels, capacity) if device.type == "cuda" else None
+        # novelty: on when asked for and the checkpoint has a reference (older checkpoints have none)
+        self.novelty = NoveltyScorer(checkpoint.novelty, device) if novelty and checkpoint.novelty is not None else None
         self.frames = 0
 
     # -- construction ---------------------------------------------------------------------------
@@ -173,6 +177,7 @@ class PerceptionPipeline:
             # auto (-1): the node resolves it against its transport first (transport.resolve_max_input_points)
             max_input_points=cfg.input.max_points if cfg.input.max_points >= 0 else DEFAULT_MAX_INPUT_POINTS,
             mounting=FrameMounting.from_config(cfg.frame),
+            novelty=cfg.novelty.enabled,
         )
 
     @classmethod
@@ -230,8 +235,10 @@ class PerceptionPipeline:
         update_clusters: bool = True,
         point_embeddings: bool = True,
         mount: Mount | None = None,
+        novelty: bool = True,
+        point_novelty: bool = False,
     ) -> FrameResult:
-        """Segmentation and/or embeddings of every point of ``scan``, in its order.
+        """Segmentation, embeddings and/or novelty of every point of ``scan``, in its order.
 
         ``mount`` (base frame <- the scan's frame) moves the points into the base frame before
         preprocessing: the model, and the grid and obstacles made from ``base_points``, see z up; the
@@ -242,6 +249,9 @@ class PerceptionPipeline:
 
         ``update_clusters`` (k-means segmentation only) lets this frame nudge the cluster centres;
         ids stay stable across frames because the centres are carried over, never re-initialised.
+
+        ``novelty`` scores the frame against the checkpoint's novelty reference (when the pipeline has
+        one: ``self.novelty``), ``point_novelty`` also each point (its voxel's score, 0 where invalid).
         """
         t0 = time.perf_counter()
         seen = mount.scan_to_base(scan) if mount is not None else scan
@@ -257,7 +267,8 @@ class PerceptionPipeline:
             result.base_points, result.base_frame = seen.points, mount.base_frame
             result.sensor_origin = np.array(mount.translation, np.float64)
         t1 = time.perf_counter()
-        voxel_class = voxel_prob = voxel_entropy = voxel_embedding = None
+        voxel_class = voxel_prob = voxel_entropy = voxel_embedding = frame_novelty = None
+        novelty = novelty and self.novelty is not None
         if len(vox) == 0:  # nothing survived preprocessing: every point invalid, no model call
             if segmentation:
                 voxel_class = np.zeros(0, np.uint8)
@@ -265,8 +276,10 @@ class PerceptionPipeline:
             if embeddings:
                 voxel_embedding = np.zeros((0, self.embedding_channels), np.float32)
         else:
-            voxel_class, voxel_prob, voxel_entropy, voxel_embedding = self._infer(
-                vox, segmentation, embeddings, update_clusters)
+            voxel_class, voxel_prob, voxel_entropy, voxel_embedding, frame_novelty, novelty_ms = self._infer(
+                vox, segmentation, embeddings, update_clusters, novelty, point_novelty)
+            if novelty:
+                result.timings_ms["novelty"] = novelty_ms
         t2 = time.perf_counter()
 
         # Un-pool to the input points: every point takes its voxel's output; dropped points stay invalid.
@@ -279,17 +292,23 @@ class PerceptionPipeline:
             result.voxel_embedding = voxel_embedding
             if point_embeddings:
                 result.embedding = unpool(voxel_embedding, point_voxel, fill=0.0)
+        if frame_novelty is not None:
+            result.novelty, result.novelty_voxel_share = frame_novelty.score, frame_novelty.voxel_share
+            if frame_novelty.voxel_scores is not None:
+                result.point_novelty = unpool(frame_novelty.voxel_scores.float().cpu().numpy(), point_voxel, fill=0.0)
         t3 = time.perf_counter()
         self.frames += 1
-        result.timings_ms = {
+        result.timings_ms.update({
             "preprocess": (t1 - t0) * 1e3,
             "inference": (t2 - t1) * 1e3,
             "postprocess": (t3 - t2) * 1e3,
-        }
+        })
         return result
 
-    def _infer(self, vox: Any, segmentation: bool, embeddings: bool, update_clusters: bool):
-        """Per-voxel class, probability, entropy and embedding (numpy, None where not asked for)."""
+    def _infer(self, vox: Any, segmentation: bool, embeddings: bool, update_clusters: bool, novelty: bool = False,
+               point_novelty: bool = False):
+        """Per-voxel class, probability, entropy and embedding (numpy, None where not asked for), the
+        frame's novelty (None where not asked for) and the ms the novelty score took."""
         sparse = collate([vox])
         if self._staging is not None:
             feats, coords = self._staging.upload(sparse.feats, sparse.coords)
@@ -323,7 +342,12 @@ class PerceptionPipeline:
             voxel_entropy = voxel_entropy.cpu().numpy().astype(np.float32, copy=False)
         if voxel_embedding is not None:
             voxel_embedding = voxel_embedding.cpu().numpy().astype(np.float32, copy=False)
-        return voxel_class, voxel_prob, voxel_entropy, voxel_embedding
+        frame_novelty, novelty_ms = None, 0.0
+        if novelty:  # after the transfers (its counts come back to the host too); timed: what a reference adds
+            t = time.perf_counter()
+            frame_novelty = self.novelty.score(output, voxel_scores=point_novelty)
+            novelty_ms = (time.perf_counter() - t) * 1e3
+        return voxel_class, voxel_prob, voxel_entropy, voxel_embedding, frame_novelty, novelty_ms
 
     def scan_from_message(self, msg: Any) -> tuple[Scan, bool]:
         """Decode a PointCloud2 (rclpy or rosbags) once into the Scan the model reads: every one of
@@ -366,7 +390,7 @@ class PerceptionPipeline:
         return "intensity" in tuple(self.preprocess_cfg.features)
 
     def process_cloud(self, msg: Any, *, segmentation: bool = True, embeddings: bool = True,
-                      point_embeddings: bool = True) -> CloudResult:
+                      point_embeddings: bool = True, novelty: bool = True, point_novelty: bool = False) -> CloudResult:
         """``process`` on a PointCloud2, results in the message's point order (all height*width points),
         in the base frame its ``frame_id`` has (``frame.*`` parameters); raises
         :class:`~.mounting.TransformUnavailable` while /tf_static has not linked the two."""
@@ -375,7 +399,8 @@ class PerceptionPipeline:
         mount = self.mounting.mount_for(scan.frame_id)
         decode_ms = (time.perf_counter() - t0) * 1e3
         result = self.process(scan, segmentation=segmentation, embeddings=embeddings,
-                              point_embeddings=point_embeddings, mount=mount)
+                              point_embeddings=point_embeddings, mount=mount, novelty=novelty,
+                              point_novelty=point_novelty)
         return CloudResult(result=result, xyz=scan.points, height=int(msg.height), width=int(msg.width),
                            decode_ms=decode_ms, intensity_missing=intensity_missing)
 

@@ -16,7 +16,8 @@ class FrameResult:
 
     ``class_id`` is ``NO_CLASS`` (255) where ``valid`` is False; ``probability`` is 0 and ``entropy`` 1
     (maximal uncertainty, as :func:`~ssl3d_ros.models.heads.segment_outputs`) there, and the embedding rows are zeros. ``entropy`` is
-    normalised by ln(K), so it lies in 0..1. Arrays are None for outputs that were not requested.
+    normalised by ln(K), so it lies in 0..1. Arrays are None for outputs that were not requested;
+    ``novelty`` is None without a novelty reference or without a valid voxel.
     """
 
     valid: np.ndarray  # (N,) bool
@@ -28,7 +29,10 @@ class FrameResult:
     voxel_coord: np.ndarray | None = None  # (M, 3) float32, one kept point per voxel (metres, the scan's frame)
     voxel_embedding: np.ndarray | None = None  # (M, D) float32
     points_over_budget: int = 0  # valid points left out because their voxel was over preprocessing.max_points
-    timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, inference, postprocess
+    novelty: float | None = None  # the frame's novelty score (1.0 = the reference's 95th-percentile frame)
+    novelty_voxel_share: float | None = None  # share of the frame's voxels scoring over 1.0
+    point_novelty: np.ndarray | None = None  # (N,) float32 per point (its voxel's score), 0 where invalid
+    timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, inference (novelty in it), postprocess
     # Where the model, the grid and the obstacles saw the points (frame.base_frame, perception/mounting.py):
     base_points: np.ndarray | None = None  # (N, 3) float32 in base_frame; None: the scan's own points
     base_frame: str = ""  # '' = the scan's own frame

@@ -25,8 +25,9 @@ test scans afterwards with --evaluate). --val-keep last keeps the final weights.
 --evaluate scores a finished model (--init CKPT with its head) on --val-data the way validation
 does, without training: a packaged and a fine-tuned model compare like for like.
 
-Writes DIR/model.safetensors (encoder + head + class names/colours + preprocessing: loadable by
-ssl3d-perception, ssl3d-replay and ssl3d-probe), DIR/validation.json (the kept model's validation:
+Writes DIR/model.safetensors (encoder + head + class names/colours + preprocessing + a novelty
+reference of up to --novelty-scans training scans: loadable by ssl3d-perception, ssl3d-replay and
+ssl3d-probe), DIR/validation.json (the kept model's validation:
 step, mIoU, per-class IoU and support, the keep rule; its per-class table is printed too),
 DIR/best.safetensors, DIR/labels.json (the seeded label selection: scans, points, per-scan digests),
 DIR/checkpoints/state-*.safetensors (resumable), DIR/metrics.csv and TensorBoard events.
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pca-dims", type=int, metavar="K",
                    help="also store a K-component PCA basis of the trained hypercolumns in model.safetensors, for "
                         "the node's reduced embeddings (pca_dims; 0: none)")
+    p.add_argument("--novelty-scans", type=int, metavar="K",
+                   help="fit the novelty reference stored in model.safetensors on K training scans (novelty_scans, "
+                        "default 16; 0: none): the node scores how unlike them each frame is")
     p.add_argument("--evaluate", action="store_true",
                    help="no training: score --init's encoder + head on the validation scans (--val-data, "
                         "--val-holdout or --set validation.split=block) and write OUT/evaluation.json")
@@ -80,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: command-line option -> dotted config key
 OPTION_KEYS = {
-    "init": "init", "pca_dims": "pca_dims", "data": "data.sources", "topics": "data.topics", "label_field": "labels.label_field",
+    "init": "init", "pca_dims": "pca_dims", "novelty_scans": "novelty_scans", "data": "data.sources", "topics": "data.topics", "label_field": "labels.label_field",
     "class_map": "labels.class_map", "scans": "labels.scans", "label_fraction": "labels.fraction",
     "label_seed": "labels.seed", "val_data": "validation.sources", "val_holdout": "validation.holdout_scans",
     "val_every": "validation.every", "val_keep": "validation.keep", "steps": "run.steps", "batch_size": "run.batch_size", "out": "run.out_dir",

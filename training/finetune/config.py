@@ -1,6 +1,7 @@
 """The fine-tuning configuration: one YAML file per run (``config/finetune/default.yaml``).
 
-Top-level keys: ``init`` (``none`` or a checkpoint path), ``random_weights``, ``init_head``, ``pca_dims``, ``data``, ``labels``,
+Top-level keys: ``init`` (``none`` or a checkpoint path), ``random_weights``, ``init_head``, ``pca_dims``,
+``novelty_scans``, ``data``, ``labels``,
 ``validation``, ``augment`` (views.py's ViewGroupConfig: crop + AugmentConfig), ``encoder`` and
 ``preprocessing`` (used only from scratch: a checkpoint brings its own), ``optim``, ``loss``, ``run``.
 Unknown keys anywhere are errors (ConfigError naming the key path).
@@ -110,6 +111,7 @@ class FinetuneConfig:
     random_weights: bool = False  # with a checkpoint: its architecture and preprocessing, fresh weights
     init_head: bool = False  # start the head from init's segmentation head (its classes: the class map's)
     pca_dims: int = 0  # > 0: the output also holds a PCA basis of its hypercolumns (the node's reduced embeddings)
+    novelty_scans: int = 16  # > 0: the output also holds a novelty reference fitted on this many training scans
     data: DataConfig = field(default_factory=DataConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -148,6 +150,8 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
                           "'encoder' / 'preprocessing' sections (they apply to init: none)")
     if cfg.pca_dims < 0:
         raise ConfigError(f"pca_dims must be >= 0, got {cfg.pca_dims}")
+    if cfg.novelty_scans < 0:
+        raise ConfigError(f"novelty_scans must be >= 0 (0: no novelty reference), got {cfg.novelty_scans}")
     lab = cfg.labels
     if not 0 < lab.fraction <= 1:
         raise ConfigError(f"labels.fraction must be in (0, 1], got {lab.fraction}")

@@ -9,6 +9,8 @@ Validation on held-out scans every ``validation.every`` steps (and at the end) k
 checkpoint in OUT/best.safetensors; OUT/model.safetensors is the best one with ``validation.keep:
 best`` (chosen on the validation scans), the last weights with ``keep: last`` or without validation.
 OUT/validation.json holds the kept model's validation (per-class IoU and support included) and the rule.
+With ``novelty_scans`` > 0, OUT/model.safetensors also holds a novelty reference of its own encoder,
+fitted on that many training scans (the node scores how unlike them each frame is).
 """
 from __future__ import annotations
 
@@ -87,6 +89,20 @@ def add_pca_basis(model_path: Path, scans: list, dims: int, device: torch.device
     ckpt = load_checkpoint(model_path, backend="auto" if device.type == "cuda" else "torch")
     features = voxel_hypercolumns(ckpt.encoder.to(device), scans[:PCA_SCANS], ckpt.preprocessing, device)
     add_heads(model_path, model_path, pca=PCAProjection.fit(features, dims, generator=torch.Generator().manual_seed(0)))
+
+
+def add_novelty(model_path: Path, scans: list, count: int, device: torch.device, sources: list[str]) -> None:
+    """Store a novelty reference of the output model's own encoder, fitted on ``count`` of the training
+    ``scans`` (evenly spaced), in ``model_path``; a warning instead when they cannot calibrate one."""
+    from ssl3d_ros.models.novelty import NoveltyFitError
+
+    from ..novelty import add_novelty_reference, evenly_spaced
+
+    try:
+        add_novelty_reference(model_path, model_path, [scans[i] for i in evenly_spaced(len(scans), count)],
+                              device=str(device), sources=sources)
+    except NoveltyFitError as exc:
+        log.warning("%s has no novelty reference: %s", model_path, exc)
 
 
 def initial_model(init: InitialEncoder, data: FinetuneData, cfg: FinetuneConfig) -> SegmentationModel:
@@ -233,6 +249,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool = True, s
             export(model_path, model, cfg, data, init.preprocessing, init.provenance, end.step, counters, best)
         if cfg.pca_dims > 0:
             add_pca_basis(model_path, data.selection.scans, cfg.pca_dims, device)
+        if cfg.novelty_scans > 0:
+            add_novelty(model_path, data.selection.scans, cfg.novelty_scans, device, cfg.data.sources)
         if last:
             kept = {"keep": keep, "rule": KEEP_RULES[keep], "validation": data.validation_rule,
                     "scans": len(data.validation), **(best if keep == "best" and best else last),
