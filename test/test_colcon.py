@@ -81,6 +81,17 @@ def end_session(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def run_blocks_to_end(home: Path, *names: str, between: str = "") -> tuple[int, str]:
+    """run_blocks to its end (bounded by SHELL_TIMEOUT_S): its exit status and its log."""
+    log_path = home / "shell.log"
+    shell = run_blocks(home, log_path, *names, between=between)
+    try:
+        returncode = shell.wait(timeout=SHELL_TIMEOUT_S)
+    finally:
+        end_session(shell)
+    return returncode, log_path.read_text()
+
+
 def launch_pids(shell_pid: int) -> list[int]:
     """The `ros2 launch` process of the README's shell: bash runs a script's last command in its own
     process (exec), and the `ros2` script execs Python with ros2cli, so it is the shell's process itself
@@ -138,13 +149,7 @@ def test_readme_colcon_test_runs_the_quick_tests_and_they_pass(tmp_path):
     """The README's build and test blocks: `colcon test --packages-select ssl3d_ros` runs the quick
     tests (no DDS), `colcon test-result --verbose` reports them and exits 0."""
     require_colcon()
-    log_path = tmp_path / "shell.log"
-    shell = run_blocks(tmp_path, log_path, "build", "test")
-    try:
-        returncode = shell.wait(timeout=SHELL_TIMEOUT_S)
-    finally:
-        end_session(shell)
-    log = log_path.read_text()
+    returncode, log = run_blocks_to_end(tmp_path, "build", "test")
     assert returncode == 0, log[-6000:]
     summary = re.search(r"Summary: (\d+) tests, 0 errors, 0 failures, (\d+) skipped", log)
     assert summary and int(summary.group(1)) >= 100, log[-6000:]
@@ -164,14 +169,8 @@ def test_a_colcon_node_under_a_python_without_rclpy_stops_with_one_line(tmp_path
                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}) if base.is_file() else None
     if probe is None or probe.returncode == 0:
         pytest.skip(f"this venv's base Python ({base}) is missing or has rclpy: no Python without it to point at")
-    log_path = tmp_path / "shell.log"
     retarget = f'sed -i "1s|.*|#!{base}|" install/ssl3d_ros/lib/ssl3d_ros/perception_node'
-    shell = run_blocks(tmp_path, log_path, "build", "launch", between=retarget)
-    try:
-        returncode = shell.wait(timeout=SHELL_TIMEOUT_S)
-    finally:
-        end_session(shell)
-    log = log_path.read_text()
+    returncode, log = run_blocks_to_end(tmp_path, "build", "launch", between=retarget)
     assert returncode == 1, log[-6000:]
     assert f"perception_node: cannot start: No module named 'rclpy' (in {base})." in log, log[-6000:]
     assert ("Caught exception in launch (see debug for traceback): perception_node-1 exited with code 2 "
