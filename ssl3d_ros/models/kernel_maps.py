@@ -27,13 +27,15 @@ def check_coord_range(coords: torch.Tensor, margin: int = 2) -> None:
     """Raise ValueError when coordinates do not fit the key packing (with room for kernel offsets)."""
     if coords.numel() == 0:
         return
-    lo = int(coords[:, 1:].min())
-    hi = int(coords[:, 1:].max())
+    lows, highs = torch.aminmax(coords, dim=0)  # one pass over all columns
+    lows, highs = lows.tolist(), highs.tolist()
+    lo = min(lows[1:])
+    hi = max(highs[1:])
     limit = COORD_OFFSET - margin
     if lo < -limit or hi >= limit:
         raise ValueError(f"voxel coordinates [{lo}, {hi}] exceed the supported range +-{limit}; use a larger voxel size")
-    bmax = int(coords[:, 0].max())
-    if int(coords[:, 0].min()) < 0 or bmax >= (1 << BATCH_BITS):
+    bmax = highs[0]
+    if lows[0] < 0 or bmax >= (1 << BATCH_BITS):
         raise ValueError(f"batch index must be in [0, {1 << BATCH_BITS}), got max {bmax}")
 
 
@@ -73,11 +75,32 @@ def downsample_coords(coords: torch.Tensor, stride: int = 2) -> tuple[torch.Tens
     into a subset of the full set's coarse voxels, so masked views nest in the full scene's hierarchy.
     """
     check_coord_range(coords)
-    c = coords.long()
-    xyz = torch.div(c[:, 1:], stride, rounding_mode="floor")
-    keys = pack_keys(torch.cat([c[:, :1], xyz], dim=1))
-    uniq, parent = torch.unique(keys, sorted=True, return_inverse=True)
-    return unpack_keys(uniq), parent
+    coarse_keys, parent = downsample_keys(pack_keys(coords), stride)
+    return unpack_keys(coarse_keys), parent
+
+
+def coarse_keys_of(keys: torch.Tensor, stride: int) -> torch.Tensor:
+    """``pack_keys`` of ``floor(xyz / stride)`` computed on packed keys.
+
+    For a power-of-two stride ``2^j`` all three fields shift at once: field ``f = x + COORD_OFFSET``
+    gives ``(f >> j) + COORD_OFFSET - (COORD_OFFSET >> j) = floor(x / 2^j) + COORD_OFFSET`` (no carry
+    between fields), a few int64 passes instead of unpacking, an int64 division and repacking."""
+    if stride & (stride - 1):
+        c = unpack_keys(keys).long()
+        xyz = torch.div(c[:, 1:], stride, rounding_mode="floor")
+        return pack_keys(torch.cat([c[:, :1], xyz], dim=1))
+    j = stride.bit_length() - 1
+    low = (1 << (COORD_BITS - j)) - 1
+    add = COORD_OFFSET - (COORD_OFFSET >> j)
+    field_mask = low | low << COORD_BITS | low << 2 * COORD_BITS
+    field_add = add | add << COORD_BITS | add << 2 * COORD_BITS
+    batch_mask = -1 << 3 * COORD_BITS
+    return ((keys >> j) & field_mask).add_(field_add).bitwise_or_(keys & batch_mask)
+
+
+def downsample_keys(keys: torch.Tensor, stride: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """``downsample_coords`` on packed keys: (sorted unique coarse keys, parent row of every fine key)."""
+    return torch.unique(coarse_keys_of(keys, stride), sorted=True, return_inverse=True)
 
 
 class _PairList:
@@ -136,6 +159,7 @@ class DownMap(_PairList):
     child: torch.Tensor  # (Mc * s^3,) int64 fine row per (parent, offset), M (a zero row) where empty
     stride: int
     num_voxels: int
+    coarse_keys: torch.Tensor | None = None  # (Mc,) pack_keys(coarse_coords) where the map computed them
     _pairs: tuple | None = None
 
     def _grouped(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -149,8 +173,8 @@ class DownMap(_PairList):
         return self._pairs
 
 
-def build_subm_map(coords: torch.Tensor, kernel_size: int = 3) -> SubmMap:
-    """The neighbour table of a k^3 submanifold conv on ``coords``.
+def build_subm_map(coords: torch.Tensor, kernel_size: int = 3, keys: torch.Tensor | None = None) -> SubmMap:
+    """The neighbour table of a k^3 submanifold conv on ``coords`` (``keys``: their pack_keys, if known).
 
     Sort the keys once. The map is symmetric (q is p's neighbour at d iff p is q's at -d), so only half
     of the (dx, dy) columns are searched; each column needs one searchsorted, because the keys of a
@@ -170,7 +194,7 @@ def build_subm_map(coords: torch.Tensor, kernel_size: int = 3) -> SubmMap:
     table[:, centre] = torch.arange(m, device=device, dtype=torch.int32)
     if m == 0 or r == 0:
         return SubmMap(table=table, kernel_size=k, num_voxels=m)
-    keys = pack_keys(coords)
+    keys = pack_keys(coords) if keys is None else keys
     # levels made by downsample_coords are already sorted: skip the sort and the permutations
     presorted = bool((keys[1:] > keys[:-1]).all())
     sorted_keys, order = (keys, None) if presorted else torch.sort(keys)
@@ -237,26 +261,34 @@ def subm_map_from_coarse(down: DownMap, coarse: SubmMap, kernel_size: int = 3) -
     return SubmMap(table=table, kernel_size=kernel_size, num_voxels=m)
 
 
-def build_down_map(coords: torch.Tensor, stride: int = 2, coarse_coords: torch.Tensor | None = None) -> DownMap:
-    """Map of a kernel == stride conv from ``coords`` onto ``coarse_coords`` (default: downsample_coords)."""
-    c = coords.long()
+def build_down_map(coords: torch.Tensor, stride: int = 2, coarse_coords: torch.Tensor | None = None,
+                   keys: torch.Tensor | None = None) -> DownMap:
+    """Map of a kernel == stride conv from ``coords`` onto ``coarse_coords`` (default: downsample_coords).
+
+    ``keys``: ``pack_keys(coords)`` when the caller has them already (levels cache their keys)."""
+    if keys is None:
+        check_coord_range(coords)
+        keys = pack_keys(coords)
+    coarse_keys = None
     if coarse_coords is None:
-        coarse_coords, parent = downsample_coords(coords, stride)
+        coarse_keys, parent = downsample_keys(keys, stride)
+        coarse_coords = unpack_keys(coarse_keys)
     else:
-        xyz = torch.div(c[:, 1:], stride, rounding_mode="floor")
-        parent = lookup(pack_keys(torch.cat([c[:, :1], xyz], dim=1)), pack_keys(coarse_coords))
+        parent = lookup(coarse_keys_of(keys, stride), pack_keys(coarse_coords))
         if bool((parent < 0).any()):
             raise ValueError("coarse coordinates do not contain every parent of the fine voxels")
-    local = c[:, 1:] & (stride - 1) if stride & (stride - 1) == 0 else torch.remainder(c[:, 1:], stride)
-    offset = (local[:, 0] * stride + local[:, 1]) * stride + local[:, 2]
+    c = coords[:, 1:]
+    local = c & (stride - 1) if stride & (stride - 1) == 0 else torch.remainder(c, stride)
+    offset = ((local[:, 0] * stride + local[:, 1]) * stride + local[:, 2]).long()
     kvol = stride ** 3
     m = coords.shape[0]
     child = torch.full((coarse_coords.shape[0] * kvol,), m, dtype=torch.long, device=coords.device)
     child[parent * kvol + offset] = torch.arange(m, device=coords.device)
-    return DownMap(coarse_coords=coarse_coords, parent=parent, offset=offset, child=child, stride=stride, num_voxels=m)
+    return DownMap(coarse_coords=coarse_coords, parent=parent, offset=offset, child=child, stride=stride, num_voxels=m,
+                   coarse_keys=coarse_keys)
 
 
 __all__ = [
     "COORD_BITS", "DownMap", "SubmMap", "build_down_map", "build_subm_map", "check_coord_range",
-    "downsample_coords", "lookup", "pack_keys", "unpack_keys",
+    "coarse_keys_of", "downsample_coords", "downsample_keys", "lookup", "pack_keys", "unpack_keys",
 ]

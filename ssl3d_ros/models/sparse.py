@@ -17,8 +17,8 @@ import math
 import torch
 from torch import nn
 
-from .kernel_maps import (DownMap, SubmMap, build_down_map, build_subm_map, downsample_coords, lookup,
-                          pack_keys, subm_map_from_coarse)
+from .kernel_maps import (DownMap, SubmMap, build_down_map, build_subm_map, check_coord_range, downsample_coords,
+                          lookup, pack_keys, subm_map_from_coarse)
 from .structure import SparseTensor
 
 try:  # spconv is optional: the torch backend covers everything
@@ -81,6 +81,17 @@ def _needs_grad(x: SparseTensor, module: nn.Module) -> bool:
 HIERARCHICAL_MIN_VOXELS = 4096
 
 
+def level_keys(x: SparseTensor) -> torch.Tensor:
+    """``pack_keys(x.coords)``, cached: a level made by a down map caches the keys the map computed."""
+    key = ("keys", x.stride)
+    keys = x.cache.get(key)
+    if keys is None or keys.shape[0] != len(x):
+        check_coord_range(x.coords)
+        keys = pack_keys(x.coords)
+        x.cache[key] = keys
+    return keys
+
+
 def subm_map(x: SparseTensor, kernel_size: int) -> SubmMap:
     """The level's neighbour table, from the cache or built (once) and cached."""
     key = ("subm", x.stride, kernel_size)
@@ -92,18 +103,21 @@ def subm_map(x: SparseTensor, kernel_size: int) -> SubmMap:
         if len(coarse) < 0.9 * len(x):  # pays off only when the coarser level is clearly smaller
             m = subm_map_from_coarse(down_map(x, 2), subm_map(coarse, 3), kernel_size)
     if m is None or m.num_voxels != len(x):
-        m = build_subm_map(x.coords, kernel_size)
+        m = build_subm_map(x.coords, kernel_size, level_keys(x))
     x.cache[key] = m
     return m
 
 
 def down_map(x: SparseTensor, stride: int, coarse_coords: torch.Tensor | None = None) -> DownMap:
-    """The map from level ``x`` to the level ``stride`` times coarser (cached in ``x.cache``)."""
+    """The map from level ``x`` to the level ``stride`` times coarser (cached in ``x.cache``, with the
+    coarser level's keys)."""
     key = ("down", x.stride, stride)
     m = x.cache.get(key)
     if m is None or m.num_voxels != len(x):
-        m = build_down_map(x.coords, stride, coarse_coords)
+        m = build_down_map(x.coords, stride, coarse_coords, keys=level_keys(x))
         x.cache[key] = m
+        if m.coarse_keys is not None:
+            x.cache[("keys", x.stride * stride)] = m.coarse_keys
     return m
 
 
