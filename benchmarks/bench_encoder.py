@@ -108,17 +108,18 @@ def run_single(args) -> dict:
     dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     coords, feats = coords.to(device), feats.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     times = []
     for i in range(args.warmup + args.repeats):
         x = SparseTensor(feats, coords, 1)  # fresh cache: maps are rebuilt as for a live scan
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         model.infer(x, dtype=dtype)
         sync()
         if i >= args.warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
+            times.append((clock() - t0) * 1e3)
     result = dict(scan=args.scan, size=args.size, backend=args.backend, device=args.device, dtype=args.dtype,
-                  threads=args.threads, heap=args.heap, voxel=voxel, points=n_points, voxels=len(coords),
+                  threads=args.threads, clock=args.clock, heap=args.heap, voxel=voxel, points=n_points, voxels=len(coords),
                   params=sum(p.numel() for p in model.parameters()),
                   median_ms=statistics.median(times), p90_ms=float(np.percentile(times, 90)), min_ms=min(times),
                   times_ms=times)
@@ -132,7 +133,7 @@ def measure(args, scan: str, size: str, backend: str, device: str, dtype: str, c
     """One configuration in a fresh subprocess; ``code``: import ssl3d_ros from that checkout instead."""
     cmd = [sys.executable, __file__, "--single", "--scan", scan, "--size", size, "--backend", backend,
            "--device", device, "--dtype", dtype, "--threads", str(args.threads),
-           "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--heap", args.heap]
+           "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--heap", args.heap, "--clock", args.clock]
     if args.voxel:
         cmd += ["--voxel", str(args.voxel)]
     env = None
@@ -162,7 +163,7 @@ def measure_ab(args, scan: str, size: str, backend: str, device: str, dtype: str
 
 def run_section(args, device: str, dtype: str) -> list[dict]:
     results = []
-    print(f"\ndevice={device} dtype={dtype} threads={args.threads} repeats={args.repeats} heap={args.heap}"
+    print(f"\ndevice={device} dtype={dtype} threads={args.threads} repeats={args.repeats} heap={args.heap} clock={args.clock}"
           + (f" against={args.against} rounds={args.rounds}" if args.against else ""))
     header = f"{'scan':24s} {'size':6s} {'backend':7s} {'voxels':>7s} {'params':>9s} {'median ms':>10s} {'p90 ms':>8s} {'peak MiB':>9s}"
     print(header)
@@ -184,8 +185,10 @@ def run_section(args, device: str, dtype: str) -> list[dict]:
                     print(f"{scan:24s} {size:6s} {backend:7s} {r['voxels']:7d} {r['params']:9d} {r['median_ms']:10.1f} "
                           f"{r['p90_ms']:8.1f} {mem:9.0f} {label}", flush=True)
                 if args.against:
-                    ratio = pair["this"]["median_ms"] / pair["against"]["median_ms"]
-                    print(f"{'':24s} {size:6s} {backend:7s} this/against = {ratio:.2f}x")
+                    this, base = pair["this"], pair["against"]
+                    print(f"{'':24s} {size:6s} {backend:7s} this/against = {this['median_ms'] / base['median_ms']:.2f}x "
+                          f"(medians), {this['min_ms'] / base['min_ms']:.2f}x (fastest frames: "
+                          f"{this['min_ms']:.1f} / {base['min_ms']:.1f} ms)")
                 row[backend] = pair.get("this", pair.get(""))
             if "torch" in row and "spconv" in row:
                 print(f"{'':24s} {size:6s} torch/spconv = {row['torch']['median_ms'] / row['spconv']['median_ms']:.2f}x")
@@ -207,6 +210,9 @@ def main() -> None:
                     help="retain: keep freed memory in the heap between forwards, as the node does "
                          "(ssl3d_ros.perception.heap); default: glibc's defaults")
     ap.add_argument("--voxel", type=float, default=None, help="override the per-size voxel size (m)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: the process's CPU time per forward instead of wall time; with --threads 1 and "
+                         "--device cpu it is what a forward costs, whatever else the machine runs")
     ap.add_argument("--against", type=Path, default=None,
                     help="A/B: another checkout of this repository to alternate with this one (see above)")
     ap.add_argument("--rounds", type=int, default=4, help="with --against: runs of each side per configuration")

@@ -205,11 +205,13 @@ def _put_per_offset(out: torch.Tensor, src: torch.Tensor, w: torch.Tensor, m: Su
 
 def _scatter_products(out: torch.Tensor, src: torch.Tensor, w: torch.Tensor, m: SubmMap | DownMap,
                       transpose: bool) -> torch.Tensor:
-    """The CPU form: 3 passes over the pairs instead of 3 ops per offset (and no read-back of ``out``).
+    """The CPU form: one gather, the products, one scatter-add (no read-back of ``out`` per offset, and
+    ~30 ops per conv instead of ~80: fewer parallel regions for the threads to meet at).
 
     torch's CPU scatter-add with an index expanded over the channels sorts the rows stably and sums each
     output row's pairs in pair order (offset order), so the result is deterministic and bit-equal to
-    the per-offset loop; measured 15-40 % faster per conv on the nano encoder's levels."""
+    the per-offset loop (test_sparse_conv). Measured on the nano encoder's levels, 1 thread: 0-10 %
+    less CPU time per submanifold conv, 10-15 % per strided conv."""
     src_idx, dst_idx = (m.out_idx, m.in_idx) if transpose else (m.in_idx, m.out_idx)
     gathered = src.index_select(0, src_idx)
     products = out.new_empty((gathered.shape[0], out.shape[1]))
