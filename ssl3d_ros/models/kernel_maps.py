@@ -169,7 +169,7 @@ class DownMap(_PairList):
             key = self.offset.to(torch.uint8) if kvol <= 256 else self.offset
             offset, fine = torch.sort(key, stable=True)
             counts = torch.bincount(offset.long(), minlength=kvol).tolist()
-            self._pairs = (fine.int(), self.parent[fine].int(), counts)
+            self._pairs = (fine.int(), self.parent.index_select(0, fine).int(), counts)
         return self._pairs
 
 
@@ -249,15 +249,17 @@ def subm_map_from_coarse(down: DownMap, coarse: SubmMap, kernel_size: int = 3) -
     s = local[:, None, :] + d[None, :, :]  # (8, K, 3)
     e = torch.div(s, 2, rounding_mode="floor")
     o = s - 2 * e
-    coarse_idx = ((e[..., 0] + 1) * 3 + (e[..., 1] + 1)) * 3 + (e[..., 2] + 1)  # (8, K) into the 3^3 table
-    child_off = (o[..., 0] * 2 + o[..., 1]) * 2 + o[..., 2]  # (8, K) into the parent's 2^3 children
+    coarse_idx = (((e[..., 0] + 1) * 3 + (e[..., 1] + 1)) * 3 + (e[..., 2] + 1)).int()  # (8, K) into the 3^3 table
+    child_off = ((o[..., 0] * 2 + o[..., 1]) * 2 + o[..., 2]).int()  # (8, K) into the parent's 2^3 children
     coarse_pad = torch.cat([coarse.table, coarse.table.new_full((1, 27), mc)]).view(-1)
     child_pad = torch.cat([down.child, down.child.new_full((8,), m)]).int()
-    # flat 1-D gathers with int32 indices (multi-dimensional advanced indexing and int64 arithmetic on
-    # (M, K) arrays are several times slower on CPU)
+    # flat 1-D gathers (index_select) with int32 indices, updated in place: multi-dimensional advanced
+    # indexing, int64 arithmetic and fresh (M, K) temporaries are several times slower on CPU
     local = down.offset
-    nb_parent = coarse_pad.index_select(0, (down.parent.int()[:, None] * 27 + coarse_idx.int()[local]).view(-1))
-    table = child_pad.index_select(0, nb_parent * 8 + child_off.int()[local].view(-1)).view(m, kvol)
+    idx = coarse_idx.index_select(0, local).add_(down.parent.int().mul_(27)[:, None])  # (M, K)
+    nb_parent = coarse_pad.index_select(0, idx.view(-1))
+    idx = child_off.index_select(0, local).view(-1).add_(nb_parent.mul_(8))
+    table = child_pad.index_select(0, idx).view(m, kvol)
     return SubmMap(table=table, kernel_size=kernel_size, num_voxels=m)
 
 
@@ -283,7 +285,7 @@ def build_down_map(coords: torch.Tensor, stride: int = 2, coarse_coords: torch.T
     kvol = stride ** 3
     m = coords.shape[0]
     child = torch.full((coarse_coords.shape[0] * kvol,), m, dtype=torch.long, device=coords.device)
-    child[parent * kvol + offset] = torch.arange(m, device=coords.device)
+    child.index_copy_(0, parent * kvol + offset, torch.arange(m, device=coords.device))  # distinct slots
     return DownMap(coarse_coords=coarse_coords, parent=parent, offset=offset, child=child, stride=stride, num_voxels=m,
                    coarse_keys=coarse_keys)
 
