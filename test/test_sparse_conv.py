@@ -198,6 +198,16 @@ def test_coarse_keys_on_packed_keys_equal_packed_floor(stride):
     assert torch.equal(coarse_keys_of(pack_keys(coords), stride), pack_keys(expected))
 
 
+def test_down_map_caches_the_coarser_levels_keys():
+    """The keys a down map computes become the coarser level's cached keys (its maps reuse them)."""
+    coords = random_grid(8, 9, origin=-5)
+    x = SparseTensor(torch.randn(len(coords), 4), coords, 2)
+    y = SparseDownConv3d(4, 4, backend="torch")(x)
+    assert torch.equal(sparse.level_keys(x), pack_keys(coords))
+    assert y.cache[("keys", 2)] is sparse.down_map(x, 2).coarse_keys
+    assert torch.equal(sparse.level_keys(y), pack_keys(y.coords))
+
+
 def test_coord_range_check_names_the_problem():
     check_coord_range(torch.tensor([[0, COORD_OFFSET - 3, 0, 0]], dtype=torch.int32))
     with pytest.raises(ValueError, match="exceed the supported range"):

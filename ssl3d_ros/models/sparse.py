@@ -509,5 +509,5 @@ class SparseInverseConv3d(_SparseConvBase):
 
 __all__ = [
     "BACKENDS", "SparseDownConv3d", "SparseInverseConv3d", "SparseTensor", "SubMConv3d", "coarser",
-    "down_map", "downsample_coords", "resolve_backend", "spconv_available", "subm_map",
+    "down_map", "downsample_coords", "level_keys", "resolve_backend", "spconv_available", "subm_map",
 ]
