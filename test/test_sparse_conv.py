@@ -217,11 +217,13 @@ def test_coord_range_check_names_the_problem():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("transpose", [False, True], ids=["forward", "adjoint"])
+@pytest.mark.parametrize("transpose,any_order", [(False, False), (False, True), (True, False)],
+                         ids=["forward", "forward-unordered-pairs", "adjoint"])
 @pytest.mark.parametrize("kind", ["subm", "down"])
-def test_cpu_scatter_of_products_is_bit_equal_to_per_offset_puts(shared_data, kind, transpose, threads):
+def test_cpu_scatter_of_products_is_bit_equal_to_per_offset_puts(shared_data, kind, transpose, any_order, threads):
     """The CPU conv form (one buffer of products, one scatter-add) sums every output row's pairs in
-    offset order, like the per-offset index_put loop that CUDA runs: bit-equal, at any thread count."""
+    offset order, like the per-offset index_put loop that CUDA runs: bit-equal, at any thread count,
+    also on the submanifold map's mirrored (unordered) pairs that inference uses."""
     coords, _ = _kitti_level(shared_data, voxel=0.15, radius=25.0)
     m = build_subm_map(coords, 3) if kind == "subm" else build_down_map(coords)
     rows_in, rows_out = m.num_voxels, m.num_voxels if kind == "subm" else m.coarse_coords.shape[0]
@@ -235,11 +237,20 @@ def test_cpu_scatter_of_products_is_bit_equal_to_per_offset_puts(shared_data, ki
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        ours = sparse._scatter_products(start.clone(), src, w, m, transpose)
+        ours = sparse._scatter_products(start.clone(), src, w, m, transpose, any_order)
         reference = sparse._put_per_offset(start.clone(), src, w, m, transpose)
     finally:
         torch.set_num_threads(previous)
     assert torch.equal(ours, reference)
+    if any_order and kind == "subm":  # the mirrored pairs were used: same pairs per offset as the ordered ones
+        m._pairs = None
+        unordered = m.unordered_pairs()
+        assert unordered[2] == m.counts
+        start = 0
+        for n in m.counts:
+            pairs = lambda p: sorted(zip(p[0][start:start + n].tolist(), p[1][start:start + n].tolist()))
+            assert pairs(unordered) == pairs((m.in_idx, m.out_idx))
+            start += n
 
 
 def test_maps_are_cached_per_level():

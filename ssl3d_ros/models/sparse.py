@@ -175,14 +175,16 @@ def _spconv_down(x: SparseTensor, stride: int, feats: torch.Tensor | None, spmod
 
 # ---------------------------------------------------------------- torch backend kernels
 def _offset_accumulate(out: torch.Tensor, src: torch.Tensor, w: torch.Tensor, m: SubmMap | DownMap,
-                     transpose: bool) -> torch.Tensor:
+                     transpose: bool, any_order: bool = False) -> torch.Tensor:
     """``out[o_k] += src[i_k] @ w[k]`` for every kernel offset k, in place.
 
     ``transpose`` runs the adjoint (roles of in/out swapped, ``w[k]`` transposed), which is the input
     gradient. On CPU: one gather of all pairs, the per-offset products into one buffer, one scatter-add
-    (``_scatter_products``); elsewhere the per-offset index_put loop (``_put_per_offset``)."""
+    (``_scatter_products``); elsewhere the per-offset index_put loop (``_put_per_offset``).
+    ``any_order``: the CPU form may take the map's ``unordered_pairs`` (cheaper to build; the sums are
+    the same bits): for forwards that no backward follows, which reuses the ordered pairs."""
     if out.device.type == "cpu":
-        return _scatter_products(out, src, w, m, transpose)
+        return _scatter_products(out, src, w, m, transpose, any_order)
     return _put_per_offset(out, src, w, m, transpose)
 
 
@@ -204,19 +206,20 @@ def _put_per_offset(out: torch.Tensor, src: torch.Tensor, w: torch.Tensor, m: Su
 
 
 def _scatter_products(out: torch.Tensor, src: torch.Tensor, w: torch.Tensor, m: SubmMap | DownMap,
-                      transpose: bool) -> torch.Tensor:
+                      transpose: bool, any_order: bool = False) -> torch.Tensor:
     """The CPU form: one gather, the products, one scatter-add (no read-back of ``out`` per offset, and
     ~30 ops per conv instead of ~80: fewer parallel regions for the threads to meet at).
 
     torch's CPU scatter-add with an index expanded over the channels sorts the rows stably and sums each
-    output row's pairs in pair order (offset order), so the result is deterministic and bit-equal to
-    the per-offset loop (test_sparse_conv). Measured on the nano encoder's levels, 1 thread: 0-10 %
-    less CPU time per submanifold conv, 10-15 % per strided conv."""
-    src_idx, dst_idx = (m.out_idx, m.in_idx) if transpose else (m.in_idx, m.out_idx)
+    output row's pairs in pair order (offset order, whatever the order within an offset), so the result
+    is deterministic and bit-equal to the per-offset loop (test_sparse_conv). Measured on the nano
+    encoder's levels, 1 thread: 0-10 % less CPU time per submanifold conv, 10-15 % per strided conv."""
+    in_idx, out_idx, counts = m.unordered_pairs() if any_order else (m.in_idx, m.out_idx, m.counts)
+    src_idx, dst_idx = (out_idx, in_idx) if transpose else (in_idx, out_idx)
     gathered = src.index_select(0, src_idx)
     products = out.new_empty((gathered.shape[0], out.shape[1]))
     start = 0
-    for k, n in enumerate(m.counts):  # loop over the k^3 kernel offsets, never over voxels
+    for k, n in enumerate(counts):  # loop over the k^3 kernel offsets, never over voxels
         if n:
             wk = w[k].t() if transpose else w[k]
             torch.mm(gathered[start:start + n], wk, out=products[start:start + n])
@@ -259,7 +262,7 @@ class _SubmConvFunction(torch.autograd.Function):
     patterns (the map is symmetric, so the adjoint needs no second map)."""
 
     @staticmethod
-    def forward(ctx, feats, w, bias, m):  # w: (K, C_in, C_out) contiguous
+    def forward(ctx, feats, w, bias, m, any_order=False):  # w: (K, C_in, C_out) contiguous
         kvol, cin, cout = w.shape
         centre = kvol // 2
         limit = DENSE_GATHER_LIMIT_CUDA if feats.is_cuda else DENSE_GATHER_LIMIT
@@ -269,7 +272,7 @@ class _SubmConvFunction(torch.autograd.Function):
         else:
             out = feats @ w[centre]
             if m is not None:
-                _offset_accumulate(out, feats, w, m, transpose=False)
+                _offset_accumulate(out, feats, w, m, transpose=False, any_order=any_order)
         if bias is not None:
             out += bias
         ctx.save_for_backward(feats, w)
@@ -306,7 +309,7 @@ class _SubmConvFunction(torch.autograd.Function):
                     _offset_weight_grad(grad_w, feats, grad_out, m)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum(0)
-        return grad_feats, grad_w, grad_bias, None
+        return grad_feats, grad_w, grad_bias, None, None
 
 
 class _DownConvFunction(torch.autograd.Function):
@@ -408,7 +411,8 @@ class SubMConv3d(_SparseConvBase):
             return feats.new_zeros((0, self.out_channels))
         m = subm_map(x, self.kernel_size) if self.kernel_volume > 1 else None
         bias = None if self.bias is None else self.bias.to(feats.dtype)
-        return _SubmConvFunction.apply(feats, self._weight_kio(feats.dtype), bias, m)
+        # without a backward to follow, the forward may use the map's cheaper unordered pairs
+        return _SubmConvFunction.apply(feats, self._weight_kio(feats.dtype), bias, m, not _needs_grad(x, self))
 
     def _forward_spconv(self, x: SparseTensor) -> torch.Tensor:
         spmod = self._spconv_module()
