@@ -186,7 +186,7 @@ def contention(kind: str, workdir: Path):
     elif kind in ("one", "per-core"):
         commands = [[sys.executable, "-c", SPIN]] * (1 if kind == "one" else cores)
     elif kind == "training":  # a real 1-thread training job, as on a robot that fine-tunes beside perception
-        out = workdir / "contention_training"
+        out = Path(tempfile.mkdtemp(prefix="contention_training_", dir=workdir))  # fresh: never a finished run
         commands = [[sys.executable, "-m", "ssl3d_ros.training.pretrain", "--config", str(REPO / "config" / "pretrain" / "sonata.yaml"),
                      "--data", "sim:outdoor:16", "--steps", "100000", "--workers", "0", "--no-progress",
                      "--out", str(out), "--set", "run.threads=1", "--set", "run.tensorboard=false"]]
@@ -197,11 +197,11 @@ def contention(kind: str, workdir: Path):
     try:
         if kind == "training":  # wait until it trains (its start-up reads and voxelises the scans)
             deadline = time.monotonic() + 120.0
-            while not (workdir / "contention_training" / "metrics.csv").exists() and time.monotonic() < deadline:
+            while not (out / "metrics.csv").exists() and time.monotonic() < deadline:
                 if procs[0].poll() is not None:
                     raise SystemExit(f"bench_node: the training job beside the node exited ({procs[0].returncode})")
                 time.sleep(0.5)
-        yield len(procs)
+        yield procs
     finally:
         for proc in procs:
             proc.terminate()
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             harness.wait_for_node(node, 180.0)
             for kind in args.contention:
-                with contention(kind, workdir) as processes:
+                with contention(kind, workdir) as beside:
                     for name, (msg, _) in messages.items():
                         settle(harness, msg, args.rate, args.settle)
                         latency = run(harness, msg, args.latency_rate, args.duration, node.pid)
@@ -380,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
                         scan = results["scans"][name]
                         baseline = scan["in_process_ms_median"]
                         scan["runs"][f"cpu_threads={threads} {kind}"] = {
-                            "cpu_threads": threads, "contention": kind, "processes_beside": processes,
+                            "cpu_threads": threads, "contention": kind, "processes_beside": len(beside),
+                            # every process beside the node still running when the runs ended
+                            "beside_alive_at_end": all(proc.poll() is None for proc in beside),
                             "latency_run": latency, "sustained_run": sustained,
                             "latency_p50_over_in_process": round(latency["latency_ms"]["p50"] / baseline, 2)
                             if latency["latency_ms"]["p50"] else None}

@@ -17,8 +17,8 @@
 Importers outside the package use ``from ssl3d_ros.perception import …``.
 """
 from .cpu_threads import (
-    DRIFT, FIRST_PROBE_AFTER, MARGIN, PROBE_EVERY_FRAMES, PROBE_FRAMES, THREAD_DEPENDENT_STAGES, ThreadGovernor,
-    cpu_quota_cores, thread_dependent_ms, usable_cores,
+    DRIFT, FIRST_PROBE_AFTER, MARGIN, MAX_PROBE_BACKOFF, PROBE_EVERY_FRAMES, PROBE_FRAMES, REJECT, SPIKE,
+    THREAD_DEPENDENT_STAGES, ThreadGovernor, cpu_quota_cores, thread_dependent_ms, usable_cores,
 )
 from .device import DeviceStaging, apply_process_settings, resolve_device, resolve_precision
 from .headers import (
@@ -61,7 +61,7 @@ from .worker import InferenceWorker, LatestFrameSlot, OutputStage, frame_failure
 __all__ = [
     # cpu_threads
     "ThreadGovernor", "usable_cores", "cpu_quota_cores", "thread_dependent_ms", "THREAD_DEPENDENT_STAGES",
-    "PROBE_EVERY_FRAMES", "FIRST_PROBE_AFTER", "PROBE_FRAMES", "MARGIN", "DRIFT",
+    "PROBE_EVERY_FRAMES", "MAX_PROBE_BACKOFF", "FIRST_PROBE_AFTER", "PROBE_FRAMES", "MARGIN", "DRIFT", "SPIKE", "REJECT",
     # device
     "resolve_device", "resolve_precision", "DeviceStaging", "apply_process_settings",
     # headers

@@ -4,17 +4,26 @@ Torch's OpenMP splits every parallel region across its threads and waits at a ba
 one. On a quiet 2-core machine two threads are fastest (HDL-64 frame: 83 ms vs 105 ms with one), but
 as soon as another busy process takes a core, a descheduled team member stalls every region: the
 same frame took 183 ms with two threads and 125 ms with one beside one spinning process (in-process,
-KITTI 004139, 2-core VM). OMP_WAIT_POLICY=PASSIVE only halves the damage and costs 1.7x when quiet.
-The load also comes from inside the node (its output thread encodes the previous frame while the
-next one is inferred), so no load figure predicts the best count: measured frame time does.
+KITTI 004139, 2-core VM), and inside the node, whose executor, output and DDS threads compete too,
+frames at two threads took 4-5 s beside one spinning process. OMP_WAIT_POLICY=PASSIVE only halves the
+damage and costs 1.7x when quiet. The load also comes from inside the node (its output thread encodes
+the previous frame while the next one is inferred), so no load figure predicts the best count: measured
+frame time does.
 
-:class:`ThreadGovernor` (``cpu_threads: 0``, the default) runs frames at one count, and now and then
-runs a few frames at each neighbouring count (one fewer, one more, within 1..cores) and keeps the
-count whose frames were cheapest per voxel. A probe starts every ``probe_every`` frames and at once
-when the per-voxel cost drifts by ``drift`` from what it was when the count was chosen (another
-process starts or stops). A probe costs a few slower frames at most; the choice is a median of
-``probe_frames`` frames against the median of the frames just before, and a count must be better by
-``margin`` to win, so noise does not make it flap. A fixed ``cpu_threads: N`` turns all this off.
+:class:`ThreadGovernor` (``cpu_threads: 0``, the default) runs frames at one count and now and then
+probes: it runs a few frames at each neighbouring count (one fewer, one more, within 1..cores) and then
+at the current count again, and keeps the count whose frames were cheapest per voxel, if it beats the
+current one by ``margin`` (noise does not make it flap). A probe starts
+
+- at once after a frame that cost ``spike`` times the chosen count's level or more (another process
+  just started: at the wrong count a frame can be 40x slower, so one such frame is enough);
+- when the recent per-voxel cost drifts by ``drift`` from that level (a load went away or grew a little);
+- every ``probe_every`` frames otherwise, an interval that doubles after every probe that changed
+  nothing (up to ``MAX_PROBE_BACKOFF`` times) and resets when one does, so a count that keeps losing is
+  rarely tried again.
+
+A probe frame that costs ``reject`` times the best count measured in the probe ends that count's turn
+at once, so trying the wrong count costs one frame. A fixed ``cpu_threads: N`` turns all this off.
 """
 from __future__ import annotations
 
@@ -27,13 +36,16 @@ from typing import Callable
 
 import numpy as np
 
-PROBE_EVERY_FRAMES = 50  # 5 s at 10 Hz: how soon a load that went away is noticed
+PROBE_EVERY_FRAMES = 50  # 5 s at 10 Hz: the first interval between periodic probes
+MAX_PROBE_BACKOFF = 16  # periodic probes that change nothing stretch the interval up to 16x (800 frames)
 FIRST_PROBE_AFTER = 10  # frames after start-up before the first probe (the first frames are still warming)
-PROBE_FRAMES = 3  # frames run at each candidate count per probe
+PROBE_FRAMES = 3  # frames run at each count per probe
 MARGIN = 0.10  # a candidate must cost this share less per voxel than the current count to replace it
-DRIFT = 0.15  # a change of the recent per-voxel cost by this share from the chosen count's starts a probe
-_RECENT_FRAMES = 5  # frames whose median is "recent" (drift) and the reference a probe compares against
-_SETTLE_FRAMES = 5  # frames after a choice whose median becomes the level drift is measured against
+DRIFT = 0.15  # a change of the recent per-voxel cost by this share from the chosen count's level starts a probe
+SPIKE = 2.0  # one frame costing this many times the chosen count's level starts a probe at once
+REJECT = 1.5  # a probe frame costing this many times the best count measured in the probe ends its turn
+_RECENT_FRAMES = 5  # frames whose median is "recent" (drift)
+_SETTLE_FRAMES = 5  # frames after a choice whose median becomes the level drift and spikes are measured against
 
 
 def cpu_quota_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -64,11 +76,15 @@ def usable_cores() -> int:
 
 @dataclass
 class _Probe:
-    """A probe in progress: the candidates still to run and the per-voxel costs measured so far."""
+    """A probe in progress: the counts still to run (the current count last) and their per-voxel costs."""
 
-    reference: float  # median cost of the current count's recent frames
     pending: list[int]
+    before: float  # median cost of the current count's frames just before the probe
     costs: dict[int, list[float]] = field(default_factory=dict)
+
+    def best(self) -> float:
+        """The lowest median cost seen: the frames before the probe, and the counts measured in it so far."""
+        return min([self.before] + [float(np.median(c)) for c in self.costs.values() if c])
 
 
 class ThreadGovernor:
@@ -81,7 +97,8 @@ class ThreadGovernor:
 
     def __init__(self, fixed: int = 0, max_threads: int | None = None, *, apply: Callable[[int], None] | None = None,
                  probe_every: int = PROBE_EVERY_FRAMES, first_probe_after: int = FIRST_PROBE_AFTER,
-                 probe_frames: int = PROBE_FRAMES, margin: float = MARGIN, drift: float = DRIFT) -> None:
+                 probe_frames: int = PROBE_FRAMES, margin: float = MARGIN, drift: float = DRIFT,
+                 spike: float = SPIKE, reject: float = REJECT) -> None:
         if fixed < 0:
             raise ValueError(f"fixed thread count must be >= 0, got {fixed}")
         self.adaptive = fixed == 0
@@ -89,12 +106,13 @@ class ThreadGovernor:
         self.threads = fixed if fixed > 0 else self.max_threads
         self._apply = apply if apply is not None else _set_torch_threads
         self.probe_every, self.probe_frames = probe_every, probe_frames
-        self.margin, self.drift = margin, drift
+        self.margin, self.drift, self.spike, self.reject = margin, drift, spike, reject
         self.switches = self.probes = 0
         self._applied: int | None = None
+        self._backoff = 1
         self._until_probe = first_probe_after
         self._recent: deque[float] = deque(maxlen=_RECENT_FRAMES)
-        self._settled: float | None = None  # per-voxel cost of the chosen count, measured after choosing it
+        self._level: float | None = None  # per-voxel cost of the chosen count, measured after choosing it
         self._settling: list[float] = []
         self._probe: _Probe | None = None
         self.cost_by_threads: dict[int, float] = {}  # last median per-voxel cost measured at each count
@@ -123,48 +141,58 @@ class ThreadGovernor:
             return  # a frame that began before a switch
         self._recent.append(cost)
         self.cost_by_threads[threads] = float(np.median(self._recent))
-        if self._settled is None:
+        if self._level is None:
             self._settling.append(cost)
             if len(self._settling) >= _SETTLE_FRAMES:
-                self._settled = float(np.median(self._settling))
+                self._level = float(np.median(self._settling))
         self._until_probe -= 1
-        drifted = (self._settled is not None and len(self._recent) == self._recent.maxlen
-                   and abs(self.cost_by_threads[threads] / self._settled - 1.0) > self.drift)
-        if self._until_probe <= 0 or drifted:
+        level = self._level
+        spiked = level is not None and cost >= self.spike * level
+        drifted = (level is not None and len(self._recent) == self._recent.maxlen
+                   and abs(self.cost_by_threads[threads] / level - 1.0) > self.drift)
+        if spiked or drifted:
+            self._backoff = 1  # the load changed: periodic probes at the first interval again
+            self._start_probe()
+        elif self._until_probe <= 0:
             self._start_probe()
 
-    def _candidates(self) -> list[int]:
-        return [n for n in (self.threads - 1, self.threads + 1) if 1 <= n <= self.max_threads]
-
     def _start_probe(self) -> None:
-        self._until_probe = self.probe_every
-        candidates = self._candidates()
+        self._until_probe = self.probe_every * self._backoff
+        candidates = [n for n in (self.threads - 1, self.threads + 1) if 1 <= n <= self.max_threads]
         if not candidates or not self._recent:
             return
         self.probes += 1
-        self._probe = _Probe(reference=float(np.median(self._recent)), pending=candidates)
+        self._probe = _Probe(pending=candidates + [self.threads], before=float(np.median(self._recent)))
 
     def _probe_frame(self, threads: int, cost: float) -> None:
         probe = self._probe
         if threads != probe.pending[0]:
             return
+        best = probe.best()
         costs = probe.costs.setdefault(threads, [])
         costs.append(cost)
-        if len(costs) < self.probe_frames:
+        rejected = cost >= self.reject * best
+        if len(costs) < self.probe_frames and not rejected:
             return
         probe.pending.pop(0)
         self.cost_by_threads[threads] = float(np.median(costs))
         if probe.pending:
             return
         self._probe = None
-        best = min(probe.costs, key=lambda n: float(np.median(probe.costs[n])))
-        if float(np.median(probe.costs[best])) < probe.reference * (1.0 - self.margin):
-            self.threads = best
+        current = float(np.median(probe.costs[self.threads]))
+        winner = min(probe.costs, key=lambda n: float(np.median(probe.costs[n])))
+        if winner != self.threads and float(np.median(probe.costs[winner])) < current * (1.0 - self.margin):
+            self.threads = winner
             self.switches += 1
+            self._backoff = 1
+            self._until_probe = self.probe_every
             self._recent.clear()
-            self._settled, self._settling = None, []
-        else:  # the current count stays; its level is measured afresh (the probe may have been a drift)
-            self._settled, self._settling = None, list(self._recent)
+            self._level, self._settling = None, []
+        else:  # the current count stays: its level is measured afresh, the next periodic probe comes later
+            self._backoff = min(self._backoff * 2, MAX_PROBE_BACKOFF)
+            self._until_probe = self.probe_every * self._backoff
+            self._recent.clear()
+            self._level, self._settling = None, []
 
     def values(self) -> dict[str, str]:
         """Diagnostic key/values: the mode, the count in use, probes and switches, the costs measured."""
@@ -195,5 +223,5 @@ def _set_torch_threads(threads: int) -> None:
 
 
 __all__ = ["ThreadGovernor", "usable_cores", "cpu_quota_cores", "thread_dependent_ms", "THREAD_DEPENDENT_STAGES",
-           "PROBE_EVERY_FRAMES", "FIRST_PROBE_AFTER",
-           "PROBE_FRAMES", "MARGIN", "DRIFT"]
+           "PROBE_EVERY_FRAMES", "MAX_PROBE_BACKOFF", "FIRST_PROBE_AFTER", "PROBE_FRAMES", "MARGIN", "DRIFT", "SPIKE",
+           "REJECT"]

@@ -174,8 +174,8 @@ class NodeConfig:
     precision: Literal["auto", "fp32", "fp16", "bf16"] = _doc(
         "inference precision; auto = fp16 on CUDA, fp32 on CPU", "auto")
     cpu_threads: int = _doc(
-        "torch CPU threads; 0 = adaptive (1..cores, the count whose frames measured cheapest: a few frames at "
-        "each neighbouring count every 50 frames and when frame time drifts 15 %), N = always N", 0)
+        "torch CPU threads; 0 = adaptive (1..cores: keeps the count whose frames measured cheapest, trying one "
+        "fewer and one more after a frame twice as dear, on a 15 % drift, and every 50-800 frames), N = always N", 0)
     retain_freed_memory: bool = _doc(
         "keep memory freed between frames in the process heap (glibc malloc) instead of returning it to the "
         "OS, so large frames do not page-fault every buffer again; resident memory stays at its high-water mark",
