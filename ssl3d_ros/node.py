@@ -44,9 +44,10 @@ from .config import ConfigError
 from .perception import (
     BASE_FRAME_OUTPUTS, FINE_STAGES, STAGES, STAMP_PROBLEM_KINDS, ComputedFrame, DiagnosticsPolicy, InferenceWorker,
     NodeConfig, NodeStats, NoveltyMonitor, OutputEncoder, OutputSelection, OutputStage, OverloadMonitor,
-    PerceptionPipeline, WarningThrottle, apply_process_settings, frame_failure, frame_timings, frame_warnings,
+    PerceptionPipeline, ThreadGovernor, WarningThrottle, apply_process_settings, frame_failure, frame_timings, frame_warnings,
     header_problems, input_transport_lines, is_list_parameter, leaf_parameters, node_config_from_params, node_usage,
-    novelty_reading, resolve_max_input_points, route_python_warnings, shared_memory_segment, transport_values,
+    novelty_reading, resolve_max_input_points, route_python_warnings, shared_memory_segment, thread_dependent_ms,
+    transport_values,
     transport_warning, typical_scan_warning, unknown_parameters,
 )
 
@@ -130,6 +131,7 @@ class PerceptionShell:
         self.config = dataclasses.replace(config, input=dataclasses.replace(config.input, max_points=max_points))
         tf_message = tf_message_type() if self.config.frame.tf_static else None  # refused before the model loads
         apply_process_settings(self.config.cpu_threads, self.config.retain_freed_memory)
+        self._threads = ThreadGovernor(self.config.cpu_threads)
         self._worker = InferenceWorker(self._load, self.process_message, self._frame_failed)
         warm_ms = self._worker.start()
         if not self.context.ok():  # SIGINT/SIGTERM during the load: rclpy has shut down, nothing more to set up
@@ -246,10 +248,12 @@ class PerceptionShell:
         if not selection.any:
             self.stats.count("skipped")
             return
+        threads = self._threads.threads_for_next_frame()
         cloud = self.pipeline.process_cloud(msg, segmentation=selection.needs_classes, embeddings=selection.embeddings,
                                             point_embeddings=not self.config.embeddings.per_voxel,
                                             point_novelty=self.config.novelty.per_point and selection.segmentation)
         result = cloud.result
+        self._threads.record(threads, thread_dependent_ms(result.timings_ms), len(result.voxel_coord))
         recent = None
         if self._novelty is not None and result.novelty is not None:
             recent = self._novelty.add(result.novelty)
@@ -310,7 +314,7 @@ class PerceptionShell:
              # the node's own view of each output's subscribers: DDS matches each side separately, and an
              # output is computed only when this side has matched (a client waits on these before sending)
              **{f"subscribers_{name}": str(pub.get_subscription_count()) for name, pub in self.publishers_by_output.items()},
-             **self._transport_values},
+             **self._transport_values, **self._threads.values()},
             pipe.memory_bytes(),
         )
         return DiagnosticStatus(

@@ -20,7 +20,7 @@ from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from ssl3d_ros.codec import FLOAT32, UINT8, decode_cloud, encode_cloud, fill_cloud_message, unpack_rgb, xyz  # noqa: E402
 from ssl3d_ros.labels import NO_CLASS  # noqa: E402
 from ssl3d_ros.perception import (  # noqa: E402
-    LatestFrameSlot, OutputEncoder, OutputStage, PerceptionPipeline, load_node_config, occupancy_grid,
+    LatestFrameSlot, OutputEncoder, OutputStage, PerceptionPipeline, load_node_config, occupancy_grid, usable_cores,
 )
 
 from builders import DEBUG, OUT, PARAMS, StartedTogether, node_command, ros_env, sim_scan  # noqa: E402
@@ -124,6 +124,8 @@ def test_diagnostics_before_the_first_scan(harness, node_process):
     assert values["device"] == "cpu"
     assert values["frames_received"] == "0"
     assert float(values["memory_rss_mb"]) > 0
+    # cpu_threads 0 (the default): adaptive, starting at one thread per usable core
+    assert values["cpu_threads_mode"] == "adaptive" and values["cpu_threads_in_use"] == str(usable_cores())
     assert {"input_rate_hz", "processing_time_ms_median", "budget_ms", "frames_dropped", "frames_rejected"} <= set(values)
 
 

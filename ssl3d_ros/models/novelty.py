@@ -53,6 +53,9 @@ MAX_VOXELS = 400_000
 #: a prototype's share varies at least this much from frame to frame (1 percentage point): a share no
 #: reference frame moved (a pattern they never or always show) still scores finitely
 SHARE_STD_FLOOR = 0.01
+#: a calibration quantile at or below this is zero: identical frames leave rounding residue (1.9e-30
+#: was seen), not a scale a score could be normalised by
+CALIBRATION_FLOOR = 1e-9
 TENSOR_NAMES = ("mean", "basis", "prototypes", "share_mean", "share_std", "voxel_quantiles", "frame_quantiles")
 
 
@@ -337,7 +340,7 @@ def fit_reference(
     reference.voxel_quantiles = torch.quantile(distance.double(), q).float()
     reference.frame_quantiles = torch.quantile(divergences, q).float()
     for which in ("voxel", "frame"):
-        if not reference.quantile(which) > 0:
+        if not reference.quantile(which) > CALIBRATION_FLOOR:
             raise NoveltyFitError(f"the reference's {which} scores are all zero at the {normalise_at} quantile: "
                                   f"its {len(frames)} frames are too alike to calibrate a score (give more varied scans)")
     return reference
@@ -346,5 +349,5 @@ def fit_reference(
 __all__ = [
     "QUANTILE_LEVELS", "NORMALISE_AT", "DEFAULT_DIMS", "DEFAULT_PROTOTYPES", "MAX_PROTOTYPES", "MAX_QUANTILES",
     "FRAME_VOXELS", "MAX_VOXELS", "TENSOR_NAMES", "NoveltyFitError", "NoveltyReference", "FrameNovelty", "NoveltyScorer",
-    "SHARE_STD_FLOOR", "fit_reference", "frame_sample", "sample_voxels", "share_divergence", "voxel_distances",
+    "SHARE_STD_FLOOR", "CALIBRATION_FLOOR", "fit_reference", "frame_sample", "sample_voxels", "share_divergence", "voxel_distances",
 ]

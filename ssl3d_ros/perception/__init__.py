@@ -9,12 +9,17 @@
 - :mod:`.headers`: what is wrong with an input cloud's header;
 - :mod:`.health`: the node's counters, its ``/diagnostics`` policy and what it logs (throttled);
 - :mod:`.worker`: the hand-over between the executor thread and the inference and output threads;
+- :mod:`.cpu_threads`: how many torch CPU threads a frame gets on a shared CPU (:class:`ThreadGovernor`);
 - :mod:`.device`: device, precision, process settings and the pinned staging buffers;
 - :mod:`.heap`: glibc heap retention between frames;
 - :mod:`.warm_up`: the synthetic scan the pipeline warms up on.
 
 Importers outside the package use ``from ssl3d_ros.perception import …``.
 """
+from .cpu_threads import (
+    DRIFT, FIRST_PROBE_AFTER, MARGIN, PROBE_EVERY_FRAMES, PROBE_FRAMES, THREAD_DEPENDENT_STAGES, ThreadGovernor,
+    cpu_quota_cores, thread_dependent_ms, usable_cores,
+)
 from .device import DeviceStaging, apply_process_settings, resolve_device, resolve_precision
 from .headers import (
     FRAME_ID_MAX_CHARS, FUTURE_TOLERANCE_S, HEADER_PROBLEM_KINDS, LOGGED_FRAME_ID_CHARS, NANOSEC_PER_SEC,
@@ -54,6 +59,9 @@ from .warm_up import warm_up_scan
 from .worker import InferenceWorker, LatestFrameSlot, OutputStage, frame_failure
 
 __all__ = [
+    # cpu_threads
+    "ThreadGovernor", "usable_cores", "cpu_quota_cores", "thread_dependent_ms", "THREAD_DEPENDENT_STAGES",
+    "PROBE_EVERY_FRAMES", "FIRST_PROBE_AFTER", "PROBE_FRAMES", "MARGIN", "DRIFT",
     # device
     "resolve_device", "resolve_precision", "DeviceStaging", "apply_process_settings",
     # headers

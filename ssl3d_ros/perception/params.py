@@ -174,8 +174,8 @@ class NodeConfig:
     precision: Literal["auto", "fp32", "fp16", "bf16"] = _doc(
         "inference precision; auto = fp16 on CUDA, fp32 on CPU", "auto")
     cpu_threads: int = _doc(
-        "torch CPU threads (0 = torch's default, one per core); on a CPU shared with other busy processes "
-        "use fewer than the cores: oversubscribed threads ran 10-20x slower on a busy 2-core machine", 0)
+        "torch CPU threads; 0 = adaptive (1..cores, the count whose frames measured cheapest: a few frames at "
+        "each neighbouring count every 50 frames and when frame time drifts 15 %), N = always N", 0)
     retain_freed_memory: bool = _doc(
         "keep memory freed between frames in the process heap (glibc malloc) instead of returning it to the "
         "OS, so large frames do not page-fault every buffer again; resident memory stays at its high-water mark",
@@ -199,7 +199,7 @@ def validate_node_config(cfg: NodeConfig) -> NodeConfig:
             raise ConfigError(f"parameter '{name}': {what}")
 
     p, o, d = cfg.preprocessing, cfg.occupancy, cfg.diagnostics
-    need(cfg.cpu_threads >= 0, "cpu_threads", f"must be >= 0 (0 = torch's default), got {cfg.cpu_threads}")
+    need(cfg.cpu_threads >= 0, "cpu_threads", f"must be >= 0 (0 = adaptive), got {cfg.cpu_threads}")
     need(cfg.input.qos.depth >= 1, "input.qos.depth", f"must be >= 1, got {cfg.input.qos.depth}")
     need(cfg.input.intensity_scale >= 0, "input.intensity_scale", "must be >= 0 (0 = auto)")
     need(cfg.input.max_points >= -1, "input.max_points",
