@@ -18,4 +18,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["main", "Budget", "Cell", "Row", "StudyPlan", "check_plan", "parse_row", *_CELL_NAMES, "cached_records", "plot", "report"]
+__all__ = ["main", "Budget", "Cell", "Row", "StudyPlan", "check_plan", "parse_row", *_CELL_NAMES, "cached_records", "plot",
+           "report"]

@@ -159,9 +159,9 @@ def plan_summary(plan) -> dict:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.report_only:
-        from .report import cached_records
+    from .report import cached_records
 
+    if args.report_only:
         records = cached_records(args.out)
         if not records:
             raise ConfigError(f"{args.out / 'cells'}: no finished cell to report")
@@ -171,7 +171,6 @@ def main(argv=None) -> int:
     plan = plan_from_args(args)
     # training (torch) loads once the plan is known to be sound: a refused plan answers at once
     from .cells import StudyInterrupted, run_study
-    from .report import cached_records
 
     args.out.mkdir(parents=True, exist_ok=True)
     total = len(plan.cells())

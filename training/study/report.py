@@ -174,5 +174,5 @@ def cached_records(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
 
 
-__all__ = ["cached_records", "report", "plot", "table", "gain_table", "per_class_tables", "classes_reached", "miou_percent", "budget_label",
-           "budget_order", "row_order", "effective_fraction", "REACHED_IOU"]
+__all__ = ["cached_records", "report", "plot", "table", "gain_table", "per_class_tables", "classes_reached", "miou_percent",
+           "budget_label", "budget_order", "row_order", "effective_fraction", "REACHED_IOU"]
