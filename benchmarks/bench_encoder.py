@@ -3,6 +3,12 @@
     python benchmarks/bench_encoder.py                      # CPU (2 threads), then CUDA fp16 if available
     python benchmarks/bench_encoder.py --sizes nano --repeats 20 --threads 2
     python benchmarks/bench_encoder.py --device cuda --cuda-dtype fp16   # GPU only (spconv-cu12x if installed)
+    python benchmarks/bench_encoder.py --sizes nano --backends torch --against ../main --rounds 6   # A/B
+
+``--against CHECKOUT`` is an A/B on a shared machine: each configuration runs alternately (``--rounds``
+times each, the order swapped every round) with the code of another checkout of this repository
+(PYTHONPATH set to it; e.g. a worktree of main) and with this one, and prints the medians over all
+their frames and the ratio this/against.
 
 Every measurement runs in a fresh subprocess so that its peak RSS (CPU) or peak CUDA memory belongs to
 that configuration alone. Each forward starts from a fresh SparseTensor, so kernel/downsample maps and
@@ -102,49 +108,88 @@ def run_single(args) -> dict:
     dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     coords, feats = coords.to(device), feats.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     times = []
     for i in range(args.warmup + args.repeats):
         x = SparseTensor(feats, coords, 1)  # fresh cache: maps are rebuilt as for a live scan
         sync()
-        t0 = time.perf_counter()
+        t0 = clock()
         model.infer(x, dtype=dtype)
         sync()
         if i >= args.warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
+            times.append((clock() - t0) * 1e3)
     result = dict(scan=args.scan, size=args.size, backend=args.backend, device=args.device, dtype=args.dtype,
-                  threads=args.threads, heap=args.heap, voxel=voxel, points=n_points, voxels=len(coords),
+                  threads=args.threads, clock=args.clock, heap=args.heap, voxel=voxel, points=n_points, voxels=len(coords),
                   params=sum(p.numel() for p in model.parameters()),
-                  median_ms=statistics.median(times), p90_ms=float(np.percentile(times, 90)), min_ms=min(times))
+                  median_ms=statistics.median(times), p90_ms=float(np.percentile(times, 90)), min_ms=min(times),
+                  times_ms=times)
     if device.type == "cuda":
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
 
+def measure(args, scan: str, size: str, backend: str, device: str, dtype: str, code: Path | None = None) -> dict:
+    """One configuration in a fresh subprocess; ``code``: import ssl3d_ros from that checkout instead."""
+    cmd = [sys.executable, __file__, "--single", "--scan", scan, "--size", size, "--backend", backend,
+           "--device", device, "--dtype", dtype, "--threads", str(args.threads),
+           "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--heap", args.heap, "--clock", args.clock]
+    if args.voxel:
+        cmd += ["--voxel", str(args.voxel)]
+    env = None
+    if code is not None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=code or REPO, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"FAILED: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_ab(args, scan: str, size: str, backend: str, device: str, dtype: str) -> dict[str, dict]:
+    """Alternate runs of ``args.against``'s code and this checkout's; pool each side's frames."""
+    runs: dict[str, list[dict]] = {"against": [], "this": []}
+    for r in range(args.rounds):
+        sides = [("against", args.against.resolve()), ("this", REPO)]
+        for label, code in sides if r % 2 == 0 else sides[::-1]:
+            runs[label].append(measure(args, scan, size, backend, device, dtype, code))
+    pooled = {}
+    for label, rs in runs.items():
+        times = [t for r in rs for t in r["times_ms"]]
+        pooled[label] = {**rs[0], "median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90)),
+                         "min_ms": min(times), "times_ms": times, "code": label,
+                         "peak_rss_mib": max(r["peak_rss_mib"] for r in rs)}
+    return pooled
+
+
 def run_section(args, device: str, dtype: str) -> list[dict]:
     results = []
-    print(f"\ndevice={device} dtype={dtype} threads={args.threads} repeats={args.repeats} heap={args.heap}")
+    print(f"\ndevice={device} dtype={dtype} threads={args.threads} repeats={args.repeats} heap={args.heap} clock={args.clock}"
+          + (f" against={args.against} rounds={args.rounds}" if args.against else ""))
     header = f"{'scan':24s} {'size':6s} {'backend':7s} {'voxels':>7s} {'params':>9s} {'median ms':>10s} {'p90 ms':>8s} {'peak MiB':>9s}"
     print(header)
     for scan in args.scans.split(","):
         for size in args.sizes.split(","):
             row = {}
             for backend in args.backends.split(","):
-                cmd = [sys.executable, __file__, "--single", "--scan", scan, "--size", size, "--backend", backend,
-                       "--device", device, "--dtype", dtype, "--threads", str(args.threads),
-                       "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--heap", args.heap]
-                if args.voxel:
-                    cmd += ["--voxel", str(args.voxel)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-                if proc.returncode != 0:
-                    print(f"{scan:24s} {size:6s} {backend:7s} FAILED: {proc.stderr.strip().splitlines()[-1:]}")
+                try:
+                    if args.against:
+                        pair = measure_ab(args, scan, size, backend, device, dtype)
+                    else:
+                        pair = {"": measure(args, scan, size, backend, device, dtype)}
+                except RuntimeError as exc:
+                    print(f"{scan:24s} {size:6s} {backend:7s} {exc}")
                     continue
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
-                results.append(r)
-                row[backend] = r
-                mem = r.get("peak_cuda_mib", r["peak_rss_mib"])
-                print(f"{scan:24s} {size:6s} {backend:7s} {r['voxels']:7d} {r['params']:9d} {r['median_ms']:10.1f} "
-                      f"{r['p90_ms']:8.1f} {mem:9.0f}", flush=True)
+                for label, r in pair.items():
+                    results.append(r)
+                    mem = r.get("peak_cuda_mib", r["peak_rss_mib"])
+                    print(f"{scan:24s} {size:6s} {backend:7s} {r['voxels']:7d} {r['params']:9d} {r['median_ms']:10.1f} "
+                          f"{r['p90_ms']:8.1f} {mem:9.0f} {label}", flush=True)
+                if args.against:
+                    this, base = pair["this"], pair["against"]
+                    print(f"{'':24s} {size:6s} {backend:7s} this/against = {this['median_ms'] / base['median_ms']:.2f}x "
+                          f"(medians), {this['min_ms'] / base['min_ms']:.2f}x (fastest frames: "
+                          f"{this['min_ms']:.1f} / {base['min_ms']:.1f} ms)")
+                row[backend] = pair.get("this", pair.get(""))
             if "torch" in row and "spconv" in row:
                 print(f"{'':24s} {size:6s} torch/spconv = {row['torch']['median_ms'] / row['spconv']['median_ms']:.2f}x")
     return results
@@ -165,6 +210,12 @@ def main() -> None:
                     help="retain: keep freed memory in the heap between forwards, as the node does "
                          "(ssl3d_ros.perception.heap); default: glibc's defaults")
     ap.add_argument("--voxel", type=float, default=None, help="override the per-size voxel size (m)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: the process's CPU time per forward instead of wall time; with --threads 1 and "
+                         "--device cpu it is what a forward costs, whatever else the machine runs")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="A/B: another checkout of this repository to alternate with this one (see above)")
+    ap.add_argument("--rounds", type=int, default=4, help="with --against: runs of each side per configuration")
     ap.add_argument("--json", type=Path, default=None, help="also write all results here")
     ap.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--scan", help=argparse.SUPPRESS)
@@ -176,6 +227,10 @@ def main() -> None:
         return
     if not DATA.is_dir():
         sys.exit(f"real data folder {DATA} is absent (set SSL3D_SHARED_DATA)")
+    if args.against is not None and not (args.against / "ssl3d_ros" / "__init__.py").is_file():
+        sys.exit(f"--against {args.against}: not a checkout of this repository (no ssl3d_ros/__init__.py)")
+    if args.rounds < 1:
+        sys.exit("--rounds must be at least 1")
     results = []
     if args.device == "auto":
         import torch

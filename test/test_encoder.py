@@ -101,9 +101,9 @@ def test_kernel_maps_built_once_per_level(shared_data, monkeypatch):
     builds = []
     search, derive = sparse.build_subm_map, sparse.subm_map_from_coarse
 
-    def counting_search(coords, kernel_size=3):
+    def counting_search(coords, kernel_size=3, keys=None):
         builds.append(("search", coords.shape[0], kernel_size))
-        return search(coords, kernel_size)
+        return search(coords, kernel_size, keys)
 
     def counting_derive(down, coarse, kernel_size=3):
         builds.append(("derive", down.num_voxels, kernel_size))

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import ssl3d_ros.models.sparse as sparse
-from ssl3d_ros.models.kernel_maps import (build_down_map, build_subm_map, downsample_coords, pack_keys,
-                                         subm_map_from_coarse)
+from ssl3d_ros.models.kernel_maps import (COORD_OFFSET, build_down_map, build_subm_map, check_coord_range,
+                                         coarse_keys_of, downsample_coords, pack_keys, subm_map_from_coarse)
 from ssl3d_ros.models.sparse import (SparseDownConv3d, SparseInverseConv3d, SubMConv3d, resolve_backend,
                                      spconv_available)
 from ssl3d_ros.models.structure import SparseTensor
@@ -186,12 +186,79 @@ def test_downsample_coords_floor_and_nesting():
     assert set(map(tuple, sub_coarse.tolist())) <= set(map(tuple, coarse.tolist()))
 
 
+@pytest.mark.parametrize("stride", [2, 4, 8, 3])
+def test_coarse_keys_on_packed_keys_equal_packed_floor(stride):
+    """The key-domain shift equals packing floor(xyz / stride), also for negative coordinates, at the
+    ends of the supported range and for several scans (the batch bits must pass through unchanged)."""
+    coords = random_grid(7, 9, batch=3, origin=-5)
+    limit = COORD_OFFSET - 2
+    ends = torch.tensor([[2, -limit, limit - 1, -1], [1, limit - 1, -limit, 0]], dtype=torch.int32)
+    coords = torch.cat([coords, ends])
+    expected = torch.cat([coords[:, :1], torch.div(coords[:, 1:], stride, rounding_mode="floor")], 1)
+    assert torch.equal(coarse_keys_of(pack_keys(coords), stride), pack_keys(expected))
+
+
+def test_down_map_caches_the_coarser_levels_keys():
+    """The keys a down map computes become the coarser level's cached keys (its maps reuse them)."""
+    coords = random_grid(8, 9, origin=-5)
+    x = SparseTensor(torch.randn(len(coords), 4), coords, 2)
+    y = SparseDownConv3d(4, 4, backend="torch")(x)
+    assert torch.equal(sparse.level_keys(x), pack_keys(coords))
+    assert y.cache[("keys", 2)] is sparse.down_map(x, 2).coarse_keys
+    assert torch.equal(sparse.level_keys(y), pack_keys(y.coords))
+
+
+def test_coord_range_check_names_the_problem():
+    check_coord_range(torch.tensor([[0, COORD_OFFSET - 3, 0, 0]], dtype=torch.int32))
+    with pytest.raises(ValueError, match="exceed the supported range"):
+        check_coord_range(torch.tensor([[0, 0, -(COORD_OFFSET - 1), 0]], dtype=torch.int32))
+    with pytest.raises(ValueError, match="batch index"):
+        check_coord_range(torch.tensor([[-1, 0, 0, 0]], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("transpose,any_order", [(False, False), (False, True), (True, False)],
+                         ids=["forward", "forward-unordered-pairs", "adjoint"])
+@pytest.mark.parametrize("kind", ["subm", "down"])
+def test_cpu_scatter_of_products_is_bit_equal_to_per_offset_puts(shared_data, kind, transpose, any_order, threads):
+    """The CPU conv form (one buffer of products, one scatter-add) sums every output row's pairs in
+    offset order, like the per-offset index_put loop that CUDA runs: bit-equal, at any thread count,
+    also on the submanifold map's mirrored (unordered) pairs that inference uses."""
+    coords, _ = _kitti_level(shared_data, voxel=0.15, radius=25.0)
+    m = build_subm_map(coords, 3) if kind == "subm" else build_down_map(coords)
+    rows_in, rows_out = m.num_voxels, m.num_voxels if kind == "subm" else m.coarse_coords.shape[0]
+    if transpose:
+        rows_in, rows_out = rows_out, rows_in
+    g = torch.Generator().manual_seed(1)
+    kvol = 27 if kind == "subm" else 8
+    src = torch.randn(rows_in, 16, generator=g)
+    w = torch.randn(kvol, 16, 16, generator=g)
+    start = torch.randn(rows_out, 16, generator=g)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours = sparse._scatter_products(start.clone(), src, w, m, transpose, any_order)
+        reference = sparse._put_per_offset(start.clone(), src, w, m, transpose)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(ours, reference)
+    if any_order and kind == "subm":  # the mirrored pairs were used: same pairs per offset as the ordered ones
+        m._pairs = None
+        unordered = m.unordered_pairs()
+        assert unordered[2] == m.counts
+        start = 0
+        for n in m.counts:
+            pairs = lambda p: sorted(zip(p[0][start:start + n].tolist(), p[1][start:start + n].tolist()))
+            assert pairs(unordered) == pairs((m.in_idx, m.out_idx))
+            start += n
+
+
 def test_maps_are_cached_per_level():
     coords = random_grid(6, 6)
     x = SparseTensor(torch.randn(len(coords), 4), coords, 2)
     a, b = SubMConv3d(4, 4, backend="torch"), SubMConv3d(4, 4, backend="torch")
     y = b(a(x))
-    assert y.cache is x.cache and list(x.cache) == [("subm", 1, 3)]
+    assert y.cache is x.cache and [k for k in x.cache if k[0] != "keys"] == [("subm", 1, 3)]
     m = x.cache[("subm", 1, 3)]
     SubMConv3d(4, 4, backend="torch")(y)
     assert x.cache[("subm", 1, 3)] is m

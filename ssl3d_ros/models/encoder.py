@@ -341,7 +341,7 @@ class SparseEncoder(nn.Module):
         for s, stage in enumerate(self.stages):
             prev = h
             h, sig = stage(h, need_attention and s == max(self.cfg.attention_stages, default=-1))
-            parents.append(prev.cache[("down", prev.stride, 2)].parent[parents[-1]])
+            parents.append(prev.cache[("down", prev.stride, 2)].parent.index_select(0, parents[-1]))
             levels.append(h)
             if sig is not None:
                 attention, attention_level = sig, s + 1

@@ -27,13 +27,15 @@ def check_coord_range(coords: torch.Tensor, margin: int = 2) -> None:
     """Raise ValueError when coordinates do not fit the key packing (with room for kernel offsets)."""
     if coords.numel() == 0:
         return
-    lo = int(coords[:, 1:].min())
-    hi = int(coords[:, 1:].max())
+    lows, highs = torch.aminmax(coords, dim=0)  # one pass over all columns
+    lows, highs = lows.tolist(), highs.tolist()
+    lo = min(lows[1:])
+    hi = max(highs[1:])
     limit = COORD_OFFSET - margin
     if lo < -limit or hi >= limit:
         raise ValueError(f"voxel coordinates [{lo}, {hi}] exceed the supported range +-{limit}; use a larger voxel size")
-    bmax = int(coords[:, 0].max())
-    if int(coords[:, 0].min()) < 0 or bmax >= (1 << BATCH_BITS):
+    bmax = highs[0]
+    if lows[0] < 0 or bmax >= (1 << BATCH_BITS):
         raise ValueError(f"batch index must be in [0, {1 << BATCH_BITS}), got max {bmax}")
 
 
@@ -73,11 +75,32 @@ def downsample_coords(coords: torch.Tensor, stride: int = 2) -> tuple[torch.Tens
     into a subset of the full set's coarse voxels, so masked views nest in the full scene's hierarchy.
     """
     check_coord_range(coords)
-    c = coords.long()
-    xyz = torch.div(c[:, 1:], stride, rounding_mode="floor")
-    keys = pack_keys(torch.cat([c[:, :1], xyz], dim=1))
-    uniq, parent = torch.unique(keys, sorted=True, return_inverse=True)
-    return unpack_keys(uniq), parent
+    coarse_keys, parent = downsample_keys(pack_keys(coords), stride)
+    return unpack_keys(coarse_keys), parent
+
+
+def coarse_keys_of(keys: torch.Tensor, stride: int) -> torch.Tensor:
+    """``pack_keys`` of ``floor(xyz / stride)`` computed on packed keys.
+
+    For a power-of-two stride ``2^j`` all three fields shift at once: field ``f = x + COORD_OFFSET``
+    gives ``(f >> j) + COORD_OFFSET - (COORD_OFFSET >> j) = floor(x / 2^j) + COORD_OFFSET`` (no carry
+    between fields), a few int64 passes instead of unpacking, an int64 division and repacking."""
+    if stride & (stride - 1):
+        c = unpack_keys(keys).long()
+        xyz = torch.div(c[:, 1:], stride, rounding_mode="floor")
+        return pack_keys(torch.cat([c[:, :1], xyz], dim=1))
+    j = stride.bit_length() - 1
+    low = (1 << (COORD_BITS - j)) - 1
+    add = COORD_OFFSET - (COORD_OFFSET >> j)
+    field_mask = low | low << COORD_BITS | low << 2 * COORD_BITS
+    field_add = add | add << COORD_BITS | add << 2 * COORD_BITS
+    batch_mask = -1 << 3 * COORD_BITS
+    return ((keys >> j) & field_mask).add_(field_add).bitwise_or_(keys & batch_mask)
+
+
+def downsample_keys(keys: torch.Tensor, stride: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """``downsample_coords`` on packed keys: (sorted unique coarse keys, parent row of every fine key)."""
+    return torch.unique(coarse_keys_of(keys, stride), sorted=True, return_inverse=True)
 
 
 class _PairList:
@@ -101,6 +124,11 @@ class _PairList:
         """Pairs per kernel offset (the centre entry of a submanifold map is 0: a plain matmul)."""
         return self._grouped()[2]
 
+    def unordered_pairs(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """(in_idx, out_idx, counts) grouped by kernel offset like ``_grouped``, in any order within an
+        offset: for users whose result does not depend on it (a sum per output row in offset order)."""
+        return self._grouped()
+
 
 @dataclass
 class SubmMap(_PairList):
@@ -111,6 +139,7 @@ class SubmMap(_PairList):
     kernel_size: int
     num_voxels: int
     _pairs: tuple | None = None
+    _mirrored: tuple | None = None
 
     def _grouped(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         if self._pairs is None:
@@ -125,6 +154,26 @@ class SubmMap(_PairList):
             self._pairs = (in_idx, out_idx, present.sum(1).tolist())
         return self._pairs
 
+    def unordered_pairs(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """The map is symmetric (q is p's neighbour at d iff p is q's at -d, and offset index k of d is
+        K-1-k of -d), so only the offsets before the centre are searched for pairs; each later offset's
+        pairs are an earlier one's with in and out swapped (ordered by input row, not output row).
+        Half the compaction work of ``_grouped``; the ordered pairs are reused where already built."""
+        if self._pairs is not None:
+            return self._pairs
+        if self._mirrored is None:
+            m = self.num_voxels
+            half = self.kernel_size ** 3 // 2
+            by_offset = self.table.t()[:half].contiguous()  # (K // 2, M)
+            present = by_offset < m
+            hit = present.view(-1).nonzero().squeeze(1)
+            in_idx = by_offset.view(-1).index_select(0, hit)
+            out_idx = (hit % m).to(self.table.dtype) if m else hit.to(self.table.dtype)
+            counts = present.sum(1).tolist()
+            ins, outs = list(in_idx.split(counts)), list(out_idx.split(counts))
+            self._mirrored = (torch.cat(ins + outs[::-1]), torch.cat(outs + ins[::-1]), counts + [0] + counts[::-1])
+        return self._mirrored
+
 
 @dataclass
 class DownMap(_PairList):
@@ -136,6 +185,7 @@ class DownMap(_PairList):
     child: torch.Tensor  # (Mc * s^3,) int64 fine row per (parent, offset), M (a zero row) where empty
     stride: int
     num_voxels: int
+    coarse_keys: torch.Tensor | None = None  # (Mc,) pack_keys(coarse_coords) where the map computed them
     _pairs: tuple | None = None
 
     def _grouped(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -145,12 +195,12 @@ class DownMap(_PairList):
             key = self.offset.to(torch.uint8) if kvol <= 256 else self.offset
             offset, fine = torch.sort(key, stable=True)
             counts = torch.bincount(offset.long(), minlength=kvol).tolist()
-            self._pairs = (fine.int(), self.parent[fine].int(), counts)
+            self._pairs = (fine.int(), self.parent.index_select(0, fine).int(), counts)
         return self._pairs
 
 
-def build_subm_map(coords: torch.Tensor, kernel_size: int = 3) -> SubmMap:
-    """The neighbour table of a k^3 submanifold conv on ``coords``.
+def build_subm_map(coords: torch.Tensor, kernel_size: int = 3, keys: torch.Tensor | None = None) -> SubmMap:
+    """The neighbour table of a k^3 submanifold conv on ``coords`` (``keys``: their pack_keys, if known).
 
     Sort the keys once. The map is symmetric (q is p's neighbour at d iff p is q's at -d), so only half
     of the (dx, dy) columns are searched; each column needs one searchsorted, because the keys of a
@@ -170,7 +220,7 @@ def build_subm_map(coords: torch.Tensor, kernel_size: int = 3) -> SubmMap:
     table[:, centre] = torch.arange(m, device=device, dtype=torch.int32)
     if m == 0 or r == 0:
         return SubmMap(table=table, kernel_size=k, num_voxels=m)
-    keys = pack_keys(coords)
+    keys = pack_keys(coords) if keys is None else keys
     # levels made by downsample_coords are already sorted: skip the sort and the permutations
     presorted = bool((keys[1:] > keys[:-1]).all())
     sorted_keys, order = (keys, None) if presorted else torch.sort(keys)
@@ -225,38 +275,48 @@ def subm_map_from_coarse(down: DownMap, coarse: SubmMap, kernel_size: int = 3) -
     s = local[:, None, :] + d[None, :, :]  # (8, K, 3)
     e = torch.div(s, 2, rounding_mode="floor")
     o = s - 2 * e
-    coarse_idx = ((e[..., 0] + 1) * 3 + (e[..., 1] + 1)) * 3 + (e[..., 2] + 1)  # (8, K) into the 3^3 table
-    child_off = (o[..., 0] * 2 + o[..., 1]) * 2 + o[..., 2]  # (8, K) into the parent's 2^3 children
+    coarse_idx = (((e[..., 0] + 1) * 3 + (e[..., 1] + 1)) * 3 + (e[..., 2] + 1)).int()  # (8, K) into the 3^3 table
+    child_off = ((o[..., 0] * 2 + o[..., 1]) * 2 + o[..., 2]).int()  # (8, K) into the parent's 2^3 children
     coarse_pad = torch.cat([coarse.table, coarse.table.new_full((1, 27), mc)]).view(-1)
     child_pad = torch.cat([down.child, down.child.new_full((8,), m)]).int()
-    # flat 1-D gathers with int32 indices (multi-dimensional advanced indexing and int64 arithmetic on
-    # (M, K) arrays are several times slower on CPU)
+    # flat 1-D gathers (index_select) with int32 indices, updated in place: multi-dimensional advanced
+    # indexing, int64 arithmetic and fresh (M, K) temporaries are several times slower on CPU
     local = down.offset
-    nb_parent = coarse_pad.index_select(0, (down.parent.int()[:, None] * 27 + coarse_idx.int()[local]).view(-1))
-    table = child_pad.index_select(0, nb_parent * 8 + child_off.int()[local].view(-1)).view(m, kvol)
+    idx = coarse_idx.index_select(0, local).add_(down.parent.int().mul_(27)[:, None])  # (M, K)
+    nb_parent = coarse_pad.index_select(0, idx.view(-1))
+    idx = child_off.index_select(0, local).view(-1).add_(nb_parent.mul_(8))
+    table = child_pad.index_select(0, idx).view(m, kvol)
     return SubmMap(table=table, kernel_size=kernel_size, num_voxels=m)
 
 
-def build_down_map(coords: torch.Tensor, stride: int = 2, coarse_coords: torch.Tensor | None = None) -> DownMap:
-    """Map of a kernel == stride conv from ``coords`` onto ``coarse_coords`` (default: downsample_coords)."""
-    c = coords.long()
+def build_down_map(coords: torch.Tensor, stride: int = 2, coarse_coords: torch.Tensor | None = None,
+                   keys: torch.Tensor | None = None) -> DownMap:
+    """Map of a kernel == stride conv from ``coords`` onto ``coarse_coords`` (default: downsample_coords).
+
+    ``keys``: ``pack_keys(coords)`` when the caller has them already (levels cache their keys)."""
+    if keys is None:
+        check_coord_range(coords)
+        keys = pack_keys(coords)
+    coarse_keys = None
     if coarse_coords is None:
-        coarse_coords, parent = downsample_coords(coords, stride)
+        coarse_keys, parent = downsample_keys(keys, stride)
+        coarse_coords = unpack_keys(coarse_keys)
     else:
-        xyz = torch.div(c[:, 1:], stride, rounding_mode="floor")
-        parent = lookup(pack_keys(torch.cat([c[:, :1], xyz], dim=1)), pack_keys(coarse_coords))
+        parent = lookup(coarse_keys_of(keys, stride), pack_keys(coarse_coords))
         if bool((parent < 0).any()):
             raise ValueError("coarse coordinates do not contain every parent of the fine voxels")
-    local = c[:, 1:] & (stride - 1) if stride & (stride - 1) == 0 else torch.remainder(c[:, 1:], stride)
-    offset = (local[:, 0] * stride + local[:, 1]) * stride + local[:, 2]
+    c = coords[:, 1:]
+    local = c & (stride - 1) if stride & (stride - 1) == 0 else torch.remainder(c, stride)
+    offset = ((local[:, 0] * stride + local[:, 1]) * stride + local[:, 2]).long()
     kvol = stride ** 3
     m = coords.shape[0]
     child = torch.full((coarse_coords.shape[0] * kvol,), m, dtype=torch.long, device=coords.device)
-    child[parent * kvol + offset] = torch.arange(m, device=coords.device)
-    return DownMap(coarse_coords=coarse_coords, parent=parent, offset=offset, child=child, stride=stride, num_voxels=m)
+    child.index_copy_(0, parent * kvol + offset, torch.arange(m, device=coords.device))  # distinct slots
+    return DownMap(coarse_coords=coarse_coords, parent=parent, offset=offset, child=child, stride=stride, num_voxels=m,
+                   coarse_keys=coarse_keys)
 
 
 __all__ = [
     "COORD_BITS", "DownMap", "SubmMap", "build_down_map", "build_subm_map", "check_coord_range",
-    "downsample_coords", "lookup", "pack_keys", "unpack_keys",
+    "coarse_keys_of", "downsample_coords", "downsample_keys", "lookup", "pack_keys", "unpack_keys",
 ]
