@@ -16,7 +16,8 @@ PYTEST_ARGS ?=
 # instead of when someone reorders a file. "module" buckets keep each module's tests together, so its
 # module-scoped fixtures (a node process, a wheel build) are set up once, as in file order. The seed is
 # printed before the run and in pytest's summary; `make test PYTEST_SEED=<seed>` repeats that order,
-# `make test PYTEST_ORDER=` runs the files' own order.
+# `make test PYTEST_ORDER=` runs the files' own order. --durations=25 lists the slowest tests after
+# the results, so a CI log shows where the suite's time goes.
 ifndef PYTEST_SEED
 PYTEST_SEED := $(shell echo $$RANDOM)
 endif
@@ -44,7 +45,7 @@ demo: deps
 	$(NETNS) $(PY) -m ssl3d_ros.demo --recipe $(RECIPE) --out $(OUT)
 
 test: deps
-	$(NETNS) $(PY) -m pytest -q -ra $(PYTEST_ORDER) $(PYTEST_ARGS) test
+	$(NETNS) $(PY) -m pytest -q -ra --durations=25 $(PYTEST_ORDER) $(PYTEST_ARGS) test
 
 bench: deps
 	$(NETNS) $(PY) benchmarks/run_all.py

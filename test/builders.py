@@ -7,6 +7,7 @@ import contextlib
 import csv
 import functools
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,6 +204,32 @@ def node_command(params_file: Path, checkpoint: Path, *extra: str) -> list[str]:
     from ssl3d_ros.evaluation.node_harness import node_command as harness_node_command
 
     return harness_node_command([params_file], INPUT_TOPIC, "-p", f"checkpoint:={checkpoint}", *extra)
+
+
+class StartedTogether:
+    """Independent commands started at once and read back one at a time, so that start-ups which each
+    import torch and rclpy run side by side on the machine's cores instead of one after another (a
+    module fixture starts them; each parametrized test reads its own). ``result(key)`` waits for that
+    command, bounded by ``timeout`` (a hang guard, not a speed check); ``close()`` kills any left."""
+
+    def __init__(self, commands: dict[Any, list[str]], env: dict[str, str] | None = None, timeout: float = 240.0):
+        self.timeout = timeout
+        self._procs = {key: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                       for key, cmd in commands.items()}
+        self._results: dict[Any, subprocess.CompletedProcess] = {}
+
+    def result(self, key) -> subprocess.CompletedProcess:
+        if key not in self._results:
+            proc = self._procs[key]
+            stdout, stderr = proc.communicate(timeout=self.timeout)
+            self._results[key] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        return self._results[key]
+
+    def close(self) -> None:
+        for key, proc in self._procs.items():
+            if key not in self._results:
+                proc.kill()
+                proc.communicate()
 
 
 WRITE_PAUSE_GUARD_S = 240.0  # only stops a hung test: a paused writer is released by the test

@@ -18,17 +18,21 @@ TINY_PRETRAIN = [  # a few seconds of pretraining: the pipeline, not the result,
     "run.batch_size=1", "run.workers=0", "run.checkpoint_every=2", "run.tensorboard=false", "data.sim_count=2"]
 
 
-def simulate(folder: Path, seed: int, scans: int) -> str:
-    subprocess.run([sys.executable, "-m", "ssl3d_ros.sim.cli", "--scans", str(scans), "--seed", str(seed), "--beams", "16",
-                    "--columns", "256", "--npy-dir", str(folder), "--quiet"],
-                   check=True, capture_output=True)
-    return str(folder)
+def simulate(folder: Path, seed: int, scans: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ssl3d_ros.sim.cli", "--scans", str(scans), "--seed", str(seed),
+                             "--beams", "16", "--columns", "256", "--npy-dir", str(folder), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture(scope="module")
 def sequences(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("sequences")
-    return {name: simulate(root / name, seed, 2) for name, seed in (("00", 1), ("01", 2), ("08", 3))}
+    # the three simulations are independent: side by side, on both cores
+    runs = {name: simulate(root / name, seed, 2) for name, seed in (("00", 1), ("01", 2), ("08", 3))}
+    for name, proc in runs.items():
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"ssl3d-simulate of sequence {name} failed: {output[-3000:]}"
+    return {name: str(root / name) for name in runs}
 
 
 def study(out: Path, sequences: dict[str, str], *extra: str) -> subprocess.CompletedProcess:

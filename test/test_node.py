@@ -5,7 +5,6 @@ Run inside the private network namespace: ``scripts/netns-run .venv/bin/python -
 """
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 
@@ -24,7 +23,7 @@ from ssl3d_ros.perception import (  # noqa: E402
     LatestFrameSlot, OutputEncoder, OutputStage, PerceptionPipeline, load_node_config, occupancy_grid, usable_cores,
 )
 
-from builders import DEBUG, OUT, PARAMS, node_command, ros_env, sim_scan  # noqa: E402
+from builders import DEBUG, OUT, PARAMS, StartedTogether, node_command, ros_env, sim_scan  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -261,14 +260,22 @@ def test_burst_keeps_the_latest_scan_and_counts_every_frame(harness, node_proces
     assert float(values["input_rate_hz"]) >= 0
 
 
-@pytest.mark.parametrize(
-    ("override", "named"),
-    [("input.qos.depth:=0", "input.qos.depth"), ("voxel_size:=0.1", "unknown parameter"),
-     ("cpu_threads:=-1", "cpu_threads")],
-)
-def test_invalid_parameters_stop_the_node_at_start_up(checkpoint, params_file, override, named):
-    result = subprocess.run(node_command(params_file, checkpoint, "-p", override), capture_output=True, text=True,
-                            timeout=120, env=ros_env())
+INVALID_PARAMETERS = [("input.qos.depth:=0", "input.qos.depth"), ("voxel_size:=0.1", "unknown parameter"),
+                      ("cpu_threads:=-1", "cpu_threads")]
+
+
+@pytest.fixture(scope="module")
+def invalid_parameter_starts(checkpoint, params_file):
+    """A node start-up per invalid parameter, all started together (each imports torch and rclpy)."""
+    starts = StartedTogether({override: node_command(params_file, checkpoint, "-p", override)
+                              for override, _ in INVALID_PARAMETERS}, env=ros_env(), timeout=120)
+    yield starts
+    starts.close()
+
+
+@pytest.mark.parametrize(("override", "named"), INVALID_PARAMETERS)
+def test_invalid_parameters_stop_the_node_at_start_up(invalid_parameter_starts, override, named):
+    result = invalid_parameter_starts.result(override)
     assert result.returncode == 2, result.stderr
     assert named in result.stderr
 

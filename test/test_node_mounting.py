@@ -6,7 +6,6 @@ Run inside the private network namespace: ``scripts/netns-run .venv/bin/python -
 """
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 
@@ -24,7 +23,8 @@ from ssl3d_ros.codec import decode_cloud, encode_cloud, fill_cloud_message, xyz 
 from ssl3d_ros.labels import NO_CLASS  # noqa: E402
 
 from builders import (  # noqa: E402
-    DEPTH_FRAME, DEPTH_MOUNT, NODE_TEST_PARAMS, OUT, STAMPED, depth_camera_clouds, node_command, ros_env, sim_scan,
+    DEPTH_FRAME, DEPTH_MOUNT, NODE_TEST_PARAMS, OUT, STAMPED, StartedTogether, depth_camera_clouds, node_command, ros_env,
+    sim_scan,
 )
 
 pytestmark = pytest.mark.ros
@@ -152,24 +152,40 @@ def test_the_grid_is_latched_for_a_static_layer_that_subscribes_late(harness, no
         harness.node.destroy_subscription(late)
 
 
-@pytest.mark.parametrize(("overrides", "named"), [
+BAD_MOUNTS = [
     (["-p", "frame.base_frame:=base_link", "-p", "frame.tf_static:=true"], "tf2_msgs"),
     (["-p", "frame.base_frame:=base_link", "-p", "frame.sensor_rpy:=[0.0, 0.0]"], "frame.sensor_rpy"),
     (["-p", "frame.base_frame:=base_link"], "frame.sensor_rpy"),
     (["-p", "frame.sensor_rpy:=[0.0, 0.0, 1.0]"], "frame.base_frame"),
-])
-def test_a_bad_mount_stops_the_node_with_one_line(checkpoint, tmp_path, overrides, named):
+]
+
+
+def _tf2_msgs_installed() -> bool:
+    try:
+        import tf2_msgs  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def bad_mount_starts(checkpoint, tmp_path_factory):
+    """A node start-up per bad mount, all started together (each imports torch and rclpy); the tf_static
+    case only where tf2_msgs is missing, which is what it checks."""
     from ssl3d_ros.evaluation.node_harness import write_params
 
-    if "tf2_msgs" == named:
-        try:
-            import tf2_msgs  # noqa: F401
-            pytest.skip("tf2_msgs is installed here: /tf_static is available")
-        except ImportError:
-            pass
-    params = write_params(tmp_path / "perception.yaml", NODE_TEST_PARAMS)
-    result = subprocess.run(node_command(params, checkpoint, *overrides), capture_output=True, text=True,
-                            timeout=120, env=ros_env())
+    params = write_params(tmp_path_factory.mktemp("bad_mount") / "perception.yaml", NODE_TEST_PARAMS)
+    cases = [overrides for overrides, named in BAD_MOUNTS if not (named == "tf2_msgs" and _tf2_msgs_installed())]
+    starts = StartedTogether({tuple(o): node_command(params, checkpoint, *o) for o in cases}, env=ros_env(), timeout=120)
+    yield starts
+    starts.close()
+
+
+@pytest.mark.parametrize(("overrides", "named"), BAD_MOUNTS)
+def test_a_bad_mount_stops_the_node_with_one_line(bad_mount_starts, overrides, named):
+    if named == "tf2_msgs" and _tf2_msgs_installed():
+        pytest.skip("tf2_msgs is installed here: /tf_static is available")
+    result = bad_mount_starts.result(tuple(overrides))
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and named in lines[0] and "Traceback" not in result.stderr, result.stderr

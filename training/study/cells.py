@@ -164,10 +164,4 @@ def run_study(plan: StudyPlan, out: Path, progress: bool = False,
     return records
 
 
-def cached_records(out: Path) -> list[dict]:
-    """Every finished cell of a study folder, in key order."""
-    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
-
-
-__all__ = ["StudyInterrupted", "RowWeights", "pretrain_row", "row_weights", "cell_config", "merge", "run_cell", "run_study",
-           "cached_records"]
+__all__ = ["StudyInterrupted", "RowWeights", "pretrain_row", "row_weights", "cell_config", "merge", "run_cell", "run_study"]

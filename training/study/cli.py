@@ -159,7 +159,7 @@ def plan_summary(plan) -> dict:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from .cells import StudyInterrupted, cached_records, run_study
+    from .report import cached_records
 
     if args.report_only:
         records = cached_records(args.out)
@@ -169,6 +169,9 @@ def main(argv=None) -> int:
         print(f"{PROG}: {len(records)} cells -> {args.out / 'study.md'}, {args.out / 'study.png'}")
         return 0
     plan = plan_from_args(args)
+    # training (torch) loads once the plan is known to be sound: a refused plan answers at once
+    from .cells import StudyInterrupted, run_study
+
     args.out.mkdir(parents=True, exist_ok=True)
     total = len(plan.cells())
 

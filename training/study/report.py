@@ -3,6 +3,7 @@ classes reached, per-class IoU) and the plot a team decides with: test mIoU agai
 fraction (log x), one line per row and mode, its spread over seeds as a band."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -168,5 +169,10 @@ def plot(records: Sequence[dict], path: Path, title: str, total_labelled: int | 
     return path
 
 
-__all__ = ["report", "plot", "table", "gain_table", "per_class_tables", "classes_reached", "miou_percent", "budget_label",
-           "budget_order", "row_order", "effective_fraction", "REACHED_IOU"]
+def cached_records(out: Path) -> list[dict]:
+    """Every finished cell of a study folder (OUT/cells/*.json, written by run_study), in key order."""
+    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+
+
+__all__ = ["cached_records", "report", "plot", "table", "gain_table", "per_class_tables", "classes_reached", "miou_percent",
+           "budget_label", "budget_order", "row_order", "effective_fraction", "REACHED_IOU"]
