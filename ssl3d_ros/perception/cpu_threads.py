@@ -11,24 +11,29 @@ the previous frame while the next one is inferred), so no load figure predicts t
 frame time does.
 
 :class:`ThreadGovernor` (``cpu_threads: 0``, the default) runs frames at one count and now and then
-probes: it runs a few frames at each neighbouring count (one fewer, one more, within 1..cores) and then
+probes: it runs a few frames at a neighbouring count (one fewer or one more, within 1..cores) and then
 at the current count again, and keeps the count whose frames were cheapest per voxel, if it beats the
 current one by ``margin`` (noise does not make it flap). A probe starts
 
 - at once after a frame that cost ``spike`` times the chosen count's level or more (another process
-  just started: at the wrong count a frame can be 40x slower, so one such frame is enough);
-- when the recent per-voxel cost drifts by ``drift`` from that level (a load went away or grew a little);
-- every ``probe_every`` frames otherwise, an interval that doubles after every probe that changed
-  nothing (up to ``MAX_PROBE_BACKOFF`` times) and resets when one does, so a count that keeps losing is
-  rarely tried again.
+  just started: at the wrong count a frame can be 40x slower, so one such frame is enough), and when
+  the recent per-voxel cost rises by ``drift``: both try one thread fewer (more threads cannot help
+  against a new load);
+- when the recent cost falls by ``drift`` (a load went away): one thread more;
+- every ``probe_every`` frames otherwise, both neighbours, an interval that doubles after every probe
+  that changed nothing (up to ``MAX_PROBE_BACKOFF`` times) and resets when one does.
 
-A probe frame that costs ``reject`` times the best count measured in the probe ends that count's turn
-at once, so trying the wrong count costs one frame. A fixed ``cpu_threads: N`` turns all this off.
+One thread more is tried only while the other processes leave a core for it (their CPU use, from
+``/proc/stat`` less this process's own, at most ``cores - threads - 1 + FREE_CORE_SLACK`` cores): a frame
+at a count the CPU cannot give took 30-40x longer in the node, seconds that no probe should cost. A
+probe frame that costs ``reject`` times the best cost seen ends that count's turn at once. A fixed
+``cpu_threads: N`` turns all this off.
 """
 from __future__ import annotations
 
 import math
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +49,8 @@ MARGIN = 0.10  # a candidate must cost this share less per voxel than the curren
 DRIFT = 0.15  # a change of the recent per-voxel cost by this share from the chosen count's level starts a probe
 SPIKE = 2.0  # one frame costing this many times the chosen count's level starts a probe at once
 REJECT = 1.5  # a probe frame costing this many times the best count measured in the probe ends its turn
+FREE_CORE_SLACK = 0.5  # one thread more is tried while the others leave at least half a core beyond those in use
+LOAD_WINDOW_S = 2.0  # the other processes' CPU use is measured over about this many seconds
 _RECENT_FRAMES = 5  # frames whose median is "recent" (drift)
 _SETTLE_FRAMES = 5  # frames after a choice whose median becomes the level drift and spikes are measured against
 
@@ -74,6 +81,52 @@ def usable_cores() -> int:
     return max(1, cores)
 
 
+class OtherProcessLoad:
+    """Cores the other processes used recently: busy time of this process's CPUs (``/proc/stat``, only
+    those in its affinity) less this process's own CPU time (``/proc/self/stat``), over about
+    ``window_s`` seconds. ``None`` where /proc is not readable (not Linux) or before two readings."""
+
+    def __init__(self, window_s: float = LOAD_WINDOW_S, proc: Path = Path("/proc"),
+                 clock: Callable[[], float] | None = None) -> None:
+        self.window_s, self.proc = window_s, proc
+        self._clock = clock if clock is not None else time.monotonic
+        try:
+            self._cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        except (AttributeError, OSError):
+            self._cpus = None
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._samples: deque[tuple[float, int, int]] = deque()
+
+    def _read(self) -> tuple[int, int] | None:
+        try:
+            busy = 0
+            for line in (self.proc / "stat").read_text().splitlines():
+                name, *values = line.split()
+                if not name.startswith("cpu") or name == "cpu" or (self._cpus is not None and name not in self._cpus):
+                    continue
+                v = [int(x) for x in values[:8]]
+                busy += v[0] + v[1] + v[2] + v[5] + v[6] + v[7]  # user nice system irq softirq steal
+            own = (self.proc / "self" / "stat").read_text().rsplit(")", 1)[1].split()
+            return busy, int(own[11]) + int(own[12])  # utime + stime of every thread of this process
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def sample(self) -> float | None:
+        """Read the counters now; the other processes' cores over the last ``window_s`` (None: unknown)."""
+        reading = self._read()
+        if reading is None:
+            return None
+        now = self._clock()
+        self._samples.append((now, *reading))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()  # keep the oldest reading at least window_s old
+        first, last = self._samples[0], self._samples[-1]
+        elapsed = last[0] - first[0]
+        if elapsed <= 0:
+            return None
+        return max(0.0, (last[1] - first[1]) - (last[2] - first[2])) / self._tick / elapsed
+
+
 @dataclass
 class _Probe:
     """A probe in progress: the counts still to run (the current count last) and their per-voxel costs."""
@@ -98,13 +151,17 @@ class ThreadGovernor:
     def __init__(self, fixed: int = 0, max_threads: int | None = None, *, apply: Callable[[int], None] | None = None,
                  probe_every: int = PROBE_EVERY_FRAMES, first_probe_after: int = FIRST_PROBE_AFTER,
                  probe_frames: int = PROBE_FRAMES, margin: float = MARGIN, drift: float = DRIFT,
-                 spike: float = SPIKE, reject: float = REJECT) -> None:
+                 spike: float = SPIKE, reject: float = REJECT,
+                 other_load: Callable[[], float | None] | None = None) -> None:
         if fixed < 0:
             raise ValueError(f"fixed thread count must be >= 0, got {fixed}")
         self.adaptive = fixed == 0
         self.max_threads = max(1, max_threads if max_threads is not None else usable_cores())
         self.threads = fixed if fixed > 0 else self.max_threads
         self._apply = apply if apply is not None else _set_torch_threads
+        # the other processes' cores, read every frame (None: unknown, then one thread more is tried anyway)
+        self._other_load = other_load if other_load is not None else OtherProcessLoad().sample
+        self.other_load: float | None = None
         self.probe_every, self.probe_frames = probe_every, probe_frames
         self.margin, self.drift, self.spike, self.reject = margin, drift, spike, reject
         self.switches = self.probes = 0
@@ -134,6 +191,7 @@ class ThreadGovernor:
         if not self.adaptive or voxels <= 0 or not math.isfinite(ms):
             return
         cost = ms / voxels
+        self.other_load = self._other_load()
         if self._probe is not None:
             self._probe_frame(threads, cost)
             return
@@ -148,17 +206,23 @@ class ThreadGovernor:
         self._until_probe -= 1
         level = self._level
         spiked = level is not None and cost >= self.spike * level
-        drifted = (level is not None and len(self._recent) == self._recent.maxlen
-                   and abs(self.cost_by_threads[threads] / level - 1.0) > self.drift)
-        if spiked or drifted:
+        full = level is not None and len(self._recent) == self._recent.maxlen
+        rose = full and self.cost_by_threads[threads] > level * (1.0 + self.drift)
+        fell = full and self.cost_by_threads[threads] < level * (1.0 - self.drift)
+        if spiked or rose or fell:
             self._backoff = 1  # the load changed: periodic probes at the first interval again
-            self._start_probe()
+            self._start_probe(fewer=spiked or rose, more=fell)
         elif self._until_probe <= 0:
-            self._start_probe()
+            self._start_probe(fewer=True, more=True)
 
-    def _start_probe(self) -> None:
+    def _core_free_for_one_more(self) -> bool:
+        load = self.other_load
+        return load is None or load <= self.max_threads - self.threads - 1 + FREE_CORE_SLACK
+
+    def _start_probe(self, fewer: bool, more: bool) -> None:
         self._until_probe = self.probe_every * self._backoff
-        candidates = [n for n in (self.threads - 1, self.threads + 1) if 1 <= n <= self.max_threads]
+        candidates = [n for n, wanted in ((self.threads - 1, fewer), (self.threads + 1, more and self._core_free_for_one_more()))
+                      if wanted and 1 <= n <= self.max_threads]
         if not candidates or not self._recent:
             return
         self.probes += 1
@@ -202,6 +266,7 @@ class ThreadGovernor:
             "cpu_threads_max": str(self.max_threads),
             "cpu_threads_probes": str(self.probes),
             "cpu_threads_switches": str(self.switches),
+            "cpu_other_processes_cores": "unknown" if self.other_load is None else f"{self.other_load:.2f}",
             **{f"cpu_threads_{n}_us_per_voxel": f"{1e3 * c:.3f}"
                for n, c in sorted(dict(self.cost_by_threads).items())},  # copied: the worker thread writes it
         }
@@ -223,5 +288,6 @@ def _set_torch_threads(threads: int) -> None:
 
 
 __all__ = ["ThreadGovernor", "usable_cores", "cpu_quota_cores", "thread_dependent_ms", "THREAD_DEPENDENT_STAGES",
+           "OtherProcessLoad", "FREE_CORE_SLACK", "LOAD_WINDOW_S",
            "PROBE_EVERY_FRAMES", "MAX_PROBE_BACKOFF", "FIRST_PROBE_AFTER", "PROBE_FRAMES", "MARGIN", "DRIFT", "SPIKE",
            "REJECT"]
