@@ -123,7 +123,7 @@ def test_a_busy_neighbour_moves_it_to_one_thread_and_its_departure_back():
 
 
 def test_a_load_change_below_the_drift_is_found_by_the_periodic_probe():
-    slightly_busy = {2: 92.0, 1: 70.0}  # two threads 11 % dearer than quiet: no drift, but one thread now wins
+    slightly_busy = {2: 92.0, 1: 65.0}  # two threads 11 % dearer than quiet: no drift, but one thread now wins
     governor = governor_for(2, first_probe_after=10, probe_every=50)
     drive(governor, QUIET, 20)  # one probe (frames 10-15): the next is 100 frames after it
     used = drive(governor, slightly_busy, 110)
@@ -131,14 +131,18 @@ def test_a_load_change_below_the_drift_is_found_by_the_periodic_probe():
 
 
 def test_a_candidate_must_beat_the_current_count_by_the_margin():
-    close = {2: 100.0, 1: 95.0}  # one thread 5 % cheaper: inside the 10 % margin, noise
+    close = {2: 100.0, 1: 80.0}  # one thread 20 % cheaper: inside the 25 % a drop must win by
     governor = governor_for(2, first_probe_after=5, probe_every=20)
     drive(governor, close, 200)
     assert governor.threads == 2 and governor.switches == 0 and governor.probes >= 3
+    governor = governor_for(2, first_probe_after=5, probe_every=20)
+    governor.threads = 1
+    drive(governor, {2: 85.0, 1: 100.0}, 40)  # one thread more 15 % cheaper: past the 10 % a rise must win by
+    assert governor.threads == 2 and governor.switches == 1
 
 
 def test_more_cores_probe_both_neighbours():
-    costs = {1: 300.0, 2: 160.0, 3: 120.0, 4: 150.0}  # four cores, one of them busy: three threads best
+    costs = {1: 300.0, 2: 160.0, 3: 120.0, 4: 170.0}  # four cores, one of them busy: three threads best
     governor = governor_for(4, first_probe_after=5, probe_every=10)
     drive(governor, costs, 60)
     assert governor.threads == 3

@@ -17,7 +17,7 @@
 Importers outside the package use ``from ssl3d_ros.perception import …``.
 """
 from .cpu_threads import (
-    DRIFT, FIRST_PROBE_AFTER, FREE_CORE_SLACK, LOAD_WINDOW_S, MARGIN, OtherProcessLoad, MAX_PROBE_BACKOFF, PROBE_EVERY_FRAMES, PROBE_FRAMES, REJECT, SPIKE,
+    DRIFT, FIRST_PROBE_AFTER, FREE_CORE_SLACK, LOAD_WINDOW_S, MARGIN, MARGIN_FEWER, OtherProcessLoad, MAX_PROBE_BACKOFF, PROBE_EVERY_FRAMES, PROBE_FRAMES, REJECT, SPIKE,
     THREAD_DEPENDENT_STAGES, ThreadGovernor, cpu_quota_cores, thread_dependent_ms, usable_cores,
 )
 from .device import DeviceStaging, apply_process_settings, resolve_device, resolve_precision
@@ -61,7 +61,8 @@ from .worker import InferenceWorker, LatestFrameSlot, OutputStage, frame_failure
 __all__ = [
     # cpu_threads
     "ThreadGovernor", "OtherProcessLoad", "FREE_CORE_SLACK", "LOAD_WINDOW_S", "usable_cores", "cpu_quota_cores", "thread_dependent_ms", "THREAD_DEPENDENT_STAGES",
-    "PROBE_EVERY_FRAMES", "MAX_PROBE_BACKOFF", "FIRST_PROBE_AFTER", "PROBE_FRAMES", "MARGIN", "DRIFT", "SPIKE", "REJECT",
+    "PROBE_EVERY_FRAMES", "MAX_PROBE_BACKOFF", "FIRST_PROBE_AFTER", "PROBE_FRAMES", "MARGIN", "MARGIN_FEWER", "DRIFT", "SPIKE",
+    "REJECT",
     # device
     "resolve_device", "resolve_precision", "DeviceStaging", "apply_process_settings",
     # headers

@@ -13,7 +13,8 @@ frame time does.
 :class:`ThreadGovernor` (``cpu_threads: 0``, the default) runs frames at one count and now and then
 probes: it runs a few frames at a neighbouring count (one fewer or one more, within 1..cores) and then
 at the current count again, and keeps the count whose frames were cheapest per voxel, if it beats the
-current one by ``margin`` (noise does not make it flap). A probe starts
+current one by ``margin`` (one more) or ``margin_fewer`` (one fewer), so noise does not make it flap.
+A probe starts
 
 - at once after a frame that cost ``spike`` times the chosen count's level or more (another process
   just started: at the wrong count a frame can be 40x slower, so one such frame is enough), and when
@@ -45,7 +46,12 @@ PROBE_EVERY_FRAMES = 50  # 5 s at 10 Hz: the first interval between periodic pro
 MAX_PROBE_BACKOFF = 16  # periodic probes that change nothing stretch the interval up to 16x (800 frames)
 FIRST_PROBE_AFTER = 10  # frames after start-up before the first probe (the first frames are still warming)
 PROBE_FRAMES = 3  # frames run at each count per probe
-MARGIN = 0.10  # a candidate must cost this share less per voxel than the current count to replace it
+MARGIN = 0.10  # one thread more must cost this share less per voxel than the current count to replace it
+# One thread fewer must win by more: wrongly dropping a thread costs 1.3x on a quiet CPU, while a busy
+# neighbour makes the right drop win by 1.5x to 40x. (Measured: with every output at an input rate above
+# what the node sustains, its own output thread made two threads look 1.3x dearer than one for a few
+# frames, and the node then ran its 2 Hz frames 1.4x slower at one thread.)
+MARGIN_FEWER = 0.25
 DRIFT = 0.15  # a change of the recent per-voxel cost by this share from the chosen count's level starts a probe
 SPIKE = 2.0  # one frame costing this many times the chosen count's level starts a probe at once
 REJECT = 1.5  # a probe frame costing this many times the best count measured in the probe ends its turn
@@ -150,7 +156,8 @@ class ThreadGovernor:
 
     def __init__(self, fixed: int = 0, max_threads: int | None = None, *, apply: Callable[[int], None] | None = None,
                  probe_every: int = PROBE_EVERY_FRAMES, first_probe_after: int = FIRST_PROBE_AFTER,
-                 probe_frames: int = PROBE_FRAMES, margin: float = MARGIN, drift: float = DRIFT,
+                 probe_frames: int = PROBE_FRAMES, margin: float = MARGIN, margin_fewer: float = MARGIN_FEWER,
+                 drift: float = DRIFT,
                  spike: float = SPIKE, reject: float = REJECT,
                  other_load: Callable[[], float | None] | None = None) -> None:
         if fixed < 0:
@@ -163,7 +170,8 @@ class ThreadGovernor:
         self._other_load = other_load if other_load is not None else OtherProcessLoad().sample
         self.other_load: float | None = None
         self.probe_every, self.probe_frames = probe_every, probe_frames
-        self.margin, self.drift, self.spike, self.reject = margin, drift, spike, reject
+        self.margin, self.margin_fewer = margin, margin_fewer
+        self.drift, self.spike, self.reject = drift, spike, reject
         self.switches = self.probes = 0
         self._applied: int | None = None
         self._backoff = 1
@@ -245,7 +253,8 @@ class ThreadGovernor:
         self._probe = None
         current = float(np.median(probe.costs[self.threads]))
         winner = min(probe.costs, key=lambda n: float(np.median(probe.costs[n])))
-        if winner != self.threads and float(np.median(probe.costs[winner])) < current * (1.0 - self.margin):
+        margin = self.margin if winner > self.threads else self.margin_fewer
+        if winner != self.threads and float(np.median(probe.costs[winner])) < current * (1.0 - margin):
             self.threads = winner
             self.switches += 1
             self._backoff = 1
@@ -289,5 +298,5 @@ def _set_torch_threads(threads: int) -> None:
 
 __all__ = ["ThreadGovernor", "usable_cores", "cpu_quota_cores", "thread_dependent_ms", "THREAD_DEPENDENT_STAGES",
            "OtherProcessLoad", "FREE_CORE_SLACK", "LOAD_WINDOW_S",
-           "PROBE_EVERY_FRAMES", "MAX_PROBE_BACKOFF", "FIRST_PROBE_AFTER", "PROBE_FRAMES", "MARGIN", "DRIFT", "SPIKE",
+           "PROBE_EVERY_FRAMES", "MAX_PROBE_BACKOFF", "FIRST_PROBE_AFTER", "PROBE_FRAMES", "MARGIN", "MARGIN_FEWER", "DRIFT", "SPIKE",
            "REJECT"]

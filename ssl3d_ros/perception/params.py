@@ -175,7 +175,8 @@ class NodeConfig:
         "inference precision; auto = fp16 on CUDA, fp32 on CPU", "auto")
     cpu_threads: int = _doc(
         "torch CPU threads; 0 = adaptive (1..cores: keeps the count whose frames measured cheapest, trying one "
-        "fewer after a frame twice as dear or a 15 % rise, one more after a 15 % fall, both every 50-800 frames; "
+        "fewer after a frame twice as dear or a 15 % rise (kept if 25 % cheaper), one more after a 15 % fall (kept if "
+        "10 % cheaper), both every 50-800 frames; "
         "one more only while other processes leave a core free), N = always N", 0)
     retain_freed_memory: bool = _doc(
         "keep memory freed between frames in the process heap (glibc malloc) instead of returning it to the "
