@@ -44,11 +44,11 @@ from .config import ConfigError
 from .perception import (
     BASE_FRAME_OUTPUTS, FINE_STAGES, STAGES, STAMP_PROBLEM_KINDS, ComputedFrame, DiagnosticsPolicy, InferenceWorker,
     NodeConfig, NodeStats, NoveltyMonitor, OutputEncoder, OutputSelection, OutputStage, OverloadMonitor,
-    PerceptionPipeline, ThreadGovernor, WarningThrottle, apply_process_settings, frame_failure, frame_timings, frame_warnings,
-    header_problems, input_transport_lines, is_list_parameter, leaf_parameters, node_config_from_params, node_usage,
-    novelty_reading, resolve_max_input_points, route_python_warnings, shared_memory_segment, thread_dependent_ms,
-    transport_values,
-    transport_warning, typical_scan_warning, unknown_parameters,
+    PerceptionPipeline, ThreadGovernor, WarningThrottle, apply_process_settings, frame_failure, frame_timings,
+    frame_warnings, header_problems, input_transport_lines, is_list_parameter, leaf_parameters,
+    node_config_from_params, node_usage, novelty_reading, resolve_max_input_points, route_python_warnings,
+    shared_memory_segment, thread_dependent_ms, transport_values, transport_warning, typical_scan_warning,
+    unknown_parameters,
 )
 
 NODE_NAME = "ssl3d_perception"
