@@ -44,7 +44,7 @@ def time_encoder(**single) -> dict:
     """One (scan, size, backend, device, dtype) encoder measurement in this process."""
     from types import SimpleNamespace
 
-    defaults = dict(threads=1, heap="default", voxel=None, warmup=3, repeats=10)
+    defaults = dict(threads=1, heap="default", voxel=None, warmup=3, repeats=10, clock="wall")
     return bench_encoder.run_single(SimpleNamespace(**{**defaults, **single}))
 
 
