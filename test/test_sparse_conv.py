@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import ssl3d_ros.models.sparse as sparse
+import ssl3d_ros.models.sparse_kernels as sparse_kernels
 from ssl3d_ros.models.kernel_maps import (COORD_OFFSET, build_down_map, build_subm_map, check_coord_range,
                                          coarse_keys_of, downsample_coords, pack_keys, subm_map_from_coarse)
 from ssl3d_ros.models.sparse import (SparseDownConv3d, SparseInverseConv3d, SubMConv3d, resolve_backend,
@@ -49,7 +50,7 @@ def torch_weight(conv) -> torch.Tensor:
 @pytest.mark.parametrize("dense_limit", [1 << 30, 0], ids=["dense-gather", "per-offset"])
 @pytest.mark.parametrize("kernel_size", [3, 5])
 def test_subm_matches_dense_conv3d(monkeypatch, dense_limit, kernel_size):
-    monkeypatch.setattr(sparse, "DENSE_GATHER_LIMIT", dense_limit)
+    monkeypatch.setattr(sparse_kernels, "DENSE_GATHER_LIMIT", dense_limit)
     size, origin = 7, -4
     coords = random_grid(0, size, origin=origin)
     x = SparseTensor(torch.randn(len(coords), 3, dtype=torch.float64), coords, 2)
@@ -89,14 +90,14 @@ def test_inverse_conv_matches_transposed_conv3d():
 
 @pytest.mark.parametrize("dense_limit", [1 << 30, 0], ids=["dense-gather", "per-offset"])
 def test_subm_gradients_are_exact(monkeypatch, dense_limit):
-    monkeypatch.setattr(sparse, "DENSE_GATHER_LIMIT", dense_limit)
+    monkeypatch.setattr(sparse_kernels, "DENSE_GATHER_LIMIT", dense_limit)
     coords = random_grid(3, 5, density=0.4)
     conv = SubMConv3d(2, 3, backend="torch").double()
     cache: dict = {}
 
     def f(feats, weight, bias):
         m = sparse.subm_map(SparseTensor(feats, coords, 2, 1, cache), 3)
-        return sparse._SubmConvFunction.apply(feats, weight.reshape(3, 27, 2).permute(1, 2, 0).contiguous(), bias, m)
+        return sparse_kernels.SubmConvFunction.apply(feats, weight.reshape(3, 27, 2).permute(1, 2, 0).contiguous(), bias, m)
 
     feats = torch.randn(len(coords), 2, dtype=torch.float64, requires_grad=True)
     weight = conv.weight.detach().clone().requires_grad_()
@@ -237,8 +238,8 @@ def test_cpu_scatter_of_products_is_bit_equal_to_per_offset_puts(shared_data, ki
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        ours = sparse._scatter_products(start.clone(), src, w, m, transpose, any_order)
-        reference = sparse._put_per_offset(start.clone(), src, w, m, transpose)
+        ours = sparse_kernels._scatter_products(start.clone(), src, w, m, transpose, any_order)
+        reference = sparse_kernels._put_per_offset(start.clone(), src, w, m, transpose)
     finally:
         torch.set_num_threads(previous)
     assert torch.equal(ours, reference)
