@@ -74,7 +74,7 @@ setup(
         ],
         "sim": ["open3d>=0.18"],
         "train": ["tensorboard"],
-        "test": ["pytest>=9", "pytest-timeout", "hypothesis>=6", "pytest-random-order>=1.2",
+        "test": ["pytest>=9", "pytest-timeout", "hypothesis>=6", "pytest-random-order>=1.2", "pytest-xdist>=3.6",
                  "colcon-common-extensions"],  # real colcon for the colcon build test (test_package)
     },
     zip_safe=False,

@@ -10,6 +10,13 @@ import pytest
 
 from ssl3d_ros.evaluation.node_harness import Harness
 
+# Under pytest-xdist (`make test` runs two workers) each worker gets a DDS domain of its own, so the two
+# workers' nodes and harnesses never meet; ids 101-132 stay clear of the 1-100 that a single process
+# picks from its pid (node_harness.ros_environment), and under Fast DDS's limit of 232.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _XDIST_WORKER.startswith("gw"):
+    os.environ["ROS_DOMAIN_ID"] = str(101 + int(_XDIST_WORKER[2:]) % 32)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SSL3D_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
@@ -147,4 +154,4 @@ def pytest_terminal_summary(terminalreporter, config):
     if config.getoption("random_order_enabled") or not all(v.startswith("default:") for v in options.values()):
         bucket, seed = (v.removeprefix("default:") for v in (options["bucket"], options["seed"]))
         terminalreporter.write_line(f"test order: --random-order-bucket={bucket} --random-order-seed={seed} "
-                                    f"(make test PYTEST_SEED={seed} repeats it)")
+                                    f"(make test PYTEST_SEED={seed} PYTEST_WORKERS=0 repeats it)")
