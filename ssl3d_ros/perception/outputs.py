@@ -9,6 +9,7 @@ message fits the transport is :mod:`.transport`.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -135,56 +136,81 @@ def occupancy_grid(
 
 
 def free_along_beams(hx: np.ndarray, hy: np.ndarray, sensor: tuple[float, float], width: int, height: int) -> np.ndarray:
-    """Flat indices (with repeats) of the grid cells that beams cross from ``sensor`` to the hits
+    """(height * width,) bool, row-major: the grid cells that beams cross from ``sensor`` to the hits
     ``(hx, hy)``, all in cell units from the grid's corner (the sensor and the hits may lie outside it).
 
-    2-D, vectorised, and bounded by the grid rather than the number of points: the hits are binned by
-    bearing from the sensor, in bins narrow enough that neighbouring beams are at most half a cell apart
-    inside the grid, and one beam per bin runs to its farthest hit (a nearer hit in the same bin lies on
-    the way, give or take a fraction of a cell). Each beam stops half a cell short of its hit, so it
-    never frees a cell beside the hit, and is clipped to the grid and sampled every half cell along its
-    longer axis, so that every cell it runs through holds a sample."""
+    Per cell rather than per beam, so the cost is bounded by the grid and the points, not by the beams'
+    lengths (sampling every beam cost 5-8x more at the default grid). The hits are binned by bearing from
+    the sensor, in bins narrow enough that neighbouring beams are at most an eighth of a cell apart inside
+    the grid, and each bin keeps its farthest hit (a nearer hit in the same bin lies on the way, give or take
+    a fraction of a cell). A cell is free when a bin within the bearings it spans, seen from the sensor,
+    reaches past the cell's nearest point by more than half a cell: every beam stops half a cell short of
+    its hit, so it never frees a cell beside the hit. The cell holding the sensor is free as soon as any
+    beam exists. Which bins each cell spans depends only on the sensor's position in the grid (fixed for
+    a mounted sensor), so it is computed once (:func:`_beam_cells`) and each frame takes the maximum over
+    a cell's bins from a sparse table of the bins' reaches: two lookups per cell.
+    """
     if hx.size == 0:
-        return np.zeros(0, np.int64)
-    sx, sy = float(sensor[0]), float(sensor[1])
-    dx, dy = hx - sx, hy - sy
-    dist = np.hypot(dx, dy)
+        return np.zeros(width * height, bool)
+    cells = _beam_cells(float(sensor[0]), float(sensor[1]), int(width), int(height))
+    dx, dy = hx - np.float32(sensor[0]), hy - np.float32(sensor[1])
+    bearing = (((np.arctan2(dy, dx) + np.float32(math.pi)) * np.float32(cells.bins / (2 * math.pi))).astype(np.int64)
+               % cells.bins)
+    reach = np.full(cells.bins, -np.inf, np.float32)  # per bin: the farthest hit, less half a cell
+    np.maximum.at(reach, bearing, np.maximum(np.hypot(dx, dy) - np.float32(0.5), np.float32(0.0)))
+    # table[j, i] = max(reach over bins i .. i + 2**j - 1), bins taken twice round so spans may wrap
+    table = np.full((cells.levels, 2 * cells.bins), -np.inf, np.float32)
+    table[0] = np.concatenate([reach, reach])
+    for j in range(1, cells.levels):
+        half = 1 << (j - 1)
+        table[j, : 2 * cells.bins - half] = np.maximum(table[j - 1, : 2 * cells.bins - half], table[j - 1, half:])
+    flat = table.ravel()
+    return np.maximum(flat[cells.first], flat[cells.second]) > cells.nearest
+
+
+@dataclass(frozen=True)
+class _BeamCells:
+    """Per cell of one grid seen from one sensor position: the bearing bins it spans as two overlapping
+    sparse-table entries (flat indices ``first`` and ``second``), and its nearest point's distance."""
+
+    bins: int
+    levels: int
+    first: np.ndarray  # (cells,) int64
+    second: np.ndarray  # (cells,) int64
+    nearest: np.ndarray  # (cells,) float32; -1 for the cell holding the sensor
+
+
+@functools.lru_cache(maxsize=8)
+def _beam_cells(sx: float, sy: float, width: int, height: int) -> _BeamCells:
     reach = max(math.hypot(max(sx, width - sx), max(sy, height - sy)), 1.0)  # to the grid's farthest corner
-    # An arc of half a cell at the farthest corner; at most 65,535 bins (uint16: a radix sort below),
-    # which keeps that up to a reach of 5,200 cells.
-    bins = int(min(math.ceil(4 * math.pi * reach), 65_535))
-    bearing = (((np.arctan2(dy, dx) + math.pi) * (bins / (2 * math.pi))).astype(np.int64) % bins).astype(np.uint16)
-    order = np.argsort(bearing, kind="stable")  # radix sort of 16-bit keys: linear in the hits
-    sorted_bin, sorted_dist = bearing[order], dist[order]
-    starts = np.flatnonzero(np.r_[True, sorted_bin[1:] != sorted_bin[:-1]])
-    sizes = np.diff(np.r_[starts, sorted_bin.size])
-    group = np.repeat(np.arange(starts.size), sizes)
-    farthest = np.flatnonzero(sorted_dist == np.repeat(np.maximum.reduceat(sorted_dist, starts), sizes))
-    first = farthest[np.r_[True, group[farthest][1:] != group[farthest][:-1]]]  # one farthest hit per bin
-    beam_hit = order[first]
-    length = dist[beam_hit]
-    scale = np.minimum(np.maximum(length - 0.5, 0.0), reach) / np.maximum(length, 1e-12)
-    dx, dy = dx[beam_hit] * scale, dy[beam_hit] * scale  # from the sensor to half a cell short of the hit
-    # Clip each beam's parameter t in [0, 1] to the grid's box (slab method).
-    t0, t1 = np.zeros_like(dx), np.ones_like(dx)
-    for start, d, size in ((sx, dx, width), (sy, dy, height)):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            a, b = (0.0 - start) / d, (size - start) / d
-        parallel = d == 0
-        lo, hi = np.where(parallel, -np.inf, np.minimum(a, b)), np.where(parallel, np.inf, np.maximum(a, b))
-        outside = parallel & ((start < 0) | (start >= size))
-        t0, t1 = np.maximum(t0, lo), np.where(outside, -1.0, np.minimum(t1, hi))
-    crossing = t1 >= t0
-    dx, dy, t0, t1 = dx[crossing], dy[crossing], t0[crossing], t1[crossing]
-    steps = 2.0 * np.maximum(np.abs(dx), np.abs(dy))  # half cells along the longer axis
-    count = np.ceil((t1 - t0) * steps).astype(np.int64) + 1
-    beam = np.repeat(np.arange(count.size), count)
-    k = np.arange(beam.size) - np.repeat(np.cumsum(count) - count, count)
-    t = np.minimum(t0[beam] + k / np.maximum(steps[beam], 1e-9), t1[beam])
-    cx = np.floor(sx + t * dx[beam]).astype(np.int64)
-    cy = np.floor(sy + t * dy[beam]).astype(np.int64)
-    keep = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
-    return cy[keep] * width + cx[keep]  # repeats included: writing a cell twice costs less than sorting
+    # An arc of an eighth of a cell at the farthest corner (at most 65,536 bins: a reach of 1,300 cells).
+    # Bins cost nearly nothing here; with half-cell arcs a bin overlapping a cell's bearings by a sliver
+    # freed 2-10 % more cells than beams sampled one by one (KITTI scans), with eighths 1.5-6 %.
+    bins = int(min(math.ceil(16 * math.pi * reach), 1 << 16))
+    iy, ix = np.divmod(np.arange(width * height, dtype=np.int64), width)
+    x0, y0 = ix.astype(np.float64), iy.astype(np.float64)
+    centre = np.arctan2(y0 + 0.5 - sy, x0 + 0.5 - sx)
+    corners = [(x0 + cx - sx, y0 + cy - sy) for cx in (0, 1) for cy in (0, 1)]
+    rel = np.stack([np.arctan2(dy, dx) - centre for dx, dy in corners])
+    rel = (rel + math.pi) % (2 * math.pi) - math.pi  # corners' bearings about the centre's: a span under pi
+    rel[np.stack([(dx == 0) & (dy == 0) for dx, dy in corners])] = 0.0  # a corner at the sensor has no bearing
+    scale = bins / (2 * math.pi)
+    lo = np.floor((centre + rel.min(axis=0) + math.pi) * scale).astype(np.int64)
+    hi = np.floor((centre + rel.max(axis=0) + math.pi) * scale).astype(np.int64)
+    hi, lo = hi - (lo // bins) * bins, lo % bins
+    holds_sensor = (x0 <= sx) & (sx < x0 + 1) & (y0 <= sy) & (sy < y0 + 1)  # the half-open cell
+    lo[holds_sensor], hi[holds_sensor] = 0, bins - 1
+    hi = np.minimum(hi, lo + bins - 1)
+    span = hi - lo + 1
+    level = np.floor(np.log2(span)).astype(np.int64)
+    level[(1 << (level + 1)) <= span] += 1  # float rounding at powers of two
+    level[(1 << level) > span] -= 1
+    levels = int(level.max()) + 1
+    nearest = np.hypot(np.maximum(np.maximum(x0 - sx, sx - x0 - 1), 0.0),
+                       np.maximum(np.maximum(y0 - sy, sy - y0 - 1), 0.0)).astype(np.float32)
+    nearest[holds_sensor] = -1.0
+    row = level * (2 * bins)
+    return _BeamCells(bins, levels, row + lo, row + hi - (1 << level) + 1, nearest)
 
 
 def obstacle_points(xyz: np.ndarray, class_id: np.ndarray, valid: np.ndarray, obstacle: np.ndarray) -> np.ndarray:
