@@ -175,12 +175,14 @@ class _BeamCells:
 
     bins: int
     levels: int
-    first: np.ndarray  # (cells,) int64
-    second: np.ndarray  # (cells,) int64
+    first: np.ndarray  # (cells,) int32 (levels * 2 * bins < 2**31)
+    second: np.ndarray  # (cells,) int32
     nearest: np.ndarray  # (cells,) float32; -1 for the cell holding the sensor
 
 
-@functools.lru_cache(maxsize=8)
+# A node's sensor sits still in its base frame (a static mount), so one entry is used; the grid's first
+# frame pays the set-up (40 ms at the default 200 x 200 cells, 4 s and 80 MB at 2,000 x 2,000).
+@functools.lru_cache(maxsize=2)
 def _beam_cells(sx: float, sy: float, width: int, height: int) -> _BeamCells:
     reach = max(math.hypot(max(sx, width - sx), max(sy, height - sy)), 1.0)  # to the grid's farthest corner
     # An arc of an eighth of a cell at the farthest corner (at most 65,536 bins: a reach of 1,300 cells).
@@ -210,7 +212,7 @@ def _beam_cells(sx: float, sy: float, width: int, height: int) -> _BeamCells:
                        np.maximum(np.maximum(y0 - sy, sy - y0 - 1), 0.0)).astype(np.float32)
     nearest[holds_sensor] = -1.0
     row = level * (2 * bins)
-    return _BeamCells(bins, levels, row + lo, row + hi - (1 << level) + 1, nearest)
+    return _BeamCells(bins, levels, (row + lo).astype(np.int32), (row + hi - (1 << level) + 1).astype(np.int32), nearest)
 
 
 def obstacle_points(xyz: np.ndarray, class_id: np.ndarray, valid: np.ndarray, obstacle: np.ndarray) -> np.ndarray:
