@@ -36,7 +36,8 @@ def test_overload_keeps_latency_bounded_counts_drops_and_memory_flat(tmp_path):
     assert c["received"] == c["processed"] + c["dropped"] + c["rejected"] + c["errors"] + c["skipped_no_subscribers"]
     assert c["errors"] == c["rejected"] == 0
     assert c["dropped"] >= 1 and c["processed"] >= 3, summary
-    assert r["published_hz"] >= 2.0 * r["sustained_hz"], summary  # really overloaded
+    # really overloaded: the node answered at most half of what was sent (the rate follows the node)
+    assert r["published_hz"] >= 2.0 * r["answered_hz"], summary
     assert r["lost_in_transport"] >= 0
     # The latest frame is processed: outputs never go back in time, and the last frame sent is answered.
     assert r["outputs_in_order"] and r["last_published_answered"], summary
