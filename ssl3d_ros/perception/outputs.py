@@ -140,10 +140,10 @@ def free_along_beams(hx: np.ndarray, hy: np.ndarray, sensor: tuple[float, float]
     ``(hx, hy)``, all in cell units from the grid's corner (the sensor and the hits may lie outside it).
 
     Per cell rather than per beam, so the cost is bounded by the grid and the points, not by the beams'
-    lengths (sampling every beam cost 5-8x more at the default grid). The hits are binned by bearing from
-    the sensor, in bins narrow enough that neighbouring beams are at most an eighth of a cell apart inside
-    the grid, and each bin keeps its farthest hit (a nearer hit in the same bin lies on the way, give or take
-    a fraction of a cell). A cell is free when a bin within the bearings it spans, seen from the sensor,
+    lengths (sampling every beam made the default grid 3-4x dearer per HDL-64 frame). The hits are
+    binned by bearing from the sensor, in bins narrow enough that neighbouring beams are at most an
+    eighth of a cell apart inside the grid, and each bin keeps its farthest hit (a nearer hit in the same
+    bin lies on the way, give or take a fraction of a cell). A cell is free when a bin within the bearings it spans, seen from the sensor,
     reaches past the cell's nearest point by more than half a cell: every beam stops half a cell short of
     its hit, so it never frees a cell beside the hit. The cell holding the sensor is free as soon as any
     beam exists. Which bins each cell spans depends only on the sensor's position in the grid (fixed for
