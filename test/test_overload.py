@@ -36,8 +36,10 @@ def test_overload_keeps_latency_bounded_counts_drops_and_memory_flat(tmp_path):
     assert c["received"] == c["processed"] + c["dropped"] + c["rejected"] + c["errors"] + c["skipped_no_subscribers"]
     assert c["errors"] == c["rejected"] == 0
     assert c["dropped"] >= 1 and c["processed"] >= 3, summary
-    # really overloaded: the node answered at most half of what was sent (the rate follows the node)
-    assert r["published_hz"] >= 2.0 * r["answered_hz"], summary
+    # really overloaded: a third of what was sent or more went unanswered. The publisher's rate follows
+    # the node up (3x its last second's rate), so a node that speeds up mid-run (another process's load
+    # ending) is overloaded again within a second, though not over the whole run at 3x.
+    assert r["published_hz"] >= 1.5 * r["answered_hz"], summary
     assert r["lost_in_transport"] >= 0
     # The latest frame is processed: outputs never go back in time, and the last frame sent is answered.
     assert r["outputs_in_order"] and r["last_published_answered"], summary

@@ -5,7 +5,7 @@ node sustains on the cloud (one frame in flight at a time, ``calibration_frames`
 the same cloud, freshly stamped, at ``factor`` x that rate for ``duration_s`` seconds from a
 best-effort publisher, as a driver would, while subscribing to ``~/output/segmentation`` and
 ``/diagnostics``. The rate follows the node: each second it rises to ``factor`` x the rate the outputs
-have come back at since the start, when that is more (never falls), so a node that turns out faster than
+came back at in that second, when that is more (never falls), so a node that turns out faster than
 calibrated is still overloaded: on a CPU shared with other busy processes a calibration frame can take
 ten times a later one (seen: a 2 s calibration, then 263 ms frames that kept up with 1.46 Hz).
 :func:`run_overload` reports:
@@ -120,16 +120,17 @@ def run_overload(checkpoint: str | Path, *, duration_s: float = 60.0, factor: fl
         rss_samples, stamps = [rss_start], []
         rss_by_frames = [(0, rss_start)]  # (frames answered so far, RSS): memory flat over frames
         t_start = time.monotonic()
-        next_send, next_sample = t_start, t_start + 1.0
+        next_send, next_sample, last_sample = t_start, t_start + 1.0, t_start
         while (now := time.monotonic()) - t_start < duration_s:
             node.check_alive("under overload")
             if now >= next_sample:
                 rss_samples.append(node_rss_mb(node.pid))
                 with client.cond:
                     rss_by_frames.append((len(segmentation) - first_output, rss_samples[-1]))
-                answered_hz = rss_by_frames[-1][0] / (now - t_start)  # the node's rate so far in this run
+                # the node's rate over the last second: it answers at most that fast from now on
+                answered_hz = (rss_by_frames[-1][0] - rss_by_frames[-2][0]) / (now - last_sample)
                 publish_hz = min(max(publish_hz, factor * answered_hz), MAX_PUBLISH_HZ)
-                next_sample += 1.0
+                next_sample, last_sample = next_sample + 1.0, now
             stamps.append(client.publish(msg, stamp_now=True))
             next_send += 1.0 / publish_hz
             time.sleep(max(0.0, next_send - time.monotonic()))
