@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default=None, help="default: the packaged checkpoint (else random-init nano)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of overload (soak: e.g. 3600)")
-    parser.add_argument("--factor", type=float, default=3.0, help="publish rate / sustained rate")
+    parser.add_argument("--factor", type=float, default=3.0, help="publish rate / the rate the node answers (calibrated first, then rising each second if the node answers faster)")
     parser.add_argument("--points", type=int, default=POINTS)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
