@@ -236,8 +236,11 @@ class StopRequest:
 
 
 def _ignore_sigint(_worker_id: int) -> None:
-    # Workers leave Ctrl-C to the main process, which stops after the current step.
+    # Workers leave Ctrl-C and SIGTERM to the main process, which stops after the current step: a
+    # SIGTERM to the whole process group (docker stop, systemd, pkill -f) killed a worker first, and the
+    # main process then failed with a traceback instead of saving.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def record_skipped(out_dir: Path, rank: int, step: int, skipped: list[tuple[str, str]]) -> None:
