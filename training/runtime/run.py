@@ -80,7 +80,7 @@ class Run:
     def loader(self, dataset, sampler: StepSampler, **options) -> torch.utils.data.DataLoader:
         """``run.workers`` processes that leave Ctrl-C to this one (it stops after the current step)."""
         return make_loader(dataset, sampler, self.cfg.workers, pin_memory=self.device.type == "cuda",
-                           worker_init_fn=_ignore_sigint, **options)
+                           worker_init_fn=_leave_signals_to_main, **options)
 
     def wrap(self, model: nn.Module, ignore: Iterable[str] = (), find_unused: bool = False) -> nn.Module:
         """``model`` under DDP when a process group is up (torchrun), else ``model`` itself.
@@ -235,7 +235,7 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def _ignore_sigint(_worker_id: int) -> None:
+def _leave_signals_to_main(_worker_id: int) -> None:
     # Workers leave Ctrl-C and SIGTERM to the main process, which stops after the current step: a
     # SIGTERM to the whole process group (docker stop, systemd, pkill -f) killed a worker first, and the
     # main process then failed with a traceback instead of saving.
