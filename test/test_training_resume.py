@@ -101,15 +101,23 @@ def test_sigkill_then_resume_loses_at_most_one_interval(tmp_path):
     assert steps_logged == list(range(1, latest.step + 3))  # one consistent history, no repeated steps
 
 
-def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("to_group", [False, True], ids=["ctrl-c", "sigterm-to-the-process-group"])
+def test_ctrl_c_saves_and_exits_cleanly(to_group, tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the process), and SIGTERM to the whole process group (docker stop,
+    systemd, ``pkill -f``), which reaches the DataLoader worker too: before the workers ignored SIGTERM,
+    the killed worker ended the run with a traceback and no saved state."""
     out = tmp_path / "run"
     config = write_yaml(tiny_config("jepa", out, steps=200, checkpoint_every=50), tmp_path / "jepa.yaml")
-    proc = run_cli(["--config", str(config), "--workers", "1"])
+    proc = run_cli(["--config", str(config), "--workers", "1"], start_new_session=to_group)
     deadline = time.time() + 240
     while not (out / "metrics.csv").is_file() or len(read_metrics(out)) < 2:
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:] if proc.poll() is not None else "timeout"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    if to_group:
+        assert _group_size(proc.pid) >= 2, "no loader worker in the run's process group"
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
@@ -117,6 +125,18 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path):
     assert latest is not None and latest.step == max(int(r["step"]) for r in read_metrics(out))
     assert "continue with --resume" in stderr
     assert not (out / "encoder.safetensors").exists()
+
+
+def _group_size(pgid: int) -> int:
+    """Live processes in process group ``pgid`` (from /proc: the run and its loader workers)."""
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        count += int(fields[2]) == pgid  # after the name: state, ppid, pgrp
+    return count
 
 
 def test_bad_scans_are_skipped_and_counted(tmp_path):
