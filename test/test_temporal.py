@@ -337,12 +337,16 @@ def test_data_list_is_the_unlabelled_real_scans(monkeypatch):
 
 
 @needs_data
-@pytest.mark.parametrize("config_name", ["sonata-sequences.yaml", "sonata-sequences-temporal.yaml"])
+@pytest.mark.parametrize("config_name", ["sonata-sequences.yaml", "sonata-sequences-temporal.yaml", "msm-sequences.yaml"])
 def test_sequence_study_data_list_leaves_out_the_test_sequence(monkeypatch, config_name):
     """The sequence study's pretraining configs pretrain on every unlabelled real LiDAR scan but sequence 08
     (the test set, never pretrained on): the 29 unlabelled scans and the 35 scans of the training sequences
-    00-05, 07, their labels unused. The temporal variant finds each training sequence's 5 frames a sequence."""
+    00-05, 07, their labels unused. The temporal variant finds each training sequence's 5 frames a sequence.
+    Every row's network and input are Sonata's, so the study's scratch row is the same network for all."""
     monkeypatch.chdir(REPO)
+    reference = load_config(REPO / "config" / "pretrain" / "sonata-sequences.yaml")
+    cfg = load_config(REPO / "config" / "pretrain" / config_name)
+    assert (cfg.preprocessing, cfg.encoder, cfg.data.exclude) == (reference.preprocessing, reference.encoder, reference.data.exclude)
     names, sequences = _data_list(config_name)
     assert sum(len(m) for m in sequences.members) == 16 + 35
     sequence_scans = [n for n in names if "semantickitti_sequences" in n]
