@@ -321,24 +321,30 @@ def _rgb_unit(rgb: np.ndarray) -> np.ndarray:
 
 
 def _keep_mask(points: torch.Tensor, fields: dict[str, torch.Tensor], cfg: PreprocessConfig) -> torch.Tensor:
-    # One comparison drops NaN (compares false), +-Inf, absurd coordinates and points beyond what the
-    # voxel grid can address alike.
-    keep = (points.abs() <= cfg.addressable_range).all(dim=1)
+    # Column by column: torch's reductions over a 3-wide axis (``.all(dim=1)``, ``.sum(dim=1)``) cost
+    # ~1.7 ms each on an HDL-64 frame, the whole mask ~9 ms on one thread; elementwise ops on the
+    # columns' strided views give the same mask in under 1 ms.
+    x, y, z = points.unbind(1)
+    limit = cfg.addressable_range
+    # One comparison per axis drops NaN (compares false), +-Inf, absurd coordinates and points beyond
+    # what the voxel grid can address alike.
+    keep = (x.abs() <= limit) & (y.abs() <= limit) & (z.abs() <= limit)
     # Exactly (0, 0, 0) is the no-return placeholder of organised clouds (Ouster, depth cameras).
-    keep &= (points != 0).any(dim=1)
+    keep &= (x != 0) | (y != 0) | (z != 0)
     for values in fields.values():
-        keep &= torch.isfinite(values).all(dim=1)
+        for column in values.unbind(1):
+            keep &= torch.isfinite(column)
     if cfg.min_range > 0 or cfg.max_range is not None:
         # float32 is exact enough: coordinates are below 1e5 m, and a range limit is metres, not microns
-        sq_range = (points * points).sum(dim=1)
+        sq_range = x * x + y * y + z * z
         if cfg.min_range > 0:
             keep &= sq_range >= cfg.min_range**2
         if cfg.max_range is not None:
             keep &= sq_range <= cfg.max_range**2
     if cfg.crop_box is not None:
-        lo = torch.tensor(cfg.crop_box[:3], dtype=points.dtype)
-        hi = torch.tensor(cfg.crop_box[3:], dtype=points.dtype)
-        keep &= ((points >= lo) & (points <= hi)).all(dim=1)
+        for column, lo, hi in zip((x, y, z), cfg.crop_box[:3], cfg.crop_box[3:]):
+            # compared in float32, as the box's corners were when they were a float32 tensor
+            keep &= (column >= torch.tensor(lo, dtype=points.dtype)) & (column <= torch.tensor(hi, dtype=points.dtype))
     return keep
 
 
