@@ -12,6 +12,7 @@ and bench_encoder.py (medians against an in-run baseline).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -24,12 +25,14 @@ from bench_node import benchmark_checkpoint, load_scan
 STAGES = ("decode", "preprocess", "inference", "postprocess")
 
 
-def frame_stages(pipeline, encoder, selection, msg) -> dict[str, float]:
-    """One frame's stage times (ms): the pipeline's own and each output's encoding."""
+def frame_stages(pipeline, encoder, selection, msg, point_embeddings: bool) -> dict[str, float]:
+    """One frame's stage times (ms): the pipeline's own and each output's encoding. ``point_embeddings``
+    as the node passes it (not ``embeddings.per_voxel``): per-point embeddings are a frame's largest
+    array, and unpooling them is most of the postprocess stage."""
     from ssl3d_ros.perception import encode_outputs
 
     start = time.perf_counter()
-    cloud = pipeline.process_cloud(msg, segmentation=True, embeddings=True)
+    cloud = pipeline.process_cloud(msg, segmentation=True, embeddings=True, point_embeddings=point_embeddings)
     total = (time.perf_counter() - start) * 1e3
     stages = {"decode": cloud.decode_ms, **{k: v for k, v in cloud.result.timings_ms.items() if k in STAGES}}
     stages["pipeline total"] = total
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=10, help="profiled frames, after --warmup frames")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--top", type=int, default=15, help="operators listed")
+    ap.add_argument("--point-embeddings", action="store_true",
+                    help="one embedding per input point (embeddings.per_voxel: false); default: the node's default, per voxel")
     ap.add_argument("--json", type=Path, default=None, help="also write the stage medians and operators here")
     args = ap.parse_args(argv)
 
@@ -63,25 +68,31 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.warm_up()
     encoder = OutputEncoder.for_classes(pipeline.class_names, pipeline.class_colors, cfg)
     selection = OutputSelection(segmentation=True, embeddings=True, visualization=True, occupancy=True, obstacles=True)
+    point_embeddings = not cfg.embeddings.per_voxel  # the node's default unless --point-embeddings
+    if args.point_embeddings:
+        point_embeddings = True
+        encoder = dataclasses.replace(encoder, embeddings_per_voxel=False)
     for _ in range(args.warmup):
-        frame_stages(pipeline, encoder, selection, msg)
+        frame_stages(pipeline, encoder, selection, msg, point_embeddings)
     rows: list[dict[str, float]] = []
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.frames):
-            rows.append(frame_stages(pipeline, encoder, selection, msg))
+            rows.append(frame_stages(pipeline, encoder, selection, msg, point_embeddings))
     medians = {k: round(statistics.median(r[k] for r in rows), 2) for k in rows[0]}
     ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[: args.top]
     operators = [{"op": e.key, "self_ms_per_frame": round(e.self_cpu_time_total / 1e3 / args.frames, 2),
                   "calls_per_frame": round(e.count / args.frames, 1)} for e in ops]
 
     print(f"{description}, {msg.width * msg.height} points, torch threads {args.threads}, "
-          f"{args.frames} frames (profiler on: its overhead is in these times)")
+          f"{args.frames} frames, embeddings {'per point' if point_embeddings else 'per voxel'} "
+          "(profiler on: its overhead is in these times)")
     print("stage medians (ms): " + ", ".join(f"{k} {v}" for k, v in medians.items()))
     print(f"{'operator':40s} {'self ms/frame':>14s} {'calls/frame':>12s}")
     for o in operators:
         print(f"{o['op'][:40]:40s} {o['self_ms_per_frame']:14.2f} {o['calls_per_frame']:12.1f}")
     if args.json:
         args.json.write_text(json.dumps({"scan": description, "threads": args.threads, "frames": args.frames,
+                                         "point_embeddings": point_embeddings,
                                          "stage_ms_median": medians, "operators": operators}, indent=1))
     return 0
 
