@@ -258,3 +258,19 @@ def scan_files_in(folder: Path) -> list[Path]:
     """Every scan file under ``folder``, counted from the names rather than known in advance: the
     shared data grows."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(NOT_SCANS))
+
+
+def simulated_sequences(root: Path, seeds: dict[str, int], scans: int) -> dict[str, str]:
+    """Labelled sequence folders of .npy scans written by ssl3d-simulate (16 beams), one per name, the
+    simulations side by side on both cores; returns name -> folder."""
+    import sys
+
+    runs = {name: subprocess.Popen([sys.executable, "-m", "ssl3d_ros.sim.cli", "--scans", str(scans), "--seed", str(seed),
+                                    "--beams", "16", "--columns", "256", "--npy-dir", str(root / name), "--quiet"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for name, seed in seeds.items()}
+    for name, proc in runs.items():
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"ssl3d-simulate of sequence {name} failed: {output[-3000:]}"
+    return {name: str(root / name) for name in runs}
+

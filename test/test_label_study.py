@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from builders import simulated_sequences
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_PRETRAIN = [  # a few seconds of pretraining: the pipeline, not the result, is under test
     "preprocessing.voxel_size=0.25", "preprocessing.max_range=30.0", "recipe.prototypes=16", "recipe.head_hidden=32",
@@ -18,21 +20,9 @@ TINY_PRETRAIN = [  # a few seconds of pretraining: the pipeline, not the result,
     "run.batch_size=1", "run.workers=0", "run.checkpoint_every=2", "run.tensorboard=false", "data.sim_count=2"]
 
 
-def simulate(folder: Path, seed: int, scans: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ssl3d_ros.sim.cli", "--scans", str(scans), "--seed", str(seed),
-                             "--beams", "16", "--columns", "256", "--npy-dir", str(folder), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 @pytest.fixture(scope="module")
 def sequences(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("sequences")
-    # the three simulations are independent: side by side, on both cores
-    runs = {name: simulate(root / name, seed, 2) for name, seed in (("00", 1), ("01", 2), ("08", 3))}
-    for name, proc in runs.items():
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"ssl3d-simulate of sequence {name} failed: {output[-3000:]}"
-    return {name: str(root / name) for name in runs}
+    return simulated_sequences(tmp_path_factory.mktemp("sequences"), {"00": 1, "01": 2, "08": 3}, scans=2)
 
 
 def study(out: Path, sequences: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
