@@ -38,6 +38,8 @@ from ssl3d_ros.cli import EXIT_CODES_EPILOG, EXIT_OK, console_script
 from ssl3d_ros.config import ConfigError
 from ssl3d_ros.evaluation.selection import STRATEGIES, UNCERTAINTY_STRATEGIES
 
+from .report import save_miou_plot
+
 PROG = "selection_study"
 BASELINE = "random"
 LABELLED_POINTS = 100  # a class counts as labelled in a selection from this many points of it on
@@ -222,16 +224,8 @@ def plot(records: Sequence[dict], path: Path) -> Path:
     ax.set_xscale("log")
     budgets = sorted({r["budget"] for r in records})
     ax.set_xticks(budgets, [str(b) for b in budgets])
-    ax.set_xlabel("scans labelled (K, log scale)")
-    ax.set_ylabel("test mIoU (%)")
-    ax.set_title(f"test mIoU against the scans chosen to label ({records[0]['steps']} fine-tuning steps)", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_miou_plot(fig, ax, path, f"test mIoU against the scans chosen to label ({records[0]['steps']} fine-tuning "
+                          "steps)", "scans labelled (K, log scale)")
 
 
 def write_outputs(out: Path, records: Sequence[dict], class_map: str) -> None:
