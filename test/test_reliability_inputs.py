@@ -35,6 +35,7 @@ from ssl3d_ros.codec import (  # noqa: E402
 )
 from ssl3d_ros.labels import NO_CLASS  # noqa: E402
 from ssl3d_ros.perception import PerceptionPipeline  # noqa: E402
+from ssl3d_ros.perception.health import WARN_PERIOD_S  # noqa: E402
 
 from ssl3d_ros.evaluation.node_harness import Harness, write_params  # noqa: E402
 
@@ -378,6 +379,7 @@ def test_bad_or_unusual_cloud(case, harness, node_process, offline):
     before = diag(harness)
     log_offset = log_path.stat().st_size
 
+    burst_start = time.monotonic()
     for _ in range(BURST if warning else 1):
         m = copy.deepcopy(msg)
         stamp(m, frame_id=f"case_{case}")
@@ -394,6 +396,7 @@ def test_bad_or_unusual_cloud(case, harness, node_process, offline):
 
     growth = BURST if counter.startswith("frames_") and warning else 1
     after = wait_counter(harness, counter, int(before[counter]) + growth, f"{counter} to grow by {growth}")
+    burst_s = time.monotonic() - burst_start
     assert int(after["frames_errors"]) == int(before["frames_errors"])  # nothing escaped as a crash-like error
     if outcome == REJECTED:
         assert int(after["frames_rejected"]) == int(before["frames_rejected"]) + BURST
@@ -407,7 +410,11 @@ def test_bad_or_unusual_cloud(case, harness, node_process, offline):
     text = log_since(log_path, log_offset)
     if warning:
         lines = warnings_matching(text, warning)
-        assert len(lines) == 1, f"{len(lines)} warnings for a burst of {BURST} {case} clouds:\n{text}"
+        # one line per WARN_PERIOD_S: one for the burst, unless a loaded CPU stretched it over periods
+        # (seen: 14 s for three frames beside five CPU-bound processes)
+        allowed = 1 + int(burst_s // WARN_PERIOD_S)
+        assert 1 <= len(lines) <= min(allowed, BURST - 1), (
+            f"{len(lines)} warnings for a burst of {BURST} {case} clouds in {burst_s:.1f} s:\n{text}")
     else:  # a valid encoding is no problem worth a warning
         assert not [line for line in text.splitlines() if "WARN" in line], text
     assert "Traceback" not in text
