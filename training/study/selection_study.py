@@ -206,12 +206,13 @@ def plot(records: Sequence[dict], path: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")  # files only: no display on a robot or in CI
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     strategies = sorted({r["strategy"] for r in records}, key=lambda s: (s != BASELINE, s))
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
     for index, strategy in enumerate(strategies):
         colour = f"C{index % 10}"
-        offset = (index - (len(strategies) - 1) / 2) * 0.08  # side by side where budgets coincide
+        offset = (index - (len(strategies) - 1) / 2) * 0.03  # side by side where budgets coincide
         budgets = sorted({r["budget"] for r in records if r["strategy"] == strategy})
         means, stds = [], []
         for budget in budgets:
@@ -224,6 +225,8 @@ def plot(records: Sequence[dict], path: Path) -> Path:
     ax.set_xscale("log")
     budgets = sorted({r["budget"] for r in records})
     ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # K only, not log-scale minor labels
+    ax.set_xlim(budgets[0] / 1.3, budgets[-1] * 1.3)
     return save_miou_plot(fig, ax, path, f"test mIoU against the scans chosen to label ({records[0]['steps']} fine-tuning "
                           "steps)", "scans labelled (K, log scale)")
 
