@@ -321,13 +321,11 @@ def _rgb_unit(rgb: np.ndarray) -> np.ndarray:
 
 
 def _keep_mask(points: torch.Tensor, fields: dict[str, torch.Tensor], cfg: PreprocessConfig) -> torch.Tensor:
-    # Column by column: torch's reductions over a 3-wide axis (``.all(dim=1)``, ``.sum(dim=1)``) cost
-    # ~1.7 ms each on an HDL-64 frame, the whole mask ~9 ms on one thread; elementwise ops on the
-    # columns' strided views give the same mask in under 1 ms.
+    # Column by column: torch's reductions over a 3-wide axis (``.all(dim=1)``) cost ~1.7 ms each on an
+    # HDL-64 frame; elementwise ops on the columns give the same mask several times faster.
     x, y, z = points.unbind(1)
     limit = cfg.addressable_range
-    # One comparison per axis drops NaN (compares false), +-Inf, absurd coordinates and points beyond
-    # what the voxel grid can address alike.
+    # One comparison per axis drops NaN (compares false), +-Inf, absurd and unaddressable coordinates.
     keep = (x.abs() <= limit) & (y.abs() <= limit) & (z.abs() <= limit)
     # Exactly (0, 0, 0) is the no-return placeholder of organised clouds (Ouster, depth cameras).
     keep &= (x != 0) | (y != 0) | (z != 0)
@@ -343,8 +341,7 @@ def _keep_mask(points: torch.Tensor, fields: dict[str, torch.Tensor], cfg: Prepr
             keep &= sq_range <= cfg.max_range**2
     if cfg.crop_box is not None:
         for column, lo, hi in zip((x, y, z), cfg.crop_box[:3], cfg.crop_box[3:]):
-            # compared in float32, as the box's corners were when they were a float32 tensor
-            keep &= (column >= torch.tensor(lo, dtype=points.dtype)) & (column <= torch.tensor(hi, dtype=points.dtype))
+            keep &= (column >= lo) & (column <= hi)  # a Python scalar is compared in the column's float32
     return keep
 
 

@@ -8,6 +8,7 @@ import csv
 import functools
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -263,8 +264,6 @@ def scan_files_in(folder: Path) -> list[Path]:
 def simulated_sequences(root: Path, seeds: dict[str, int], scans: int) -> dict[str, str]:
     """Labelled sequence folders of .npy scans written by ssl3d-simulate (16 beams), one per name, the
     simulations side by side on both cores; returns name -> folder."""
-    import sys
-
     runs = {name: subprocess.Popen([sys.executable, "-m", "ssl3d_ros.sim.cli", "--scans", str(scans), "--seed", str(seed),
                                     "--beams", "16", "--columns", "256", "--npy-dir", str(root / name), "--quiet"],
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -273,4 +272,3 @@ def simulated_sequences(root: Path, seeds: dict[str, int], scans: int) -> dict[s
         output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"ssl3d-simulate of sequence {name} failed: {output[-3000:]}"
     return {name: str(root / name) for name in runs}
-
