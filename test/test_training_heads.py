@@ -15,12 +15,20 @@ def test_pad_by_batch_roundtrip():
 
 
 def test_sinkhorn_balances_prototypes():
-    logits = torch.randn(512, 16)
+    # Its own generator: the suite's random order left the global RNG anywhere, and at 10
+    # iterations about 4 % of draws were still 0.02 off uniform (CI seed 22532 drew one).
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(512, 16, generator=generator)
     logits[:, 0] += 2.0  # a teacher that favours one prototype
     softmax_usage = torch.softmax(logits / 0.1, dim=1).mean(dim=0)
     assert softmax_usage[0] > 0.5  # plain softmax targets would collapse onto it
-    q = sinkhorn_knopp(logits, 0.1, iterations=10)
-    assert torch.allclose(q.sum(dim=1), torch.ones(512), atol=1e-4)
-    usage = q.sum(dim=0) / 512
-    assert torch.allclose(usage, torch.full((16,), 1 / 16), atol=0.02)
-    assert q.argmax(dim=1).unique().numel() > 8
+    off_uniform = []
+    for iterations in (3, 10, 30):
+        q = sinkhorn_knopp(logits, 0.1, iterations=iterations)
+        assert torch.allclose(q.sum(dim=1), torch.ones(512), atol=1e-4)
+        usage = q.sum(dim=0) / 512
+        off_uniform.append(float((usage - 1 / 16).abs().max()))
+        assert q.argmax(dim=1).unique().numel() > 8
+    # every prototype used about equally, closer with each round of normalisation
+    assert off_uniform[0] > off_uniform[1] > off_uniform[2]
+    assert off_uniform[2] < 0.005, off_uniform
