@@ -78,3 +78,18 @@ def test_selection_study_refuses_bad_input_in_one_line(tmp_path, setup):
     empty = subprocess.run([sys.executable, "-m", MODULE, "--out", str(tmp_path / "none"), "--report-only"],
                            capture_output=True, text=True, timeout=120, cwd=REPO)
     assert empty.returncode == 2 and "no finished cell" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_report_pairs_gains_by_seed_and_gives_their_spread():
+    from ssl3d_ros.training.study.selection_study import report
+
+    def cell(strategy, seed, miou):
+        return {"strategy": strategy, "budget": 5, "seed": seed, "miou": miou, "steps": 100,
+                "sequences": ["00", "01"], "classes_labelled": [1, 2, 3], "scans": ["/d/00/velodyne/000002.bin"]}
+
+    records = [cell("random", 0, 0.10), cell("random", 1, 0.20), cell("diversity", 0, 0.13), cell("diversity", 1, 0.21)]
+    diversity_row = next(line for line in report(records).splitlines() if line.startswith("| diversity | 5 |"))
+    # gains are paired by seed (+3.0, +1.0), not the difference of the means over unpaired seeds
+    assert "| +3.0, +1.0 | +2.0 ± 1.4 |" in diversity_row
+    random_row = next(line for line in report(records).splitlines() if line.startswith("| random | 5 |"))
+    assert "15.0 ± 7.1" in random_row and "| – | – |" in random_row

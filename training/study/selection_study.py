@@ -166,10 +166,11 @@ def finished_cells(out: Path, class_map: str) -> list[dict]:
     return [r for r in (cell_record(out, k, class_map) for k in keys) if r is not None]
 
 
-def _mean_std(values: Sequence[float]) -> str:
+def _mean_std(values: Sequence[float], signed: bool = False) -> str:
+    number = "{:+.1f}" if signed else "{:.1f}"
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
+        return number.format(values[0])
+    return f"{number.format(np.mean(values))} ± {np.std(values, ddof=1):.1f}"
 
 
 def report(records: Sequence[dict]) -> str:
@@ -180,7 +181,7 @@ def report(records: Sequence[dict]) -> str:
     lines = ["# Which scans to label: the selection study", "",
              f"Every cell: the chosen scans fine-tuned with all their labels, {records[0]['steps']} steps, scored once "
              "on the test scans. Gain: the strategy's mIoU minus random's with the same seed and budget.", "",
-             "| strategy | K | test mIoU (%), per seed | mean ± std | gain over random, per seed | mean gain | "
+             "| strategy | K | test mIoU (%), per seed | mean ± std | gain over random, per seed | mean gain ± std | "
              "sequences covered | classes labelled |", "|---|---|---|---|---|---|---|---|"]
     for budget in budgets:
         for strategy in strategies:
@@ -192,7 +193,7 @@ def report(records: Sequence[dict]) -> str:
                      for r in mine if strategy != BASELINE and (BASELINE, budget, r["seed"]) in by]
             lines.append(" | ".join([
                 f"| {strategy}", str(budget), " / ".join(f"{v:.1f}" for v in miou) + f" (seed{'s' * (len(mine) > 1)} {', '.join(str(r['seed']) for r in mine)})",
-                _mean_std(miou), ", ".join(f"{g:+.1f}" for g in gains) or "–", (f"{np.mean(gains):+.1f}" if gains else "–"),
+                _mean_std(miou), ", ".join(f"{g:+.1f}" for g in gains) or "–", (_mean_std(gains, signed=True) if gains else "–"),
                 _mean_std([len(r["sequences"]) for r in mine]), _mean_std([len(r["classes_labelled"]) for r in mine]) + " |"]))
     lines += ["", "| strategy | K | seed | chosen scans (rank order) | test mIoU (%) |", "|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: (r["budget"], r["strategy"], r["seed"])):
