@@ -133,10 +133,14 @@ def plot(records: Sequence[dict], path: Path, title: str, total_labelled: int | 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for index, (row, mode) in enumerate(row_order(records)):
-        colour = f"C{index % 10}"
+    # one colour per row (its fine-tune and probe share it, told apart by line and marker), distinct
+    # for up to 20 rows: the default cycle repeats after 10 and gave two rows one colour
+    rows = list(dict.fromkeys(row for row, _ in row_order(records)))
+    palette = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    for row, mode in row_order(records):
+        colour = palette(rows.index(row) % palette.N)
         label = f"{row} ({MODE_TITLES[mode]})"
-        style = "-" if mode == "finetune" else "--"
+        style, marker = ("-", "o") if mode == "finetune" else ("--", "s")
         mine = [r for r in records if (r["row"], r["mode"]) == (row, mode) and miou_percent(r) is not None]
         for scans_budget in (False, True):
             points = []
@@ -154,7 +158,7 @@ def plot(records: Sequence[dict], path: Path, title: str, total_labelled: int | 
                 ax.errorbar(x, y, yerr=s, fmt="D", color=colour, mfc="none", capsize=3,
                             label=f"{label}, K scans per sequence")
             else:
-                ax.plot(x, y, style, marker="o", color=colour, label=label)
+                ax.plot(x, y, style, marker=marker, color=colour, label=label)
                 ax.fill_between(x, y - s, y + s, color=colour, alpha=0.15, linewidth=0)
     ax.set_xscale("log")
     return save_miou_plot(fig, ax, path, title, "labelled points used for training (% of the training set, log scale)")
