@@ -137,8 +137,9 @@ def plot(records: Sequence[dict], path: Path, title: str, total_labelled: int | 
     # for up to 20 rows: the default cycle repeats after 10 and gave two rows one colour
     rows = list(dict.fromkeys(row for row, _ in row_order(records)))
     palette = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    colours = {row: palette(index % palette.N) for index, row in enumerate(rows)}
     for row, mode in row_order(records):
-        colour = palette(rows.index(row) % palette.N)
+        colour = colours[row]
         label = f"{row} ({MODE_TITLES[mode]})"
         style, marker = ("-", "o") if mode == "finetune" else ("--", "s")
         mine = [r for r in records if (r["row"], r["mode"]) == (row, mode) and miou_percent(r) is not None]
