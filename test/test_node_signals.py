@@ -30,7 +30,7 @@ from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from ssl3d_ros.codec import FLOAT32, FLOAT64, decode_cloud, encode_cloud, fill_cloud_message  # noqa: E402
 from ssl3d_ros.evaluation.node_harness import NodeProcess  # noqa: E402
 from ssl3d_ros.labels import NO_CLASS  # noqa: E402
-from ssl3d_ros.perception import SEGMENT_MARGIN, TYPICAL_POINT_STEP, WARN_PERIOD_S  # noqa: E402
+from ssl3d_ros.perception import OVERLOAD_WINDOW_S, SEGMENT_MARGIN, TYPICAL_POINT_STEP, WARN_PERIOD_S  # noqa: E402
 
 from builders import INPUT_TOPIC, OUT, sim_scan  # noqa: E402
 
@@ -320,31 +320,42 @@ OVERLOAD_LINE = re.compile(r"overloaded: dropped (\d+) of (\d+) frames in the la
 
 
 def test_sustained_overload_logs_a_throttled_warning_with_the_rates(harness, node_process):
-    """Clouds at four times the rate the node sustains here (measured first, so the test holds on any
-    machine; 20 Hz at least) until the node's warning comes; frames dropped, counted and named in one
-    line per window."""
+    """Clouds at four times the rate the node sustains here (measured first; 20 Hz at least), twice as
+    fast again after every two windows without the warning, until the node's warning comes: the test
+    holds on any machine. Frames dropped, counted and named in one line per window."""
     proc, log_path = node_process
     periods = []
     for _ in range(3):  # one frame in flight at a time: what the node sustains on this cloud here
         t0 = time.monotonic()
         send_and_receive(harness, valid_cloud("case_calibration"))
         periods.append(time.monotonic() - t0)
-    # 20 Hz at least: on a loaded CPU the node's executor, sharing the GIL with inference, takes only some
-    # of the samples (its DDS queue keeps the last one), and only those it takes can be counted as dropped
-    interval = min(max(periods) / 4.0, 0.05)
+    # The median: the first round trip after a new frame_id holds a set-up of up to a second. 20 Hz at
+    # least: on a loaded CPU the node's executor, sharing the GIL with inference, takes only some of the
+    # samples (its DDS queue keeps the last one), and only those it takes can be counted as dropped. A
+    # round trip is not the node's own rate (seen in CI: 20 Hz, kept up with, no drop in 120 s), hence
+    # the doubling, down to 2 ms a cloud.
+    interval = min(float(np.median(periods)) / 4.0, 0.05)
     before = fresh_counts(harness)
     offset = log_path.stat().st_size
     start = next_check = time.monotonic()
+    next_faster = start + 2 * OVERLOAD_WINDOW_S + 1.0
     sent, found = 0, None
+    cloud = valid_cloud("case_overload")  # built once: building it here costs as much as a short interval
+    next_send = start
     while found is None:
         assert time.monotonic() - start < HANG_GUARD_S, \
             f"no overload warning after {sent} frames:\n{log_since(log_path, offset)[-3000:]}"
-        harness.publish(valid_cloud("case_overload"))  # best effort, like a driver
+        harness.publish(cloud)  # best effort, like a driver
         sent += 1
-        time.sleep(interval)
+        next_send += interval  # paced by the clock: the publishing's own cost is part of the interval
+        time.sleep(max(0.0, next_send - time.monotonic()))
         if time.monotonic() >= next_check:  # reading the log costs little, but not at every frame
             found = OVERLOAD_LINE.search(log_since(log_path, offset))
             next_check = time.monotonic() + 0.25
+        if found is None and time.monotonic() >= next_faster:
+            interval = max(interval / 2.0, 0.002)
+            next_send = time.monotonic()
+            next_faster = time.monotonic() + 2 * OVERLOAD_WINDOW_S + 1.0
     elapsed = time.monotonic() - start
     text = log_since(log_path, offset)
     lines = warn_lines(text, "overloaded: dropped")
