@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from builders import simulated_sequences
 
@@ -89,3 +92,43 @@ def test_study_bad_rows_are_one_line(tmp_path, sequences):
     run = study(tmp_path / "bad", sequences, "--rows", "scratch", "x=missing.safetensors")
     assert run.returncode == 2 and run.stderr.strip().count("\n") == 0
     assert "checkpoint missing.safetensors not found" in run.stderr
+
+
+def test_lpft_cells_continue_their_probe_cells_at_a_lower_rate(tmp_path, sequences):
+    """--modes lpft: each cell starts from its probe cell's model (encoder and trained head; the probe
+    cell runs first and is cached as a cell of its own), trains every weight for --lpft-steps at
+    --lpft-lr-scale times the rate, and its gain is read against scratch fine-tuned."""
+    out = tmp_path / "study"
+    run = study(out, sequences, "--modes", "finetune", "lpft", "--lpft-steps", "2", "--lpft-lr-scale", "0.25")
+    assert run.returncode == 0, run.stderr[-3000:]
+    cells = {(c["row"], c["mode"], c["fraction"], c["scans_per_source"]): c
+             for c in json.loads((out / "study.json").read_text())["cells"]}
+    assert {m for _, m, _, _ in cells} == {"finetune", "lpft"}  # the plan's cells; the probes are cached beside them
+    probe_key, lpft_key = "tiny__probe__p0.1__s0", "tiny__lpft__p0.1__s0"
+    assert (out / "cells" / f"{probe_key}.json").is_file()
+    lpft = cells[("tiny", "lpft", 0.1, 0)]
+    assert lpft["lpft"] == {"probe_steps": 3, "steps": 2, "lr": pytest.approx(0.25 * 0.002)}
+    with safe_open(str(out / "runs" / lpft_key / "model.safetensors"), "pt") as f:  # the config it trained with
+        stage = json.loads(f.metadata()["ssl3d"])["recipe"]["config"]
+    assert stage["init"] == str(out / "runs" / probe_key / "model.safetensors") and stage["init_head"] is True
+    assert stage["optim"]["freeze_encoder_steps"] == 0 and stage["optim"]["lr"] == pytest.approx(0.0005)
+    assert stage["run"]["steps"] == 2
+    # the same labels as the probe it continues; the encoder moved (the probe's did not)
+    probe = json.loads((out / "cells" / f"{probe_key}.json").read_text())
+    assert lpft["selected_points"] == probe["selected_points"]
+    weights = {name: load_file(str(out / "runs" / key / "model.safetensors"))
+               for name, key in (("probe", probe_key), ("lpft", lpft_key))}
+    encoder = [k for k in weights["lpft"] if k.startswith("encoder.")]
+    assert encoder and any(not torch.equal(weights["lpft"][k], weights["probe"][k]) for k in encoder)
+    report = (out / "study.md").read_text()
+    assert "| tiny (probe, then fine-tuned (LP-FT) vs scratch fine-tuned) |" in report
+    assert "- LP-FT: each probe cell's model, then 2 steps end to end at 0.25 x the learning rates" in report
+
+    # a probe cell whose model is gone cannot be continued: one line, exit 2
+    (out / "runs" / "scratch__probe__p1__s0" / "model.safetensors").unlink()
+    for key in ("scratch__lpft__p1__s0",):
+        (out / "cells" / f"{key}.json").unlink()
+    again = study(out, sequences, "--modes", "finetune", "lpft", "--lpft-steps", "2", "--lpft-lr-scale", "0.25")
+    assert again.returncode == 2 and again.stderr.strip().count("\n") == 0, again.stderr[-3000:]
+    assert "the model of probe cell scratch__probe__p1__s0, which lpft cell scratch__lpft__p1__s0 continues, is gone" \
+        in again.stderr

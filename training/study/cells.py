@@ -2,7 +2,8 @@
 scans once), each cached in OUT so a stopped study continues where it stopped.
 
     OUT/pretrain/ROW/           ssl3d-pretrain's run of a pretrain: row (resumable; encoder.safetensors)
-    OUT/runs/CELL/              ssl3d-finetune's run of a cell (resumable; model.safetensors)
+    OUT/runs/CELL/              ssl3d-finetune's run of a cell (resumable; model.safetensors; an lpft
+                                cell's run starts from its probe cell's model, which must stay there)
     OUT/runs/CELL/test/         the test scores of that model (evaluation.json)
     OUT/cells/CELL.json         the finished cell: budget, labels used, validation and test scores
 """
@@ -12,7 +13,7 @@ import copy
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -107,6 +108,19 @@ def cell_config(plan: StudyPlan, cell: Cell, weights: RowWeights, run_dir: Path)
     return cfg
 
 
+def lpft_stage_config(plan: StudyPlan, cell: Cell, probe_model: Path, run_dir: Path) -> dict:
+    """The end-to-end stage of an ``lpft`` cell: the probe cell's model (encoder and trained head), every
+    weight trained for ``plan.lpft_stage_steps`` at ``plan.lpft_lr_scale`` times the learning rates
+    the study's other cells use; the same labels (same budget and seed)."""
+    cfg = cell_config(plan, cell, RowWeights(str(probe_model), False), run_dir)
+    steps = plan.lpft_stage_steps
+    lr = config_from_dict(cfg).optim.lr  # the study's rate, whichever of config, built-in or --set gave it
+    merge(cfg, {"init_head": True, "optim": {"lr": lr * plan.lpft_lr_scale, "freeze_encoder_steps": 0},
+                "validation": {"every": min(cfg["validation"]["every"], steps)},
+                "run": {"steps": steps, "checkpoint_every": max(steps // 10, 1)}})
+    return cfg
+
+
 def merge(into: dict, update: dict) -> dict:
     """Nested dict update: mappings merge key by key, anything else replaces."""
     for key, value in update.items():
@@ -123,8 +137,17 @@ def run_cell(plan: StudyPlan, cell: Cell, weights: RowWeights, out: Path, progre
     if cached.is_file():
         return json.loads(cached.read_text())
     run_dir = out / "runs" / cell.key
-    cfg_dict = cell_config(plan, cell, weights, run_dir)
-    t0 = time.perf_counter()
+    if cell.mode == "lpft":
+        probe_cell = replace(cell, mode="probe")
+        run_cell(plan, probe_cell, weights, out, progress)  # its own cell: run (and cached) first if missing
+        probe_model = out / "runs" / probe_cell.key / "model.safetensors"
+        if not probe_model.is_file():
+            raise ConfigError(f"{probe_model}: the model of probe cell {probe_cell.key}, which lpft cell {cell.key} "
+                              f"continues, is gone; delete {out / 'cells' / (probe_cell.key + '.json')} to run it again")
+        cfg_dict = lpft_stage_config(plan, cell, probe_model, run_dir)
+    else:
+        cfg_dict = cell_config(plan, cell, weights, run_dir)
+    t0 = time.perf_counter()  # this cell's own run (an lpft cell's probe is timed in its own record)
     result = finetune(config_from_dict(cfg_dict), resume=(run_dir / "checkpoints").is_dir(), progress=progress)
     if not result.completed:
         raise StudyInterrupted(f"cell {cell.key} stopped at step {result.step}")
@@ -145,6 +168,8 @@ def run_cell(plan: StudyPlan, cell: Cell, weights: RowWeights, out: Path, progre
         "miou": test["miou"], "accuracy": test["accuracy"], "iou": test["iou"], "support": test["support"],
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    if cell.mode == "lpft":  # what the second stage was; its start is the probe cell of the same key
+        record["lpft"] = {"probe_steps": plan.steps, "steps": cfg_dict["run"]["steps"], "lr": cfg_dict["optim"]["lr"]}
     cached.parent.mkdir(parents=True, exist_ok=True)
     doc = json.dumps(record, indent=1)
     atomic_write(cached, lambda tmp: tmp.write_text(doc))
@@ -164,4 +189,4 @@ def run_study(plan: StudyPlan, out: Path, progress: bool = False,
     return records
 
 
-__all__ = ["StudyInterrupted", "RowWeights", "pretrain_row", "row_weights", "cell_config", "merge", "run_cell", "run_study"]
+__all__ = ["StudyInterrupted", "RowWeights", "pretrain_row", "row_weights", "cell_config", "lpft_stage_config", "merge", "run_cell", "run_study"]

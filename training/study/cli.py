@@ -12,7 +12,10 @@ write the tables and the plot.
 Rows: 'scratch' (the first pretrained row's network with fresh weights), NAME=CHECKPOINT (an encoder
 or node checkpoint), NAME=pretrain:CONFIG.yaml[;SECTION.KEY=VALUE...] (pretrained first by the study
 on --unlabelled, into OUT/pretrain/NAME). Every row is fine-tuned end to end and, with --modes probe,
-trained as a frozen linear probe: same labels, same steps.
+trained as a frozen linear probe: same labels, same steps. --modes lpft adds LP-FT (linear probe, then
+fine-tune): each probe cell's model trained end to end for --lpft-steps more steps at --lpft-lr-scale
+times the learning rates, a fine-tune that starts from a trained head; its gain is read against
+scratch fine-tuned.
 
 Budgets: --fractions keeps that share of every training scan's labelled points (--selection random:
 uniform points; blocks: whole --block-size squares around random points, as an annotator clicks a few
@@ -39,6 +42,8 @@ from pathlib import Path
 from ssl3d_ros.atomic import atomic_write, atomic_write_json
 from ssl3d_ros.cli import EXIT_CODES_EPILOG, EXIT_INTERRUPTED, console_script
 from ssl3d_ros.config import ConfigError
+
+from .plan import LPFT_LR_SCALE, LPFT_STEPS_SHARE, MODES
 
 PROG = "ssl3d-study"
 STUDY_EPILOG = EXIT_CODES_EPILOG.replace(
@@ -73,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which points a fraction keeps: random points, or blocks (clicked regions)")
     p.add_argument("--block-size", type=float, default=4.0, help="metres, --selection blocks")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (label selection, fresh weights, order)")
-    p.add_argument("--modes", nargs="+", choices=["finetune", "probe"], default=["finetune", "probe"])
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=["finetune", "probe"],
+                   help="finetune (end to end), probe (frozen encoder, linear head), lpft (the probe cell's model, "
+                        "then end to end at a lower rate; runs the probe cell first if missing)")
+    p.add_argument("--lpft-steps", type=int, default=0,
+                   help=f"steps of an lpft cell after its probe (default: {LPFT_STEPS_SHARE:g} x --steps)")
+    p.add_argument("--lpft-lr-scale", type=float, default=LPFT_LR_SCALE,
+                   help="an lpft cell's learning rates after its probe: the fine-tuning config's times this")
     p.add_argument("--steps", type=int, default=1000, help="optimisation steps of every cell")
     p.add_argument("--val-every", type=int, default=0, help="steps between validations (default: steps / 5)")
     p.add_argument("--finetune-config", default="", help="ssl3d-finetune YAML every cell starts from (default: built-in)")
@@ -99,7 +110,8 @@ def plan_from_args(args: argparse.Namespace):
                      unlabelled=list(args.unlabelled), unlabelled_exclude=list(args.exclude), steps=args.steps,
                      selection=args.selection, block_size=args.block_size,
                      pretrain_steps=args.pretrain_steps, finetune_config=args.finetune_config,
-                     finetune_overrides=list(args.overrides), val_every=args.val_every)
+                     finetune_overrides=list(args.overrides), val_every=args.val_every,
+                     lpft_steps=args.lpft_steps, lpft_lr_scale=args.lpft_lr_scale)
     check_plan(plan)
     return plan
 
@@ -125,6 +137,8 @@ def header(plan: dict | None, records: list[dict]) -> list[str]:
         f"- validation: {', '.join(plan['validation']) if plan['validation'] else 'none (the last model is kept)'}",
         f"- class map: {plan['class_map'] or 'the simulator’s'}; labels: {labels}",
         f"- fine-tuning: {plan['steps']} steps per cell" + (f"; overrides {plan['overrides']}" if plan["overrides"] else ""),
+        *([f"- LP-FT: each probe cell's model, then {plan['lpft_steps']} steps end to end at "
+           f"{plan['lpft_lr_scale']:g} x the learning rates"] if plan.get("lpft_steps") else []),
         *([f"- pretraining (pretrain: rows): {plan['unlabelled']} unlabelled sources"
            + (f" less {plan['exclude']}" if plan.get("exclude") else "")
            + (f", {plan['pretrain_steps']} steps" if plan["pretrain_steps"] else "")]
@@ -152,7 +166,8 @@ def plan_summary(plan) -> dict:
             "rows": [vars(r) for r in plan.rows], "steps": plan.steps, "selection": plan.selection,
             "block_size": plan.block_size, "unlabelled": len(plan.unlabelled), "exclude": plan.unlabelled_exclude,
             "pretrain_steps": plan.pretrain_steps,
-            "overrides": plan.finetune_overrides}
+            "overrides": plan.finetune_overrides,
+            **({"lpft_steps": plan.lpft_stage_steps, "lpft_lr_scale": plan.lpft_lr_scale} if "lpft" in plan.modes else {})}
 
 
 @console_script(PROG)

@@ -3,7 +3,9 @@ cells they multiply into.
 
 A *cell* is one fine-tuning run: a row (the initial weights), a mode (``finetune``: end to end;
 ``probe``: the encoder frozen for every step, a linear head on fixed features, the same labels and
-steps), a label budget and a seed (label selection, fresh weights, augmentations). A budget is either
+steps; ``lpft``: the probe cell's model, then fine-tuned end to end at a lower learning rate, LP-FT
+after Kumar et al. 2022, a fine-tune that starts from a trained head and so moves the pretrained
+features less), a label budget and a seed (label selection, fresh weights, augmentations). A budget is either
 a fraction of the labelled points of every training scan, or K scans of every training source (a
 sequence folder) with all their labels. Every row gets the same steps and the same network:
 ``scratch`` is the first pretrained row's architecture and preprocessing with fresh weights.
@@ -27,7 +29,11 @@ from ssl3d_ros.io import ScanReadError, open_source
 
 SCRATCH = "scratch"
 PRETRAIN_PREFIX = "pretrain:"
-MODES = ("finetune", "probe")
+MODES = ("finetune", "probe", "lpft")
+# LP-FT's second stage, set before any test cell ran (not tuned): half the probe's steps, a tenth of the
+# fine-tuning learning rate (the head starts trained, so a full rate would mostly move the encoder)
+LPFT_STEPS_SHARE = 0.5
+LPFT_LR_SCALE = 0.1
 SELECTIONS = ("random", "blocks")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -125,6 +131,12 @@ class StudyPlan:
     finetune_config: str = ""
     finetune_overrides: list[str] = field(default_factory=list)
     val_every: int = 0  # 0: steps // 5
+    lpft_steps: int = 0  # lpft cells' end-to-end stage after the probe (0: steps * LPFT_STEPS_SHARE)
+    lpft_lr_scale: float = LPFT_LR_SCALE  # that stage's learning rates: the fine-tuning config's times this
+
+    @property
+    def lpft_stage_steps(self) -> int:
+        return self.lpft_steps or max(int(self.steps * LPFT_STEPS_SHARE), 1)
 
     def cells(self) -> list[Cell]:
         """Every cell, cheapest budgets first within a seed, so a stopped study has whole seeds."""
@@ -151,6 +163,8 @@ def check_plan(plan: StudyPlan) -> None:
             raise ConfigError(f"label budget {b.label}: fractions must be in (0, 1], scan counts >= 1")
     if plan.steps < 1:
         raise ConfigError("--steps must be >= 1")
+    if plan.lpft_steps < 0 or not 0 < plan.lpft_lr_scale <= 1:
+        raise ConfigError("--lpft-steps must be >= 0 (0: half of --steps) and --lpft-lr-scale in (0, 1]")
     if any(r.pretrain_config for r in plan.rows) and not plan.unlabelled:
         raise ConfigError("a pretrain: row needs the unlabelled scans to pretrain on (--unlabelled)")
     test = scan_files(plan.test, "--test")
@@ -207,5 +221,5 @@ def scans_per_source(sources: Sequence[str], k: int, seed: int) -> list[str]:
     return chosen
 
 
-__all__ = ["SCRATCH", "MODES", "SELECTIONS", "Row", "parse_row", "Budget", "Cell", "StudyPlan", "check_plan", "scan_files",
+__all__ = ["SCRATCH", "MODES", "LPFT_STEPS_SHARE", "LPFT_LR_SCALE", "SELECTIONS", "Row", "parse_row", "Budget", "Cell", "StudyPlan", "check_plan", "scan_files",
            "scans_per_source"]

@@ -11,7 +11,11 @@ import numpy as np
 
 from .plan import SCRATCH, Budget
 
-MODE_TITLES = {"finetune": "fine-tuned", "probe": "linear probe, frozen"}
+MODE_TITLES = {"finetune": "fine-tuned", "probe": "linear probe, frozen", "lpft": "probe, then fine-tuned (LP-FT)"}
+# what a mode's gain is measured against in scratch's cells: LP-FT is a way to fine-tune, so against
+# scratch fine-tuned (the number a team would otherwise get); a probe against a probe on random weights
+REFERENCE_MODE = {"finetune": "finetune", "probe": "probe", "lpft": "finetune"}
+LINE_STYLES = {"finetune": ("-", "o"), "probe": ("--", "s"), "lpft": (":", "^")}
 REACHED_IOU = 0.01  # a class counts as reached at test IoU >= 1 %
 
 
@@ -25,7 +29,7 @@ def budget_label(budget: tuple[int, float]) -> str:
 
 
 def row_order(records: Sequence[dict]) -> list[tuple[str, str]]:
-    """scratch first, then the other rows in the order they first appear; fine-tuned before probe."""
+    """scratch first, then the other rows in the order they first appear; modes in MODE_TITLES' order."""
     rows = list(dict.fromkeys(r["row"] for r in records))
     rows.sort(key=lambda name: name != SCRATCH)
     modes = [m for m in MODE_TITLES if any(r["mode"] == m for r in records)]
@@ -66,23 +70,25 @@ def table(records: Sequence[dict], value: Callable[[dict], float | None], title:
 
 
 def gain_table(records: Sequence[dict]) -> list[str]:
-    """Each row minus scratch, same mode, budget and seed: the per-seed differences and their mean,
-    so a gain is read against its own spread."""
+    """Each row minus scratch in the reference mode (REFERENCE_MODE), same budget and seed: the
+    per-seed differences and their mean, so a gain is read against its own spread."""
     budgets = budget_order(records)
     by_key = {(r["row"], r["mode"], budget_of(r), r["seed"]): miou_percent(r) for r in records}
     lines = ["### Gain over scratch (test mIoU points; per seed, then mean ± std)", "",
              "| row | " + " | ".join(budget_label(b) for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
     for row, mode in row_order(records):
-        if row == SCRATCH:
+        reference = REFERENCE_MODE[mode]
+        if row == SCRATCH and reference == mode:
             continue
         cells = []
         for b in budgets:
             diffs = [v - base for (rw, md, bd, seed), v in sorted(by_key.items(), key=lambda kv: kv[0][3])
                      if (rw, md, bd) == (row, mode, b) and v is not None
-                     and (base := by_key.get((SCRATCH, mode, b, seed))) is not None]
+                     and (base := by_key.get((SCRATCH, reference, b, seed))) is not None]
             cells.append("—" if not diffs else ", ".join(f"{d:+.1f}" for d in diffs) +
                          (f" → {np.mean(diffs):+.1f} ± {np.std(diffs, ddof=1):.1f}" if len(diffs) > 1 else ""))
-        lines.append(f"| {row} ({MODE_TITLES[mode]}) | " + " | ".join(cells) + " |")
+        versus = "" if reference == mode else f" vs scratch {MODE_TITLES[reference]}"
+        lines.append(f"| {row} ({MODE_TITLES[mode]}{versus}) | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -133,7 +139,7 @@ def plot(records: Sequence[dict], path: Path, title: str, total_labelled: int | 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    # one colour per row (its fine-tune and probe share it, told apart by line and marker), distinct
+    # one colour per row (its modes share it, told apart by line and marker), distinct
     # for up to 20 rows: the default cycle repeats after 10 and gave two rows one colour
     rows = list(dict.fromkeys(row for row, _ in row_order(records)))
     palette = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
@@ -141,7 +147,7 @@ def plot(records: Sequence[dict], path: Path, title: str, total_labelled: int | 
     for row, mode in row_order(records):
         colour = colours[row]
         label = f"{row} ({MODE_TITLES[mode]})"
-        style, marker = ("-", "o") if mode == "finetune" else ("--", "s")
+        style, marker = LINE_STYLES[mode]
         mine = [r for r in records if (r["row"], r["mode"]) == (row, mode) and miou_percent(r) is not None]
         for scans_budget in (False, True):
             points = []
@@ -187,4 +193,4 @@ def cached_records(out: Path) -> list[dict]:
 
 
 __all__ = ["cached_records", "report", "plot", "table", "gain_table", "per_class_tables", "classes_reached", "miou_percent",
-           "budget_label", "budget_order", "row_order", "effective_fraction", "REACHED_IOU"]
+           "budget_label", "budget_order", "row_order", "effective_fraction", "REACHED_IOU", "MODE_TITLES", "REFERENCE_MODE"]
