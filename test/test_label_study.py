@@ -126,8 +126,7 @@ def test_lpft_cells_continue_their_probe_cells_at_a_lower_rate(tmp_path, sequenc
 
     # a probe cell whose model is gone cannot be continued: one line, exit 2
     (out / "runs" / "scratch__probe__p1__s0" / "model.safetensors").unlink()
-    for key in ("scratch__lpft__p1__s0",):
-        (out / "cells" / f"{key}.json").unlink()
+    (out / "cells" / "scratch__lpft__p1__s0.json").unlink()
     again = study(out, sequences, "--modes", "finetune", "lpft", "--lpft-steps", "2", "--lpft-lr-scale", "0.25")
     assert again.returncode == 2 and again.stderr.strip().count("\n") == 0, again.stderr[-3000:]
     assert "the model of probe cell scratch__probe__p1__s0, which lpft cell scratch__lpft__p1__s0 continues, is gone" \

@@ -115,6 +115,7 @@ def lpft_stage_config(plan: StudyPlan, cell: Cell, probe_model: Path, run_dir: P
     cfg = cell_config(plan, cell, RowWeights(str(probe_model), False), run_dir)
     steps = plan.lpft_stage_steps
     lr = config_from_dict(cfg).optim.lr  # the study's rate, whichever of config, built-in or --set gave it
+    # freeze 0 even against a --set of it: the probe cell was the frozen stage
     merge(cfg, {"init_head": True, "optim": {"lr": lr * plan.lpft_lr_scale, "freeze_encoder_steps": 0},
                 "validation": {"every": min(cfg["validation"]["every"], steps)},
                 "run": {"steps": steps, "checkpoint_every": max(steps // 10, 1)}})
