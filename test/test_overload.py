@@ -43,11 +43,13 @@ def test_overload_keeps_latency_bounded_counts_drops_and_memory_flat(tmp_path):
     assert r["lost_in_transport"] >= 0
     # The latest frame is processed: outputs never go back in time, and the last frame sent is answered.
     assert r["outputs_in_order"] and r["last_published_answered"], summary
-    # Bounded latency: a frame waits at most one processing time in the one-slot mailbox, then its own
-    # (a queue would grow it by about 2 processing times per second of overload at 3x).
-    # Processing time is the larger of the calibration period and the node's own recent maximum, so a
-    # CPU shared with other busy processes (slower frames, not a queue) does not count as queueing.
-    processing = max(r["processing_ms"]["calibration_period_ms"], r["processing_ms"]["max_recent"])
-    assert r["latency_ms"]["max"] <= 3.0 * processing + 1000.0, summary
+    # Bounded latency: a frame waits at most for the two frames that can be ahead of it in the node (one
+    # computing, one publishing; the one-slot mailbox holds only the newest), so its node-measured latency
+    # beyond its own and their processing times is input transport alone. A queue would add a processing
+    # time per frame it held: at 3x overload, about 2 per second. Per frame and with the node's own
+    # processing times, so a CPU shared with other busy processes (one frame stalled for 1.4 s, seen)
+    # makes frames slower, not queued, and this process's receive delays do not count.
+    assert r["queueing_ms"]["frames"] >= 3, summary
+    assert r["queueing_ms"]["max"] <= 1000.0, summary
     # Flat memory over the run (frames are replaced, never accumulated).
     assert r["rss_mb"]["growth"] <= 40.0, summary
