@@ -98,6 +98,18 @@ def test_a_process_that_starts_beside_it_costs_two_slow_frames_and_no_more():
     assert governor.threads == 2 and governor.switches == 2
 
 
+def test_a_process_that_starts_just_after_a_probe_is_caught_as_fast():
+    """Right after a probe the count's level is measured afresh over its next frames. A load that starts
+    then must not become the level: the probe's own measure stands in until those frames are in (seen on
+    a 2-core VM: two threads at 60 us/voxel instead of 1, kept for the whole latency run, 5 frames of 2.4 s)."""
+    governor = governor_for(2, Load(0.1), first_probe_after=10, probe_every=50)
+    assert drive(governor, QUIET, 16)[10:] == [1, 1, 1, 2, 2, 2]  # the first probe kept two threads
+    used = drive(governor, NODE_BUSY, 8)
+    # one slow frame at two threads, the probe's three at one, one at two (rejected at once): one thread
+    assert used[:5] == [2, 1, 1, 1, 2] and used[5:] == [1, 1, 1], used
+    assert governor.threads == 1 and governor.switches == 1
+
+
 def test_one_thread_more_is_tried_only_where_a_core_is_free():
     for cores, tried in ((0.4, True), (0.6, False)):  # 2 cores, 1 thread in use: half a core of slack
         load = Load(cores)

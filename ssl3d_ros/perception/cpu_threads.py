@@ -17,7 +17,8 @@ current one by ``margin`` (one more) or ``margin_fewer`` (one fewer), so noise d
 A probe starts
 
 - at once after a frame that cost ``spike`` times the chosen count's level or more (another process
-  just started: at the wrong count a frame can be 40x slower, so one such frame is enough), and when
+  just started: at the wrong count a frame can be 40x slower, so one such frame is enough; in the few
+  frames after a probe, before the level is measured again, the probe's own measure of the count), and when
   the recent per-voxel cost rises by ``drift``: both try one thread fewer (more threads cannot help
   against a new load);
 - when the recent cost falls by ``drift`` (a load went away): one thread more;
@@ -177,7 +178,12 @@ class ThreadGovernor:
         self._backoff = 1
         self._until_probe = first_probe_after
         self._recent: deque[float] = deque(maxlen=_RECENT_FRAMES)
-        self._level: float | None = None  # per-voxel cost of the chosen count, measured after choosing it
+        # per-voxel cost of the chosen count: the median of its first frames after choosing it, and until
+        # those are in, what the probe that chose (or kept) it measured, so that spikes are caught while it
+        # settles (a load that began just after a probe would otherwise become the level: two threads at
+        # 40x cost kept for a whole probe interval, minutes)
+        self._level: float | None = None
+        self._settled = False
         self._settling: list[float] = []
         self._probe: _Probe | None = None
         self.cost_by_threads: dict[int, float] = {}  # last median per-voxel cost measured at each count
@@ -207,10 +213,10 @@ class ThreadGovernor:
             return  # a frame that began before a switch
         self._recent.append(cost)
         self.cost_by_threads[threads] = float(np.median(self._recent))
-        if self._level is None:
+        if not self._settled:
             self._settling.append(cost)
             if len(self._settling) >= _SETTLE_FRAMES:
-                self._level = float(np.median(self._settling))
+                self._level, self._settled = float(np.median(self._settling)), True
         self._until_probe -= 1
         level = self._level
         spiked = level is not None and cost >= self.spike * level
@@ -259,13 +265,11 @@ class ThreadGovernor:
             self.switches += 1
             self._backoff = 1
             self._until_probe = self.probe_every
-            self._recent.clear()
-            self._level, self._settling = None, []
         else:  # the current count stays: its level is measured afresh, the next periodic probe comes later
             self._backoff = min(self._backoff * 2, MAX_PROBE_BACKOFF)
             self._until_probe = self.probe_every * self._backoff
-            self._recent.clear()
-            self._level, self._settling = None, []
+        self._recent.clear()
+        self._level, self._settled, self._settling = float(np.median(probe.costs[self.threads])), False, []
 
     def values(self) -> dict[str, str]:
         """Diagnostic key/values: the mode, the count in use, probes and switches, the costs measured."""
