@@ -47,9 +47,9 @@ def test_overload_keeps_latency_bounded_counts_drops_and_memory_flat(tmp_path):
     # computing, one publishing; the one-slot mailbox holds only the newest), so its node-measured latency
     # beyond its own and their processing times is input transport alone. A queue would add a processing
     # time per frame it held: at 3x overload, about 2 per second. Per frame and with the node's own
-    # processing times, so a CPU shared with other busy processes (one frame stalled for 1.4 s, seen)
+    # processing times, so a CPU shared with other busy processes (one frame stalled for 1.5 s, seen in CI)
     # makes frames slower, not queued, and this process's receive delays do not count.
-    assert r["queueing_ms"]["frames"] >= 3, summary
+    assert (r["queueing_ms"]["frames"] or 0) >= 3, summary  # None: a debug message was lost
     assert r["queueing_ms"]["max"] <= 1000.0, summary
     # Flat memory over the run (frames are replaced, never accumulated).
     assert r["rss_mb"]["growth"] <= 40.0, summary
