@@ -183,8 +183,7 @@ class ThreadGovernor:
         # settles (a load that began just after a probe would otherwise become the level: two threads at
         # 40x cost kept for a whole probe interval, minutes)
         self._level: float | None = None
-        self._settled = False
-        self._settling: list[float] = []
+        self._settling: list[float] = []  # the chosen count's first frames; settled once _SETTLE_FRAMES are in
         self._probe: _Probe | None = None
         self.cost_by_threads: dict[int, float] = {}  # last median per-voxel cost measured at each count
 
@@ -213,10 +212,10 @@ class ThreadGovernor:
             return  # a frame that began before a switch
         self._recent.append(cost)
         self.cost_by_threads[threads] = float(np.median(self._recent))
-        if not self._settled:
+        if len(self._settling) < _SETTLE_FRAMES:
             self._settling.append(cost)
-            if len(self._settling) >= _SETTLE_FRAMES:
-                self._level, self._settled = float(np.median(self._settling)), True
+            if len(self._settling) == _SETTLE_FRAMES:
+                self._level = float(np.median(self._settling))
         self._until_probe -= 1
         level = self._level
         spiked = level is not None and cost >= self.spike * level
@@ -269,7 +268,7 @@ class ThreadGovernor:
             self._backoff = min(self._backoff * 2, MAX_PROBE_BACKOFF)
             self._until_probe = self.probe_every * self._backoff
         self._recent.clear()
-        self._level, self._settled, self._settling = float(np.median(probe.costs[self.threads])), False, []
+        self._level, self._settling = float(np.median(probe.costs[self.threads])), []
 
     def values(self) -> dict[str, str]:
         """Diagnostic key/values: the mode, the count in use, probes and switches, the costs measured."""
