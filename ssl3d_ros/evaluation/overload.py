@@ -13,7 +13,7 @@ ten times a later one (seen: a 2 s calibration, then 263 ms frames that kept up 
 - published / received by the node / processed / dropped in the node's one-slot mailbox / rejected /
   failed, and messages lost in transport (published - received);
 - end-to-end latency (receive time here - header stamp) p50/p99/max, and the node's own processing
-  time, so "bounded" can be read as latency <= about 2 x processing time;
+  time (its /diagnostics median and recent maximum, and the maximum over the run);
 - per frame, from the node's own debug topics: its latency (its clock at the end of the frame - stamp)
   beyond the processing times of the frames that can be ahead of it (``queueing_ms``). The node holds
   at most three frames (one waiting in the input slot, one computing, one publishing), so a frame waits
